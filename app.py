@@ -1,0 +1,33 @@
+"""The reference ML and offer service (SPEC §3), served by ``uvicorn app:app``.
+
+Transport only: every route validates its body with a pydantic model and hands
+it to a pure function in ``prediction.py``.
+"""
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+import prediction
+from prediction import Features, OfferResponse, Prediction, PredictionResponse
+
+app = FastAPI(title="Reference ML and offer service")
+
+
+@app.get("/")
+def ping() -> dict[str, str]:
+    return {"msg": "pong"}
+
+
+@app.post("/ml/ats/predict", response_model=PredictionResponse)
+def predict_ats(features: Features) -> PredictionResponse:
+    return PredictionResponse(prediction=prediction.ats(features))
+
+
+@app.post("/ml/resp/predict", response_model=PredictionResponse)
+def predict_resp(features: Features) -> PredictionResponse:
+    return PredictionResponse(prediction=prediction.resp(features))
+
+
+@app.post("/offer/assign", response_model=OfferResponse)
+def assign_offer(body: Prediction) -> OfferResponse:
+    return OfferResponse(offer=prediction.offer(body))

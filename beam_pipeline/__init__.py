@@ -1,0 +1,1 @@
+"""Offer pipeline: member exports -> features -> predictions -> offers, on Apache Beam."""

@@ -1,0 +1,175 @@
+"""``python -m beam_pipeline``: validate everything, run the job, check and publish its outputs.
+
+Exit codes (SPEC §5): 0 all members OK or NO_TRANSACTIONS; 2 a usage, partner
+or input error found before the run (one line on stderr, nothing written);
+3 the run finished but some members FAILED; 1 anything unexpected.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipeline import inputs, outputs, preflight, summary
+from beam_pipeline.partner import ConfigError, PartnerConfig, load, load_named
+from beam_pipeline.pipeline import JobConfig, build_pipeline
+from beam_pipeline.runners import make_runner, runner_name
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_FAILED_MEMBERS = 0, 1, 2, 3
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise ConfigError(f"usage: {message} (see --help)")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = _ArgumentParser(prog="python -m beam_pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--input", action="append", required=True,
+                        help="export file or glob (local or gs://); repeat for several")
+    parser.add_argument("--output", required=True, help="output directory (local or gs://)")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--partner", help="partner name: loads partner_options/NAME.yaml (default: default)")
+    who.add_argument("--partner-config", help="path to a partner YAML file")
+    parser.add_argument("--as-of", help="as-of date YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--endpoint-url", help="replace scheme, host and port of every endpoint")
+    parser.add_argument("--skip-preflight", action="store_true",
+                        help="do not check that endpoint hosts answer before the run")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_known_args(argv)
+
+
+def parse_as_of(text: str | None) -> dt.date:
+    if text is None:
+        return dt.datetime.now(dt.timezone.utc).date()
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--as-of {text!r} is not a date YYYY-MM-DD") from None
+
+
+def resolve_partner(args: argparse.Namespace) -> tuple[PartnerConfig, str]:
+    if args.partner_config:
+        partner, source = load(args.partner_config), args.partner_config
+    else:
+        name = args.partner or "default"
+        partner, source = load_named(name), f"partner_options/{name}.yaml"
+    partner = partner.with_endpoint_url(args.endpoint_url)
+    partner.auth_headers()  # a missing secret is a start-up error, not 10,000 failed calls
+    return partner, source
+
+
+def _local(pattern: str) -> str:
+    return pattern if "://" in pattern else os.path.abspath(pattern)
+
+
+def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
+    """Run the job; returns the exit code and the run summary (None when nothing ran)."""
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.monotonic()
+    args, beam_args = parse_args(argv)
+    logging.getLogger().setLevel(args.log_level)
+    partner, partner_source = resolve_partner(args)
+    as_of = parse_as_of(args.as_of)
+    patterns = [_local(p) for p in args.input]
+    files, layouts = inputs.inspect_inputs(patterns, partner, partner_source)
+    outputs.check_writable(args.output)
+    if not args.skip_preflight:
+        preflight.check_endpoints(partner)
+
+    options = PipelineOptions(beam_args)
+    runner = runner_name(options)
+    run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
+    staging = outputs.staging_dir(output, run_id)
+    job = JobConfig(tuple(patterns), layouts, partner, as_of, staging)
+    log.info("run %s: partner=%s input=%s output=%s as_of=%s runner=%s",
+             run_id, partner.name, ",".join(patterns), output, as_of, runner)
+
+    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+    build_pipeline(pipeline, job)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    rows = summary.metric_rows(result)
+    summary.write_metrics(rows, staging)
+    results = summary.read_parts(outputs.join(staging, "results"))
+    dead = summary.read_parts(outputs.join(staging, "dead_letter"), columns=["REASON"])
+    acc = summary.accounting(summary.counter_totals(rows), results, dead)
+    exit_code = EXIT_FAILED_MEMBERS if acc["members_failed"] else EXIT_OK
+    finished = dt.datetime.now(dt.timezone.utc)
+    run_summary = {
+        "run_id": run_id,
+        "partner": partner.name,
+        "partner_source": partner_source,
+        "as_of": as_of.isoformat(),
+        "runner": runner,
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "wall_seconds": round(time.monotonic() - t0, 3),
+        "exit_code": exit_code,
+        "accounting": acc,
+        "offers": _offer_counts(results),
+        "dead_letter_reasons": _value_counts(dead, "REASON"),
+        "steps": summary.steps(rows, acc),
+        "latency_ms": summary.latency_percentiles(results),
+        "inputs": [{"path": f.path, "size_bytes": f.size_bytes} for f in files],
+        "output": output,
+        "options": {"endpoint_base_url": partner.endpoints.base_url, "beam_args": beam_args},
+        "versions": summary.package_versions(),
+    }
+    outputs.write_json(outputs.join(staging, outputs.RUN_JSON), run_summary)
+    outputs.publish(staging, output)
+    log.info("run %s finished in %.1fs: %s", run_id, run_summary["wall_seconds"], acc)
+    return exit_code, run_summary
+
+
+def _value_counts(table, column: str) -> dict:
+    counts: dict = {}
+    for value in table.column(column).to_pylist():
+        counts[value] = counts.get(value, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: str(kv[0])))
+
+
+def _offer_counts(results) -> dict:
+    return {k: v for k, v in _value_counts(results, "OFFER").items() if k is not None}
+
+
+def format_summary(s: dict) -> str:
+    acc = s["accounting"]
+    offers = ", ".join(f"{k} {v}" for k, v in s["offers"].items()) or "none"
+    return (
+        f"outputs: {s['output']} (results/, dead_letter/, metrics/, run.json)\n"
+        f"rows read {acc['rows_read']}: {acc['transactions']} transactions, {acc['member_only_rows']} "
+        f"member-only, {acc['dead_letter_rows']} dead letters\n"
+        f"members {acc['members']}: {acc['members_ok']} OK, {acc['members_no_transactions']} "
+        f"NO_TRANSACTIONS, {acc['members_failed']} FAILED\n"
+        f"offers: {offers}\n"
+        f"wall time: {s['wall_seconds']:.1f}s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code, run_summary = run(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except summary.AccountingError as exc:
+        log.error("%s", exc)
+        return EXIT_UNEXPECTED
+    except Exception:  # noqa: BLE001 - the one place that turns a crash into exit 1
+        log.exception("run failed")
+        return EXIT_UNEXPECTED
+    print(format_summary(run_summary))
+    return code

@@ -1,0 +1,89 @@
+"""Seeded generator of member exports with the quirks of real ones.
+
+``member_data.csv`` is made by this module (see the README), and the benchmarks
+use it for large files: repeated members, members with only an id, rows without
+an id, and a few malformed rows, in a ratio close to the partner's real export.
+
+    python -m beam_pipeline.generate --rows 5000 --seed 7 --out member_data.csv
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import random
+from typing import Iterator, TextIO
+
+HEADER = [
+    "MEMBER_ID", "LAST_TRANSACTION_TS", "LAST_TRANSACTION_TYPE",
+    "LAST_TRANSACTION_POINTS_BOUGHT", "LAST_TRANSACTION_REVENUE_USD",
+]
+_START = dt.datetime(2019, 1, 1)
+_SPAN_S = int((dt.datetime(2024, 1, 5) - _START).total_seconds())
+_MALFORMED = (
+    "{id},not-a-date,buy,100,1.0",
+    "{id},2021-05-01 10:00:00,transfer,100,1.0",
+    "{id},2021-05-01 10:00:00,buy,lots,1.0",
+    "{id},2021-05-01 10:00:00,buy,,1.0",
+    "{id},2021-05-01 10:00:00,buy,100",
+    "{id},2021-05-01 10:00:00,gift,nan,1.0",
+)
+
+
+def _transaction(rng: random.Random) -> tuple[str, str, str, str]:
+    ts = (_START + dt.timedelta(seconds=rng.randrange(_SPAN_S))).strftime("%Y-%m-%d %H:%M:%S")
+    kind = rng.choice(("buy", "gift", "redeem"))
+    points = rng.randrange(1, 100) * 100
+    if kind == "redeem":
+        return ts, kind, str(-points), "0.0"
+    return ts, kind, str(points), repr(points / rng.randrange(100, 2000) * rng.choice((1, 1, 2, 7)))
+
+
+def _member_ids(rng: random.Random, n: int) -> list[str]:
+    ids: dict[str, None] = {}
+    while len(ids) < n:
+        ids[f"{rng.getrandbits(32):08X}"] = None
+    return list(ids)
+
+
+def rows(n_rows: int, seed: int, rows_per_member: float = 5.0) -> Iterator[str]:
+    """CSV data lines (no header): a tenth of the members appear once with only their id;
+    about 0.25% of rows have no id and 0.15% are malformed."""
+    rng = random.Random(seed)
+    n_members = max(2, round(n_rows / rows_per_member))
+    ids = _member_ids(rng, n_members)
+    n_idle = n_members // 10
+    idle, active = ids[:n_idle], ids[n_idle:]
+    idle_at = set(rng.sample(range(n_rows), min(n_idle, n_rows)))
+    for position in range(n_rows):
+        if position in idle_at:
+            yield f"{idle.pop()},,,,"
+            continue
+        member = rng.choice(active)
+        roll = rng.random()
+        if roll < 0.0025:
+            yield "," + ",".join(_transaction(rng))
+        elif roll < 0.004:
+            yield rng.choice(_MALFORMED).format(id=member)
+        else:
+            yield member + "," + ",".join(_transaction(rng))
+
+
+def write(out: TextIO, n_rows: int, seed: int, rows_per_member: float = 5.0) -> None:
+    out.write(",".join(HEADER) + "\n")
+    for line in rows(n_rows, seed, rows_per_member):
+        out.write(line + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rows-per-member", type=float, default=5.0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    with open(args.out, "w", encoding="utf-8", newline="") as out:
+        write(out, args.rows, args.seed, args.rows_per_member)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Input checks made before the pipeline runs: files exist, headers carry the partner's columns.
+
+Every problem here is a user error reported in one line (exit 2), so a run
+never starts on a typo in a path or the wrong partner's export.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from typing import NamedTuple
+
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipeline.partner import ConfigError, PartnerConfig
+from transforms.parse import BOM, FileLayout
+
+log = logging.getLogger(__name__)
+
+_HEAD_BYTES = 1 << 20
+
+
+class InputFile(NamedTuple):
+    path: str
+    size_bytes: int
+
+
+def match_inputs(patterns: list[str]) -> list[InputFile]:
+    files: dict[str, InputFile] = {}
+    for pattern in patterns:
+        local = "://" not in pattern
+        if local and os.path.isdir(pattern):
+            raise ConfigError(
+                f"input {pattern} is a directory; give a file or a glob such as "
+                f"{pattern.rstrip('/')}/*.csv"
+            )
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception as exc:  # BeamIOError wraps the filesystem's own error
+            raise ConfigError(f"input {pattern}: cannot list: {exc}") from None
+        if local:
+            matched = [m for m in matched if os.path.isfile(m.path)]
+        if not matched:
+            raise ConfigError(f"input {pattern}: no such file (or the glob matches nothing)")
+        for meta in sorted(matched, key=lambda m: m.path):
+            if meta.path in files:
+                raise ConfigError(f"input {meta.path} is matched by more than one --input")
+            files[meta.path] = InputFile(meta.path, meta.size_in_bytes)
+    return list(files.values())
+
+
+def read_header(path: str) -> tuple[bytes, bytes | None]:
+    """The first line (BOM and line ending removed) and whether a second line exists."""
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        head = handle.read(_HEAD_BYTES)
+    if not head.strip():
+        raise ConfigError(f"input {path} is empty")
+    if head.startswith(BOM):
+        head = head[len(BOM):]
+    first, _, rest = head.partition(b"\n")
+    return first.rstrip(b"\r"), rest
+
+
+def layout_for(path: str, partner: PartnerConfig, partner_source: str) -> FileLayout:
+    header, rest = read_header(path)
+    if not rest.strip():
+        raise ConfigError(f"input {path} has a header but no data rows")
+    try:
+        names = next(csv.reader([header.decode("utf-8")], delimiter=partner.input.delimiter))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"input {path}: cannot read the header line: {exc}") from None
+    names = [n.strip() for n in names]
+    cols = partner.input.columns
+    index = {}
+    for field in ("member_id", "timestamp", "type", "points", "revenue"):
+        column = getattr(cols, field)
+        if column not in names:
+            raise ConfigError(
+                f"input {path}: header has no column {column!r} "
+                f"(input.columns.{field} in {partner_source}); header is: {','.join(names)[:200]}"
+            )
+        index[field] = names.index(column)
+    return FileLayout(header=header, n_fields=len(names), **index)
+
+
+def inspect_inputs(patterns: list[str], partner: PartnerConfig, partner_source: str) -> tuple[list[InputFile], dict[str, FileLayout]]:
+    files = match_inputs(patterns)
+    layouts = {f.path: layout_for(f.path, partner, partner_source) for f in files}
+    log.info("inputs: %d file(s), %d bytes", len(files), sum(f.size_bytes for f in files))
+    return files, layouts

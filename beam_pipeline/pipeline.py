@@ -1,0 +1,90 @@
+"""The batch job, assembled top to bottom in the order the data flows."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import apache_beam as beam
+from apache_beam import coders
+from apache_beam.io.parquetio import WriteToParquet
+from apache_beam.io.textio import ReadFromTextWithFilename
+
+from beam_pipeline.outputs import join
+from beam_pipeline.partner import PartnerConfig
+from transforms.endpoints import CallEndpoints
+from transforms.features import MemberFeaturesFn
+from transforms.parse import DEAD_LETTER, FileLayout, ParseExport
+from transforms.results import DEAD_LETTER_SCHEMA, ToResultRowFn, feature_columns, results_schema
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """Everything the pipeline needs, resolved and validated before it is built."""
+
+    input_patterns: tuple[str, ...]
+    layouts: dict[str, FileLayout]
+    partner: PartnerConfig
+    as_of: dt.date
+    staging: str  # the run's private folder; published only when complete
+
+
+class ReadExports(beam.PTransform):
+    """Every input pattern as (file name, raw line bytes)."""
+
+    def __init__(self, patterns):
+        super().__init__()
+        self._patterns = patterns
+
+    def expand(self, pbegin):
+        reads = [
+            pbegin | f"Read[{i}]" >> ReadFromTextWithFilename(pattern, coder=coders.BytesCoder())
+            for i, pattern in enumerate(self._patterns)
+        ]
+        return reads[0] if len(reads) == 1 else tuple(reads) | "Flatten" >> beam.Flatten()
+
+
+def _has_transactions(member) -> bool:
+    return member[1]["N_TRANSACTIONS"] > 0
+
+
+class DecideOffers(beam.PTransform):
+    """Member summaries -> (member, summary, decision); no calls for members without transactions."""
+
+    def __init__(self, partner: PartnerConfig):
+        super().__init__()
+        self._partner = partner
+
+    def expand(self, members):
+        active, idle = members | "SplitByActivity" >> beam.Partition(
+            lambda m, _: 0 if _has_transactions(m) else 1, 2
+        )
+        decided = active | "CallEndpoints" >> CallEndpoints(self._partner)
+        skipped = idle | "NoCalls" >> beam.Map(lambda m: (m[0], m[1], None))
+        return (decided, skipped) | "Merge" >> beam.Flatten()
+
+
+def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
+    partner = job.partner
+    columns = feature_columns(partner.feature_names)
+
+    parsed = (
+        p
+        | "ReadExports" >> ReadExports(job.input_patterns)
+        | "Parse" >> ParseExport(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of)
+    )
+    (
+        parsed.transactions
+        | "MemberFeatures" >> beam.CombinePerKey(MemberFeaturesFn(job.as_of, partner.feature_names))
+        | "DecideOffers" >> DecideOffers(partner)
+        | "ToResultRow" >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
+        | "WriteResults" >> WriteToParquet(
+            join(job.staging, "results", "part"), results_schema(partner.feature_names),
+            file_name_suffix=".parquet",
+        )
+    )
+    (
+        parsed[DEAD_LETTER]
+        | "WriteDeadLetters" >> WriteToParquet(
+            join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA, file_name_suffix=".parquet"
+        )
+    )

@@ -1,0 +1,98 @@
+"""The reference ML and offer models: typed request/response shapes and pure formulas.
+
+The formulas live here, not in ``app.py``, so the transport layer stays thin and
+tests can check the math without a server (SPEC §3).
+"""
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+OFFER_1 = "OFFER_1"
+OFFER_2 = "OFFER_2"
+OFFERS = (OFFER_1, OFFER_2)
+OFFER_2_THRESHOLD = 200.0
+RESP_CAP = 0.9
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+class Features(BaseModel):
+    """The 8 features of SPEC §2, as the ATS and RESP endpoints receive them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    AVG_POINTS_BOUGHT: float
+    AVG_REVENUE_USD: float
+    LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT: float
+    LAST_3_TRANSACTIONS_AVG_REVENUE_USD: float
+    PCT_BUY_TRANSACTIONS: float = Field(ge=0, le=1)
+    PCT_GIFT_TRANSACTIONS: float = Field(ge=0, le=1)
+    PCT_REDEEM_TRANSACTIONS: float = Field(ge=0, le=1)
+    DAYS_SINCE_LAST_TRANSACTION: int = Field(ge=0)
+
+    _check_finite = field_validator(
+        "AVG_POINTS_BOUGHT",
+        "AVG_REVENUE_USD",
+        "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT",
+        "LAST_3_TRANSACTIONS_AVG_REVENUE_USD",
+    )(_finite)
+
+
+class Prediction(BaseModel):
+    """What the offer endpoint decides on: both model outputs for one member."""
+
+    ats_prediction: float
+    resp_prediction: float
+
+    _check_finite = field_validator("ats_prediction", "resp_prediction")(_finite)
+
+
+class PredictionResponse(BaseModel):
+    prediction: float
+
+
+class OfferResponse(BaseModel):
+    offer: str
+
+
+def ats(features: Features) -> float:
+    """Average transaction size: recent volume weighted by how much the member spends."""
+    volume = (
+        0.7 * features.LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT
+        + 0.3 * features.AVG_POINTS_BOUGHT
+    )
+    weight = max(
+        0.0,
+        features.PCT_BUY_TRANSACTIONS
+        + features.PCT_GIFT_TRANSACTIONS
+        - features.PCT_REDEEM_TRANSACTIONS,
+    )
+    return abs(volume * weight)
+
+
+def resp(features: Features) -> float:
+    """Response propensity: activity mix times revenue, decayed by days since last use."""
+    p = (
+        0.4 * features.PCT_BUY_TRANSACTIONS
+        + 0.3 * features.PCT_GIFT_TRANSACTIONS
+        + 0.3 * features.PCT_REDEEM_TRANSACTIONS
+    )
+    r = (
+        0.3 * features.AVG_REVENUE_USD
+        + 0.7 * features.LAST_3_TRANSACTIONS_AVG_REVENUE_USD
+    ) / 100
+    d = 1 / (features.DAYS_SINCE_LAST_TRANSACTION + 1)
+    return min(RESP_CAP, 1000 * p * r * d)
+
+
+def offer(prediction: Prediction) -> str:
+    """The richer offer goes to members whose expected value clears the threshold."""
+    if prediction.ats_prediction * prediction.resp_prediction >= OFFER_2_THRESHOLD:
+        return OFFER_2
+    return OFFER_1

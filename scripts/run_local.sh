@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Command 1 of the README: install, start the reference ML service on a free loopback
+# port, run the pipeline on member_data.csv, stop the server (even on failure).
+# Extra arguments go to the pipeline, e.g. --output out/other or --as-of 2026-11-24.
+source "$(dirname "$0")/venv.sh"
+OUTPUT="${OUTPUT:-out/local}"
+PORT="$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+LOG="$(mktemp -t offer-server.XXXXXX.log)"
+python -m uvicorn app:app --host 127.0.0.1 --port "$PORT" --log-level warning >"$LOG" 2>&1 &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -f "$LOG"' EXIT
+for _ in $(seq 1 100); do
+  if python -c "import sys,urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/', timeout=1)" 2>/dev/null; then
+    break
+  fi
+  kill -0 "$SERVER" 2>/dev/null || { echo "the ML server did not start:"; cat "$LOG"; exit 1; }
+  sleep 0.1
+done
+echo "reference ML service on http://127.0.0.1:$PORT (pid $SERVER)"
+python -m beam_pipeline --input member_data.csv --output "$OUTPUT" \
+  --endpoint-url "http://127.0.0.1:$PORT" --log-level WARNING "$@"

@@ -1,0 +1,26 @@
+"""Packaging for the offer pipeline; the same package is installed on Dataflow workers."""
+from setuptools import find_packages, setup
+
+setup(
+    name="offer-pipeline",
+    version="0.1.0",
+    description="Lantern: member exports -> features -> predictions -> offers, on Apache Beam",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms", "transforms.*"]),
+    py_modules=["app", "prediction"],
+    package_data={"beam_pipeline": []},
+    install_requires=[
+        "apache-beam==2.77.0",
+        "requests>=2.32,<3",
+        "urllib3>=2.2,<3",
+        "pyarrow>=17",
+        "pydantic>=2.7,<3",
+        "pyyaml>=6",
+        "fastapi>=0.110",
+        "uvicorn>=0.30",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "responses>=0.25", "hypothesis>=6.100", "httpx>=0.27"],
+    },
+    entry_points={"console_scripts": ["offer-pipeline=beam_pipeline.cli:main"]},
+)

@@ -1,0 +1,260 @@
+"""Calls to a partner's ATS, RESP and offer endpoints, and the batched DoFns that make them.
+
+Retries are urllib3's ``Retry`` mounted on a ``requests`` session (exponential
+backoff with jitter, ``Retry-After`` honoured), so there is no hand-written retry
+loop. A member whose calls still fail is not an exception: it becomes a FAILED
+result with the reason, so one bad member never fails a bundle.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import requests
+from apache_beam.io.components.adaptive_throttler import ReactiveThrottler
+from apache_beam.metrics import Metrics
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from beam_pipeline.partner import PartnerConfig
+from transforms import NAMESPACE
+from transforms.timing import TimedDoFn
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+KINDS = ("ats", "resp", "offer")
+
+
+class CallResult(NamedTuple):
+    value: Any  # float for ats/resp, str for offer; None when the call failed
+    latency_ms: float
+    attempts: int
+    error: str | None
+
+
+class BadResponse(ValueError):
+    """The endpoint answered 2xx but the body is not what the partner file promises."""
+
+
+def prediction_body(partner: PartnerConfig, features: dict) -> dict:
+    """The ATS/RESP request body in the partner's shape (wire names, nesting, extras)."""
+    payload = {spec.wire_name: features[spec.name] for spec in partner.features}
+    shape = partner.endpoints.request
+    body = {shape.nest_under: payload} if shape.nest_under else payload
+    if shape.extra_fields:
+        body = {**shape.extra_fields, **body}
+    return body
+
+
+def offer_body(partner: PartnerConfig, ats: float, resp: float) -> dict:
+    offer = partner.endpoints.offer
+    return {offer.ats_field: ats, offer.resp_field: resp}
+
+
+def read_prediction(body: Any, field: str) -> float:
+    if not isinstance(body, dict) or field not in body:
+        raise BadResponse(f"response has no {field!r} field")
+    value = body[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadResponse(f"{field!r} is not a number: {value!r:.60}")
+    if not math.isfinite(value):
+        raise BadResponse(f"{field!r} is not finite: {value!r}")
+    return float(value)
+
+
+def read_offer(body: Any, field: str, offers: list[str]) -> str:
+    if not isinstance(body, dict) or field not in body:
+        raise BadResponse(f"response has no {field!r} field")
+    value = body[field]
+    if value not in offers:
+        raise BadResponse(f"unknown offer {value!r:.60}")
+    return value
+
+
+def make_session(partner: PartnerConfig, pool_size: int) -> requests.Session:
+    """A keep-alive session with the partner's retry policy and a pool sized to the concurrency."""
+    policy = partner.calls
+    retry = Retry(
+        total=policy.retries,
+        connect=policy.retries,
+        read=policy.retries,
+        status=policy.retries,
+        other=0,
+        allowed_methods=None,  # predictions are idempotent: retry POST too
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=policy.backoff_s,
+        backoff_max=policy.backoff_max_s,
+        backoff_jitter=policy.backoff_jitter_s,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers.update({"Content-Type": "application/json", **partner.auth_headers()})
+    return session
+
+
+class PartnerClient:
+    """One partner's three endpoints behind a shared session, thread-safe for a pool."""
+
+    def __init__(self, partner: PartnerConfig):
+        self.partner = partner
+        self.session = make_session(partner, partner.calls.concurrency)
+        self.timeout = (partner.calls.connect_timeout_s, partner.calls.read_timeout_s)
+        self.urls = {kind: partner.url(kind) for kind in KINDS}
+        self._throttlers = {
+            kind: ReactiveThrottler(
+                window_ms=60_000, bucket_ms=1_000, overload_ratio=2,
+                namespace=f"{NAMESPACE}.{kind}", throttle_delay_secs=1,
+            )
+            for kind in KINDS
+        } if partner.calls.adaptive_throttling else {}
+        self._lock = threading.Lock()
+        self.outcomes = {
+            (kind, outcome): Metrics.counter(NAMESPACE, f"requests_{kind}_{outcome}")
+            for kind in KINDS for outcome in ("ok", "http_error", "bad_response", "exception")
+        }
+        self.retries = {kind: Metrics.counter(NAMESPACE, f"retries_{kind}") for kind in KINDS}
+        self.latency = {kind: Metrics.distribution(NAMESPACE, f"latency_ms_{kind}") for kind in KINDS}
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _throttle(self, kind: str) -> None:
+        throttler = self._throttlers.get(kind)
+        if throttler is not None:
+            with self._lock:
+                wait = throttler.throttle_request(time.time() * 1000)
+            if wait:
+                Metrics.counter(NAMESPACE, f"throttled_{kind}").inc()
+                time.sleep(throttler.throttle_delay_secs)
+
+    def _succeeded(self, kind: str, start: float) -> None:
+        throttler = self._throttlers.get(kind)
+        if throttler is not None:
+            with self._lock:
+                throttler.successful_request(start * 1000)
+
+    def call(self, kind: str, body: dict) -> CallResult:
+        self._throttle(kind)
+        start = time.time()
+        t0 = time.perf_counter()
+        try:
+            response = self.session.post(self.urls[kind], data=json.dumps(body), timeout=self.timeout)
+        except requests.RequestException as exc:
+            latency = (time.perf_counter() - t0) * 1000
+            self.outcomes[kind, "exception"].inc()
+            reason = getattr(exc.args[0], "reason", None) if exc.args else None
+            detail = f"{type(exc).__name__}: {reason or exc}"
+            return CallResult(None, latency, self.partner.calls.retries + 1, f"{kind}: {detail:.200}")
+        latency = (time.perf_counter() - t0) * 1000
+        self.latency[kind].update(int(latency))
+        retries = getattr(response.raw, "retries", None)
+        attempts = len(retries.history) + 1 if retries is not None else 1
+        if attempts > 1:
+            self.retries[kind].inc(attempts - 1)
+        if response.status_code != 200:
+            self.outcomes[kind, "http_error"].inc()
+            text = response.text.replace("\n", " ")
+            return CallResult(None, latency, attempts, f"{kind}: HTTP {response.status_code}: {text:.160}")
+        try:
+            try:
+                payload = response.json()
+            except ValueError:
+                raise BadResponse(f"body is not JSON: {response.text!r:.60}") from None
+            if kind == "offer":
+                offer = self.partner.endpoints.offer
+                value = read_offer(payload, offer.response_field, offer.offers)
+            else:
+                value = read_prediction(payload, getattr(self.partner.endpoints, kind).response_field)
+        except BadResponse as exc:
+            self.outcomes[kind, "bad_response"].inc()
+            return CallResult(None, latency, attempts, f"{kind}: bad response: {exc}")
+        self.outcomes[kind, "ok"].inc()
+        self._succeeded(kind, start)
+        return CallResult(value, latency, attempts, None)
+
+
+def decide(client: PartnerClient, features: dict) -> dict:
+    """ATS and RESP for one member, then the offer: the per-member call sequence."""
+    partner = client.partner
+    body = prediction_body(partner, features)
+    ats = client.call("ats", body)
+    resp = client.call("resp", body)
+    return _with_offer(client, ats, resp)
+
+
+def _with_offer(client: PartnerClient, ats: CallResult, resp: CallResult) -> dict:
+    out = {
+        "ATS_PREDICTION": ats.value,
+        "RESP_PREDICTION": resp.value,
+        "ATS_LATENCY_MS": ats.latency_ms,
+        "RESP_LATENCY_MS": resp.latency_ms,
+        "OFFER_LATENCY_MS": None,
+        "OFFER": None,
+        "ATTEMPTS": ats.attempts + resp.attempts,
+        "ERROR": None,
+    }
+    errors = [r.error for r in (ats, resp) if r.error]
+    if not errors:
+        offer = client.call("offer", offer_body(client.partner, ats.value, resp.value))
+        out.update(OFFER=offer.value, OFFER_LATENCY_MS=offer.latency_ms, ATTEMPTS=out["ATTEMPTS"] + offer.attempts)
+        if offer.error:
+            errors.append(offer.error)
+    out["ERROR"] = "; ".join(errors) or None
+    out["STATUS"] = "FAILED" if errors else "OK"
+    return out
+
+
+class CallEndpointsFn(TimedDoFn):
+    """A batch of (member id, summary) -> (member id, summary, decision), calls in a thread pool.
+
+    The session and the pool live for the DoFn instance (``setup``/``teardown``),
+    so keep-alive connections are reused across bundles.
+    """
+
+    def __init__(self, partner: PartnerConfig):
+        self._partner = partner
+        self.batch_ms = Metrics.distribution(NAMESPACE, "call_batch_ms")
+        self.batch_size = Metrics.distribution(NAMESPACE, "call_batch_size")
+
+    def setup(self):
+        self._client = PartnerClient(self._partner)
+        self._pool = ThreadPoolExecutor(self._partner.calls.concurrency, thread_name_prefix="endpoints")
+
+    def teardown(self):
+        self._pool.shutdown(wait=True)
+        self._client.close()
+
+    def process(self, batch: list):
+        t0 = time.perf_counter()
+        decisions = self._pool.map(lambda kv: decide(self._client, kv[1]["FEATURES"]), batch)
+        for (member_id, summary), decision in zip(batch, decisions):
+            yield member_id, summary, decision
+        self.batch_ms.update(int((time.perf_counter() - t0) * 1000))
+        self.batch_size.update(len(batch))
+
+
+class CallEndpoints(beam.PTransform):
+    """Members with features -> members with predictions and an offer, in batches."""
+
+    def __init__(self, partner: PartnerConfig):
+        super().__init__()
+        self._partner = partner
+
+    def expand(self, members):
+        size = self._partner.calls.batch_size
+        return (
+            members
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=size)
+            | "Call" >> beam.ParDo(CallEndpointsFn(self._partner))
+        )

@@ -1,0 +1,199 @@
+"""Parse export lines into transactions; every rejected line goes to a dead-letter output.
+
+Lines arrive as raw bytes with their file name so that non-UTF-8 bytes reject
+one line instead of failing the bundle, and so that each file is read with its
+own header (partners concatenate exports and reorder columns).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import logging
+import math
+from typing import Iterable, NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms import NAMESPACE
+from transforms.features import TYPE_CODES, Transaction
+from transforms.timing import TimedDoFn
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER = "dead_letter"
+
+# Reason codes of dead-letter rows (README "Failure handling").
+MISSING_MEMBER_ID = "MISSING_MEMBER_ID"
+PARTIAL_TRANSACTION = "PARTIAL_TRANSACTION"
+BAD_TIMESTAMP = "BAD_TIMESTAMP"
+UNKNOWN_TYPE = "UNKNOWN_TYPE"
+BAD_NUMBER = "BAD_NUMBER"
+NON_FINITE_NUMBER = "NON_FINITE_NUMBER"
+WRONG_FIELD_COUNT = "WRONG_FIELD_COUNT"
+MALFORMED_CSV = "MALFORMED_CSV"
+NOT_UTF8 = "NOT_UTF8"
+AFTER_AS_OF = "AFTER_AS_OF"
+BLANK_LINE = "BLANK_LINE"
+REASONS = (
+    MISSING_MEMBER_ID, PARTIAL_TRANSACTION, BAD_TIMESTAMP, UNKNOWN_TYPE, BAD_NUMBER,
+    NON_FINITE_NUMBER, WRONG_FIELD_COUNT, MALFORMED_CSV, NOT_UTF8, AFTER_AS_OF, BLANK_LINE,
+)
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_ONE_US = dt.timedelta(microseconds=1)
+BOM = b"\xef\xbb\xbf"
+
+
+class FileLayout(NamedTuple):
+    """What the parser needs to know about one input file, read from its header."""
+
+    header: bytes  # the header line, BOM and line ending removed
+    n_fields: int
+    member_id: int
+    timestamp: int
+    type: int
+    points: int
+    revenue: int
+
+
+class Rejected(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def split_fields(line: str, delimiter: str) -> list[str]:
+    if '"' not in line:
+        return line.split(delimiter)
+    return next(csv.reader([line], delimiter=delimiter, strict=True))
+
+
+def parse_timestamp(text: str, formats: tuple[str, ...]) -> int:
+    """Microseconds since the epoch, UTC. Naive times are UTC; offsets are converted."""
+    for fmt in formats:
+        try:
+            if fmt == "iso":
+                parsed = dt.datetime.fromisoformat(text)
+            else:
+                parsed = dt.datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        return (parsed - _EPOCH) // _ONE_US
+    raise Rejected(BAD_TIMESTAMP, f"cannot parse timestamp {text!r}")
+
+
+def parse_number(text: str, column: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise Rejected(BAD_NUMBER, f"{column}: not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise Rejected(NON_FINITE_NUMBER, f"{column}: not finite: {text!r}")
+    return value
+
+
+def parse_fields(
+    fields: list[str], layout: FileLayout, formats: tuple[str, ...], last_day_us: int
+) -> tuple[str, Transaction | None]:
+    """One row's fields -> (member id, transaction or None for a member-only row)."""
+    if len(fields) != layout.n_fields:
+        raise Rejected(WRONG_FIELD_COUNT, f"expected {layout.n_fields} fields, got {len(fields)}")
+    member_id = fields[layout.member_id].strip()
+    values = [fields[i].strip() for i in (layout.timestamp, layout.type, layout.points, layout.revenue)]
+    if not member_id:
+        raise Rejected(MISSING_MEMBER_ID, "member id is empty")
+    present = sum(1 for v in values if v)
+    if present == 0:
+        return member_id, None
+    if present < 4:
+        missing = [name for name, v in zip(("timestamp", "type", "points", "revenue"), values) if not v]
+        raise Rejected(PARTIAL_TRANSACTION, f"missing {', '.join(missing)}")
+    ts_text, type_text, points_text, revenue_text = values
+    ts_us = parse_timestamp(ts_text, formats)
+    type_code = TYPE_CODES.get(type_text.lower())
+    if type_code is None:
+        raise Rejected(UNKNOWN_TYPE, f"unknown transaction type {type_text!r}")
+    points = parse_number(points_text, "points")
+    revenue = parse_number(revenue_text, "revenue")
+    if ts_us >= last_day_us:
+        raise Rejected(AFTER_AS_OF, f"timestamp {ts_text!r} is after the as-of date")
+    return member_id, Transaction(ts_us, type_code, points, revenue)
+
+
+def dead_letter_row(source: str, raw: bytes, reason: str, detail: str) -> dict:
+    return {
+        "SOURCE": source,
+        "RAW_LINE": raw.decode("utf-8", errors="backslashreplace"),
+        "REASON": reason,
+        "DETAIL": detail,
+    }
+
+
+class ParseLineFn(TimedDoFn):
+    """(file name, raw line) -> (member id, Transaction | None), or a dead-letter row."""
+
+    def __init__(
+        self,
+        layouts: dict[str, FileLayout],
+        delimiter: str,
+        timestamp_formats: Iterable[str],
+        as_of: dt.date,
+    ):
+        self._layouts = layouts
+        self._delimiter = delimiter
+        self._formats = tuple(timestamp_formats)
+        day_after = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+        self._last_day_us = (day_after - _EPOCH) // _ONE_US
+        self.rows_read = Metrics.counter(NAMESPACE, "rows_read")
+        self.header_lines = Metrics.counter(NAMESPACE, "header_lines")
+        self.transactions = Metrics.counter(NAMESPACE, "transactions")
+        self.member_only_rows = Metrics.counter(NAMESPACE, "member_only_rows")
+        self.dead_letter_rows = Metrics.counter(NAMESPACE, "dead_letter_rows")
+        self.by_reason = {r: Metrics.counter(NAMESPACE, f"dead_letter_{r}") for r in REASONS}
+
+    def process(self, element: tuple[str, bytes]):
+        source, raw = element
+        layout = self._layouts[source]
+        line = raw[3:] if raw.startswith(BOM) else raw
+        line = line.rstrip(b"\r\n")
+        if line == layout.header:
+            self.header_lines.inc()
+            return
+        self.rows_read.inc()
+        try:
+            if not line.strip():
+                raise Rejected(BLANK_LINE, "blank line")
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise Rejected(NOT_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
+            try:
+                fields = split_fields(text, self._delimiter)
+            except csv.Error as exc:
+                raise Rejected(MALFORMED_CSV, str(exc)) from None
+            member_id, txn = parse_fields(fields, layout, self._formats, self._last_day_us)
+        except Rejected as rej:
+            self.dead_letter_rows.inc()
+            self.by_reason[rej.reason].inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(source, raw, rej.reason, rej.detail))
+            return
+        if txn is None:
+            self.member_only_rows.inc()
+        else:
+            self.transactions.inc()
+        yield member_id, txn
+
+
+class ParseExport(beam.PTransform):
+    """Raw (file, line) pairs -> keyed transactions, with dead letters as a tagged output."""
+
+    def __init__(self, layouts, delimiter, timestamp_formats, as_of):
+        super().__init__()
+        self._fn = ParseLineFn(layouts, delimiter, timestamp_formats, as_of)
+
+    def expand(self, lines):
+        return lines | "ParseLine" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="transactions")

@@ -1,0 +1,88 @@
+"""Result and dead-letter rows and their Parquet schemas (SPEC §4)."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Iterable
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+
+from transforms.features import INTEGER_FEATURES, SPEC_FEATURES
+from transforms import NAMESPACE
+from transforms.timing import TimedDoFn
+
+OK, NO_TRANSACTIONS, FAILED = "OK", "NO_TRANSACTIONS", "FAILED"
+STATUSES = (OK, NO_TRANSACTIONS, FAILED)
+
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        ("SOURCE", pa.string()),
+        ("RAW_LINE", pa.string()),
+        ("REASON", pa.string()),
+        ("DETAIL", pa.string()),
+    ]
+)
+
+_DECISION_FIELDS = [
+    ("ATS_PREDICTION", pa.float64()),
+    ("RESP_PREDICTION", pa.float64()),
+    ("OFFER", pa.string()),
+    ("STATUS", pa.string()),
+    ("ERROR", pa.string()),
+    ("ATS_LATENCY_MS", pa.float64()),
+    ("RESP_LATENCY_MS", pa.float64()),
+    ("OFFER_LATENCY_MS", pa.float64()),
+    ("ATTEMPTS", pa.int64()),
+]
+
+
+def feature_columns(feature_names: Iterable[str]) -> list[str]:
+    """The SPEC's 8 feature columns always, then any extra the partner computes."""
+    extra = [n for n in feature_names if n not in SPEC_FEATURES and n != "N_TRANSACTIONS"]
+    return list(SPEC_FEATURES) + extra
+
+
+def results_schema(feature_names: Iterable[str]) -> pa.Schema:
+    features = [
+        (name, pa.int64() if name in INTEGER_FEATURES else pa.float64())
+        for name in feature_columns(feature_names)
+    ]
+    return pa.schema(
+        [("MEMBER_ID", pa.string()), *features, ("N_TRANSACTIONS", pa.int64()), *_DECISION_FIELDS,
+         ("PARTNER", pa.string()), ("AS_OF", pa.date32())]
+    )
+
+
+def result_row(
+    member_id: str, summary: dict, decision: dict | None, columns: list[str], partner: str, as_of: dt.date
+) -> dict:
+    """One results row; a member without transactions gets nulls and no decision."""
+    features = summary["FEATURES"] or {}
+    row = {"MEMBER_ID": member_id}
+    for name in columns:
+        row[name] = features.get(name)
+    row["N_TRANSACTIONS"] = summary["N_TRANSACTIONS"]
+    if decision is None:
+        row.update({name: None for name, _ in _DECISION_FIELDS})
+        row["STATUS"] = NO_TRANSACTIONS
+        row["ATTEMPTS"] = 0
+    else:
+        row.update({name: decision.get(name) for name, _ in _DECISION_FIELDS})
+    row["PARTNER"] = partner
+    row["AS_OF"] = as_of
+    return row
+
+
+class ToResultRowFn(TimedDoFn):
+    def __init__(self, columns: list[str], partner: str, as_of: dt.date):
+        self._columns = columns
+        self._partner = partner
+        self._as_of = as_of
+        self.by_status = {s: Metrics.counter(NAMESPACE, f"members_{s.lower()}") for s in STATUSES}
+
+    def process(self, element):
+        member_id, summary, decision = element
+        row = result_row(member_id, summary, decision, self._columns, self._partner, self._as_of)
+        self.by_status[row["STATUS"]].inc()
+        yield row
