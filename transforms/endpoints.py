@@ -78,10 +78,25 @@ def read_offer(body: Any, field: str, offers: list[str]) -> str:
     return value
 
 
+_retry_count = threading.local()
+
+
+class CountingRetry(Retry):
+    """urllib3's Retry, counting the retries of the calling thread's current request.
+
+    The count survives both real urllib3 and test doubles that drive ``increment``,
+    which a response object's retry history does not.
+    """
+
+    def increment(self, *args, **kwargs):
+        _retry_count.value = getattr(_retry_count, "value", 0) + 1
+        return super().increment(*args, **kwargs)
+
+
 def make_session(partner: PartnerConfig, pool_size: int) -> requests.Session:
     """A keep-alive session with the partner's retry policy and a pool sized to the concurrency."""
     policy = partner.calls
-    retry = Retry(
+    retry = CountingRetry(
         total=policy.retries,
         connect=policy.retries,
         read=policy.retries,
@@ -144,10 +159,15 @@ class PartnerClient:
             with self._lock:
                 throttler.successful_request(start * 1000)
 
+    def _attempts(self) -> int:
+        # Exhausting the budget increments once more than it retries; cap at 1 + retries.
+        return min(_retry_count.value + 1, self.partner.calls.retries + 1)
+
     def call(self, kind: str, body: dict) -> CallResult:
         self._throttle(kind)
         start = time.time()
         t0 = time.perf_counter()
+        _retry_count.value = 0
         try:
             response = self.session.post(self.urls[kind], data=json.dumps(body), timeout=self.timeout)
         except requests.RequestException as exc:
@@ -155,11 +175,10 @@ class PartnerClient:
             self.outcomes[kind, "exception"].inc()
             reason = getattr(exc.args[0], "reason", None) if exc.args else None
             detail = f"{type(exc).__name__}: {reason or exc}"
-            return CallResult(None, latency, self.partner.calls.retries + 1, f"{kind}: {detail:.200}")
+            return CallResult(None, latency, self._attempts(), f"{kind}: {detail:.200}")
         latency = (time.perf_counter() - t0) * 1000
         self.latency[kind].update(int(latency))
-        retries = getattr(response.raw, "retries", None)
-        attempts = len(retries.history) + 1 if retries is not None else 1
+        attempts = self._attempts()
         if attempts > 1:
             self.retries[kind].inc(attempts - 1)
         if response.status_code != 200:
