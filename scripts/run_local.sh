@@ -8,7 +8,14 @@ PORT="$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 LOG="$(mktemp -t offer-server.XXXXXX.log)"
 python -m uvicorn app:app --host 127.0.0.1 --port "$PORT" --log-level warning >"$LOG" 2>&1 &
 SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -f "$LOG"' EXIT
+stop_server() {
+  local code=$?
+  kill "$SERVER" 2>/dev/null || true
+  wait "$SERVER" 2>/dev/null || true
+  rm -f "$LOG"
+  exit "$code"
+}
+trap stop_server EXIT
 for _ in $(seq 1 100); do
   if python -c "import sys,urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/', timeout=1)" 2>/dev/null; then
     break
