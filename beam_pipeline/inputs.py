@@ -62,22 +62,27 @@ def read_header(path: str) -> tuple[bytes, bytes | None]:
 
 
 def layout_for(path: str, partner: PartnerConfig, partner_source: str) -> FileLayout:
-    header, rest = read_header(path)
-    if not rest.strip():
-        raise ConfigError(f"input {path} has a header but no data rows")
-    try:
-        names = next(csv.reader([header.decode("utf-8")], delimiter=partner.input.delimiter))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(f"input {path}: cannot read the header line: {exc}") from None
-    names = [n.strip() for n in names]
+    first, rest = read_header(path)
+    if partner.input.header:
+        if not rest.strip():
+            raise ConfigError(f"input {path} has a header but no data rows")
+        try:
+            names = next(csv.reader([first.decode("utf-8")], delimiter=partner.input.delimiter))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(f"input {path}: cannot read the header line: {exc}") from None
+        names = [n.strip() for n in names]
+        header: bytes | None = first
+    else:
+        names, header = list(partner.input.header_columns or ()), None
     cols = partner.input.columns
     index = {}
     for field in ("member_id", "timestamp", "type", "points", "revenue"):
         column = getattr(cols, field)
         if column not in names:
+            where = "header" if partner.input.header else "input.header_columns"
             raise ConfigError(
-                f"input {path}: header has no column {column!r} "
-                f"(input.columns.{field} in {partner_source}); header is: {','.join(names)[:200]}"
+                f"input {path}: {where} has no column {column!r} "
+                f"(input.columns.{field} in {partner_source}); columns are: {','.join(names)[:200]}"
             )
         index[field] = names.index(column)
     return FileLayout(header=header, n_fields=len(names), **index)

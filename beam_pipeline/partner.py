@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -31,27 +32,38 @@ class _Strict(BaseModel):
 class Columns(_Strict):
     """Names of the five export columns in this partner's header."""
 
-    member_id: str = "MEMBER_ID"
-    timestamp: str = "LAST_TRANSACTION_TS"
-    type: str = "LAST_TRANSACTION_TYPE"
-    points: str = "LAST_TRANSACTION_POINTS_BOUGHT"
-    revenue: str = "LAST_TRANSACTION_REVENUE_USD"
+    member_id: str = Field("MEMBER_ID", description="column holding the member id")
+    timestamp: str = Field("LAST_TRANSACTION_TS", description="column holding the transaction time")
+    type: str = Field("LAST_TRANSACTION_TYPE", description="column holding buy / gift / redeem")
+    points: str = Field("LAST_TRANSACTION_POINTS_BOUGHT", description="column holding the points")
+    revenue: str = Field("LAST_TRANSACTION_REVENUE_USD", description="column holding the revenue in USD")
 
 
 class InputConfig(_Strict):
-    columns: Columns = Columns()
-    delimiter: str = Field(",", min_length=1, max_length=1)
-    # "iso" accepts `YYYY-MM-DD HH:MM:SS` and ISO 8601 with T, Z or an offset;
-    # anything else is a strptime format tried in order.
-    timestamp_formats: list[str] = Field(default_factory=lambda: ["iso"], min_length=1)
-    encoding: Literal["utf-8"] = "utf-8"
+    columns: Columns = Field(Columns(), description="column names of the five fields")
+    delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field delimiter, one character")
+    timestamp_formats: list[str] = Field(
+        default_factory=lambda: ["iso"], min_length=1,
+        description="tried in order: `iso` (`YYYY-MM-DD HH:MM:SS`, ISO 8601 with T, Z or an offset) "
+        "or a strptime format such as `%d/%m/%Y %H:%M`; naive times are UTC",
+    )
+    header: bool = Field(True, description="true: each file starts with a header line naming the columns")
+    header_columns: list[str] | None = Field(
+        None, description="with `header: false`: the column names of the headerless files, in order",
+    )
+
+    @model_validator(mode="after")
+    def _headerless_needs_columns(self) -> "InputConfig":
+        if not self.header and not self.header_columns:
+            raise ValueError("header_columns is required when header is false")
+        return self
 
 
 class FeatureSpec(_Strict):
     """A registry feature and the name the partner's endpoints expect it under."""
 
-    name: str
-    send_as: str | None = None
+    name: str = Field(description="a feature of the registry (see the list below)")
+    send_as: str | None = Field(None, description="field name in the request body (default: the name)")
 
     @field_validator("name")
     @classmethod
@@ -60,46 +72,53 @@ class FeatureSpec(_Strict):
             raise ValueError(f"unknown feature {value!r}; known: {', '.join(sorted(REGISTRY))}")
         return value
 
-    @property
-    def wire_name(self) -> str:
-        return self.send_as or self.name
-
 
 class RequestShape(_Strict):
     """How the features are laid out in an ATS/RESP request body."""
 
-    nest_under: str | None = None  # e.g. "features" -> {"features": {...}}
-    extra_fields: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    nest_under: str | None = Field(None, description='put the features under this key: {"KEY": {...}}')
+    field_case: Literal["as_is", "lower"] = Field("as_is", description="`lower` lowercases every feature field name")
+    extra_fields: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="constant fields added to every ATS/RESP body",
+    )
+
+
+def _absolute_path(value: str | None) -> str | None:
+    if value is not None and not value.startswith("/"):
+        raise ValueError(f"must start with '/', got {value!r}")
+    return value
 
 
 class Endpoint(_Strict):
-    path: str
-    response_field: str = "prediction"
-    batch_path: str | None = None
+    path: str = Field(description="URL path of the route, starting with /")
+    response_field: str = Field("prediction", description="response field holding the number")
+    batch_path: str | None = Field(None, description="route taking {\"instances\": [...]} (batch mode)")
 
-    @field_validator("path", "batch_path")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError(f"must start with '/', got {value!r}")
-        return value
+    _paths = field_validator("path", "batch_path")(_absolute_path)
 
 
-class OfferEndpoint(Endpoint):
-    response_field: str = "offer"
-    ats_field: str = "ats_prediction"
-    resp_field: str = "resp_prediction"
-    offers: list[str] = Field(default_factory=lambda: ["OFFER_1", "OFFER_2"], min_length=1)
+class OfferEndpoint(_Strict):
+    path: str = Field(description="URL path of the offer route")
+    response_field: str = Field("offer", description="response field holding the offer")
+    batch_path: str | None = Field(None, description="batch route of the offer endpoint")
+    ats_field: str = Field("ats_prediction", description="request field for the ATS prediction")
+    resp_field: str = Field("resp_prediction", description="request field for the RESP prediction")
+    offers: list[str] = Field(
+        default_factory=lambda: ["OFFER_1", "OFFER_2"], min_length=1,
+        description="the offers the endpoint may answer; anything else is a failure",
+    )
+
+    _paths = field_validator("path", "batch_path")(_absolute_path)
 
 
 class Endpoints(_Strict):
-    base_url: str = "http://127.0.0.1:8000"
-    ats: Endpoint = Endpoint(path="/ml/ats/predict")
-    resp: Endpoint = Endpoint(path="/ml/resp/predict")
-    offer: OfferEndpoint = OfferEndpoint(path="/offer/assign")
-    request: RequestShape = RequestShape()
-    batch: bool = False  # use the batch_path routes ({"instances": [...]})
-    max_batch_size: int = Field(100, ge=1)
+    base_url: str = Field("http://127.0.0.1:8000", description="scheme, host, port (and base path)")
+    ats: Endpoint = Field(Endpoint(path="/ml/ats/predict"), description="the ATS model")
+    resp: Endpoint = Field(Endpoint(path="/ml/resp/predict"), description="the RESP model")
+    offer: OfferEndpoint = Field(OfferEndpoint(path="/offer/assign"), description="the offer endpoint")
+    request: RequestShape = Field(RequestShape(), description="shape of the ATS/RESP request body")
+    batch: bool = Field(False, description="call the batch_path routes, one request per batch of members")
+    max_batch_size: int = Field(100, ge=1, description="the largest batch the batch routes accept")
 
     @field_validator("base_url")
     @classmethod
@@ -107,40 +126,50 @@ class Endpoints(_Strict):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {value!r}")
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"bad port in URL {value!r}") from None
         return value.rstrip("/")
 
 
 class Auth(_Strict):
     """A header whose secret value comes from an environment variable, never from the file."""
 
-    header: str
-    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    header: str = Field(description="request header carrying the secret, e.g. X-Api-Key")
+    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="NAME of the environment variable holding it")
 
 
 class CallPolicy(_Strict):
-    connect_timeout_s: float = Field(3.0, gt=0)
-    read_timeout_s: float = Field(10.0, gt=0)
-    retries: int = Field(4, ge=0, le=20)
-    backoff_s: float = Field(0.1, ge=0)
-    backoff_max_s: float = Field(10.0, ge=0)
-    backoff_jitter_s: float = Field(0.1, ge=0)
-    batch_size: int = Field(64, ge=1)
-    concurrency: int = Field(16, ge=1, le=512)
-    rate_limit_per_s: float | None = Field(None, gt=0)
-    adaptive_throttling: bool = True
+    connect_timeout_s: float = Field(3.0, gt=0, description="TCP connect timeout per attempt")
+    read_timeout_s: float = Field(10.0, gt=0, description="read timeout per attempt")
+    retries: int = Field(4, ge=0, le=20, description="retries after the first attempt (429, 5xx, timeouts)")
+    backoff_s: float = Field(0.1, ge=0, description="exponential backoff factor")
+    backoff_max_s: float = Field(10.0, ge=0, description="longest wait between attempts")
+    backoff_jitter_s: float = Field(0.1, ge=0, description="random jitter added to each wait")
+    batch_size: int = Field(64, ge=1, description="members per BatchElements batch")
+    concurrency: int = Field(16, ge=1, le=512, description="calls in flight per worker (thread pool)")
+    rate_limit_per_s: float | None = Field(None, gt=0, description="max requests per second per worker")
+    adaptive_throttling: bool = Field(True, description="back off client-side when many calls fail")
 
 
 class PartnerConfig(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9_]+$")
-    description: str = ""
-    input: InputConfig = InputConfig()
+    name: str = Field(pattern=r"^[a-z0-9_]+$", description="partner id; the file is partner_options/NAME.yaml")
+    description: str = Field("", description="free text for humans")
+    input: InputConfig = Field(InputConfig(), description="how to read the export")
     features: list[FeatureSpec] = Field(
-        default_factory=lambda: [FeatureSpec(name=n) for n in SPEC_FEATURES], min_length=1
+        default_factory=lambda: [FeatureSpec(name=n) for n in SPEC_FEATURES], min_length=1,
+        description="features to compute and send, by name or {name, send_as}; default: the 8 of SPEC",
     )
-    endpoints: Endpoints = Endpoints()
-    auth: Auth | None = None
-    calls: CallPolicy = CallPolicy()
-    members_without_transactions: Literal["skip_calls"] = "skip_calls"
+    endpoints: Endpoints = Field(Endpoints(), description="where and how to call the models")
+    auth: Auth | None = Field(None, description="auth header for every call; omit for none")
+    calls: CallPolicy = Field(CallPolicy(), description="timeouts, retries, batching, concurrency")
+    members_without_transactions: Literal["skip_calls"] = Field(
+        "skip_calls", description="members with only an id get status NO_TRANSACTIONS and no calls",
+    )
+    transactions_after_as_of: Literal["dead_letter"] = Field(
+        "dead_letter", description="a transaction dated after the as-of date is a dead letter AFTER_AS_OF",
+    )
 
     @field_validator("features", mode="before")
     @classmethod
@@ -160,11 +189,23 @@ class PartnerConfig(_Strict):
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
 
+    def wire_names(self) -> dict[str, str]:
+        """Feature name -> field name in the request body."""
+        lower = self.endpoints.request.field_case == "lower"
+        out = {}
+        for spec in self.features:
+            wire = spec.send_as or spec.name
+            out[spec.name] = wire.lower() if lower else wire
+        return out
+
     def with_endpoint_url(self, url: str | None) -> "PartnerConfig":
         """Replace scheme, host and port of every endpoint (the base path is kept)."""
         if not url:
             return self
-        new = urlsplit(Endpoints._url(url))
+        try:
+            new = urlsplit(Endpoints._url(url))
+        except ValueError as exc:
+            raise ConfigError(f"--endpoint-url: {exc}") from None
         old = urlsplit(self.endpoints.base_url)
         base = urlunsplit((new.scheme, new.netloc, old.path, "", ""))
         endpoints = self.endpoints.model_copy(update={"base_url": base.rstrip("/")})
@@ -224,3 +265,56 @@ def load_named(name: str) -> PartnerConfig:
 
 def available() -> list[str]:
     return sorted(p.stem for p in PARTNER_DIR.glob("*.yaml"))
+
+
+def _type_name(annotation) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " or ".join(f"`{a}`" for a in args)
+    if args and origin in (Union, UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if args:
+        return f"{origin.__name__} of {' to '.join(_type_name(a) for a in args)}"
+    return "null" if annotation is type(None) else annotation.__name__
+
+
+def schema_rows(model: type[BaseModel] = PartnerConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(field path, type, default, description) for every field, nested models flattened."""
+    rows = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = field.annotation
+        nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if nested is None and getattr(annotation, "__args__", None):
+            models = [a for a in annotation.__args__ if isinstance(a, type) and issubclass(a, BaseModel)]
+            nested = models[0] if models else None
+        if nested is not None and nested is not FeatureSpec:
+            required = "required" if field.is_required() else ("optional" if field.default is None else "see below")
+            rows.append((path, nested.__name__, required, field.description or ""))
+            rows.extend(schema_rows(nested, path + "."))
+            continue
+        if field.is_required():
+            default = "required"
+        elif field.default_factory is not None:
+            default = repr(field.default_factory())
+            if nested is FeatureSpec or "FeatureSpec" in default:
+                default = "the 8 SPEC features"
+        else:
+            default = repr(field.default)
+        type_text = "list of feature names or {name, send_as}" if name == "features" else _type_name(annotation)
+        rows.append((path, type_text, default, field.description or ""))
+    return rows
+
+
+def schema_markdown() -> str:
+    """The partner-file reference table of the README, generated so it cannot drift."""
+    lines = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for path, type_text, default, description in schema_rows():
+        lines.append(f"| `{path}` | {type_text} | {default} | {description} |".replace("\n", " "))
+    lines.append("")
+    lines.append("Features of the registry: " + ", ".join(f"`{name}`" for name in REGISTRY) + ".")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m beam_pipeline.partner: print the schema table for the README
+    print(schema_markdown())  # noqa: T201 - a command-line entry point

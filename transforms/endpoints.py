@@ -24,6 +24,7 @@ from urllib3.util.retry import Retry
 
 from beam_pipeline.partner import PartnerConfig
 from transforms import NAMESPACE
+from transforms.rate_limit import RateLimiter
 from transforms.timing import TimedDoFn
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class BadResponse(ValueError):
 
 def prediction_body(partner: PartnerConfig, features: dict) -> dict:
     """The ATS/RESP request body in the partner's shape (wire names, nesting, extras)."""
-    payload = {spec.wire_name: features[spec.name] for spec in partner.features}
+    payload = {wire: features[name] for name, wire in partner.wire_names().items()}
     shape = partner.endpoints.request
     body = {shape.nest_under: payload} if shape.nest_under else payload
     if shape.extra_fields:
@@ -134,6 +135,8 @@ class PartnerClient:
             for kind in KINDS
         } if partner.calls.adaptive_throttling else {}
         self._lock = threading.Lock()
+        rate = partner.calls.rate_limit_per_s
+        self._rate_limiter = RateLimiter(rate) if rate else None
         self.outcomes = {
             (kind, outcome): Metrics.counter(NAMESPACE, f"requests_{kind}_{outcome}")
             for kind in KINDS for outcome in ("ok", "http_error", "bad_response", "exception")
@@ -164,6 +167,8 @@ class PartnerClient:
         return min(_retry_count.value + 1, self.partner.calls.retries + 1)
 
     def call(self, kind: str, body: dict) -> CallResult:
+        if self._rate_limiter is not None:
+            self._rate_limiter.acquire()
         self._throttle(kind)
         start = time.time()
         t0 = time.perf_counter()

@@ -48,7 +48,7 @@ BOM = b"\xef\xbb\xbf"
 class FileLayout(NamedTuple):
     """What the parser needs to know about one input file, read from its header."""
 
-    header: bytes  # the header line, BOM and line ending removed
+    header: bytes | None  # the header line, BOM and line ending removed; None for headerless files
     n_fields: int
     member_id: int
     timestamp: int
