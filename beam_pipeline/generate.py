@@ -68,10 +68,24 @@ def rows(n_rows: int, seed: int, rows_per_member: float = 5.0) -> Iterator[str]:
             yield member + "," + ",".join(_transaction(rng))
 
 
-def write(out: TextIO, n_rows: int, seed: int, rows_per_member: float = 5.0) -> None:
-    out.write(",".join(HEADER) + "\n")
+def write(out: TextIO, n_rows: int, seed: int, rows_per_member: float = 5.0, partner=None) -> None:
+    """Write an export; with a partner config, in that partner's columns, delimiter and time format."""
+    header, delimiter, ts_format = HEADER, ",", None
+    if partner is not None:
+        cols = partner.input.columns
+        header = [cols.member_id, cols.timestamp, cols.type, cols.points, cols.revenue]
+        delimiter = partner.input.delimiter
+        ts_format = next((f for f in partner.input.timestamp_formats if f != "iso"), None)
+    if partner is None or partner.input.header:
+        out.write(delimiter.join(header) + "\n")
     for line in rows(n_rows, seed, rows_per_member):
-        out.write(line + "\n")
+        fields = line.split(",")
+        if ts_format and len(fields) > 1:
+            try:
+                fields[1] = dt.datetime.strptime(fields[1], "%Y-%m-%d %H:%M:%S").strftime(ts_format)
+            except ValueError:
+                pass  # malformed on purpose: keep it malformed
+        out.write(delimiter.join(fields) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,10 +93,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rows-per-member", type=float, default=5.0)
+    parser.add_argument("--partner", help="write in this partner's layout (partner_options/NAME.yaml)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    partner = None
+    if args.partner:
+        from beam_pipeline.partner import load_named
+
+        partner = load_named(args.partner)
     with open(args.out, "w", encoding="utf-8", newline="") as out:
-        write(out, args.rows, args.seed, args.rows_per_member)
+        write(out, args.rows, args.seed, args.rows_per_member, partner)
 
 
 if __name__ == "__main__":
