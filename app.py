@@ -1,16 +1,25 @@
 """The reference ML and offer service (SPEC §3), served by ``uvicorn app:app``.
 
 Transport only: every route validates its body with a pydantic model and hands
-it to a pure function in ``prediction.py``.
+it to a pure function in ``prediction.py``. Fault injection for reliability
+tests (``faults.py``) is off unless ``FAULT_*`` environment variables are set.
 """
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 
+import faults
 import prediction
 from prediction import Features, OfferResponse, Prediction, PredictionResponse
 
 app = FastAPI(title="Reference ML and offer service")
+
+_faults = faults.FaultConfig.from_env()
+if _faults.active:
+    logging.getLogger(__name__).warning("fault injection is ON: %s", _faults)
+    app.add_middleware(faults.FaultInjectionMiddleware, config=_faults)
 
 
 @app.get("/")

@@ -7,7 +7,7 @@ setup(
     description="Lantern: member exports -> features -> predictions -> offers, on Apache Beam",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms", "transforms.*"]),
-    py_modules=["app", "prediction"],
+    py_modules=["app", "prediction", "faults"],
     package_data={"beam_pipeline": []},
     install_requires=[
         "apache-beam==2.77.0",
