@@ -147,10 +147,12 @@ class CallPolicy(_Strict):
     backoff_s: float = Field(0.1, ge=0, description="exponential backoff factor")
     backoff_max_s: float = Field(10.0, ge=0, description="longest wait between attempts")
     backoff_jitter_s: float = Field(0.1, ge=0, description="random jitter added to each wait")
+    retry_after_max_s: int = Field(30, ge=0, description="longest wait a server's Retry-After can ask for")
     batch_size: int = Field(64, ge=1, description="members per BatchElements batch")
     concurrency: int = Field(16, ge=1, le=512, description="calls in flight per worker (thread pool)")
     rate_limit_per_s: float | None = Field(None, gt=0, description="max requests per second per worker")
     adaptive_throttling: bool = Field(True, description="back off client-side when many calls fail")
+    throttle_delay_s: float = Field(1.0, ge=0, description="pause before a call the adaptive throttler holds back")
 
 
 class PartnerConfig(_Strict):

@@ -1,6 +1,7 @@
 """Shared fixtures: a real uvicorn server on a free loopback port, and a local Beam runner."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -24,13 +25,25 @@ def free_port() -> int:
 @contextmanager
 def uvicorn_server(app: str = "app:app", env: dict | None = None, workers: int = 1):
     """Start ``uvicorn APP`` on a free port, wait for ``GET /``, yield its base URL, stop it."""
+    with uvicorn_process(app, env, workers) as (url, _):
+        yield url
+
+
+@contextmanager
+def uvicorn_process(app: str = "app:app", env: dict | None = None, workers: int = 1,
+                    access_log: Path | None = None):
+    """Like ``uvicorn_server`` but yields (URL, process), for tests that kill the server.
+
+    With ``access_log``, uvicorn's access lines (one per answered request) go to that file.
+    """
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning"]
+           "--log-level", "info" if access_log else "warning"]
     if workers > 1:
         cmd += ["--workers", str(workers)]
+    stdout = open(access_log, "wb") if access_log else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=stdout, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -44,7 +57,7 @@ def uvicorn_server(app: str = "app:app", env: dict | None = None, workers: int =
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"uvicorn {app} did not answer on {url}")
                 time.sleep(0.05)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -52,6 +65,21 @@ def uvicorn_server(app: str = "app:app", env: dict | None = None, workers: int =
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if access_log:
+            stdout.close()
+
+
+def write_partner(directory: Path, base_url: str, **calls) -> Path:
+    """A partner file for fast reliability tests: default columns, short timeouts and backoffs.
+
+    ``calls`` override the call policy (e.g. ``retries=0``); returns the file's path.
+    """
+    policy = {"connect_timeout_s": 1.0, "read_timeout_s": 2.0, "retries": 3, "backoff_s": 0.01,
+              "backoff_max_s": 0.05, "backoff_jitter_s": 0.01, "batch_size": 8, "concurrency": 4,
+              "throttle_delay_s": 0.01, "retry_after_max_s": 1, **calls}
+    path = Path(directory) / "fast_partner.yaml"
+    path.write_text(json.dumps({"name": "fast", "endpoints": {"base_url": base_url}, "calls": policy}))
+    return path
 
 
 @pytest.fixture(scope="session")

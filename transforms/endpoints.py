@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import requests
+import urllib3
 from apache_beam.io.components.adaptive_throttler import ReactiveThrottler
 from apache_beam.metrics import Metrics
 from requests.adapters import HTTPAdapter
@@ -94,6 +95,24 @@ class CountingRetry(Retry):
         return super().increment(*args, **kwargs)
 
 
+def describe_exception(exc: requests.RequestException) -> str:
+    """The exception's type and a short cause, e.g. ``ConnectionError: connection refused``."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None  # MaxRetryError's last error
+    cause = reason or exc
+    text = str(cause)
+    if "refused" in text.lower():  # before timeouts: NewConnectionError is a ConnectTimeoutError
+        short = "connection refused"
+    elif isinstance(cause, urllib3.exceptions.ReadTimeoutError) or isinstance(exc, requests.ReadTimeout):
+        short = "read timeout"
+    elif isinstance(cause, urllib3.exceptions.ConnectTimeoutError) or isinstance(exc, requests.ConnectTimeout):
+        short = "connect timeout"
+    elif isinstance(cause, urllib3.exceptions.ProtocolError) or "aborted" in text or "reset" in text:
+        short = f"connection lost: {text}"
+    else:
+        short = text
+    return f"{type(exc).__name__}: {short}"
+
+
 def make_session(partner: PartnerConfig, pool_size: int) -> requests.Session:
     """A keep-alive session with the partner's retry policy and a pool sized to the concurrency."""
     policy = partner.calls
@@ -109,6 +128,7 @@ def make_session(partner: PartnerConfig, pool_size: int) -> requests.Session:
         backoff_max=policy.backoff_max_s,
         backoff_jitter=policy.backoff_jitter_s,
         respect_retry_after_header=True,
+        retry_after_max=policy.retry_after_max_s,  # a server asking for an hour does not stall the run
         raise_on_status=False,
     )
     session = requests.Session()
@@ -130,7 +150,7 @@ class PartnerClient:
         self._throttlers = {
             kind: ReactiveThrottler(
                 window_ms=60_000, bucket_ms=1_000, overload_ratio=2,
-                namespace=f"{NAMESPACE}.{kind}", throttle_delay_secs=1,
+                namespace=f"{NAMESPACE}.{kind}", throttle_delay_secs=partner.calls.throttle_delay_s,
             )
             for kind in KINDS
         } if partner.calls.adaptive_throttling else {}
@@ -178,9 +198,10 @@ class PartnerClient:
         except requests.RequestException as exc:
             latency = (time.perf_counter() - t0) * 1000
             self.outcomes[kind, "exception"].inc()
-            reason = getattr(exc.args[0], "reason", None) if exc.args else None
-            detail = f"{type(exc).__name__}: {reason or exc}"
-            return CallResult(None, latency, self._attempts(), f"{kind}: {detail:.200}")
+            attempts = self._attempts()
+            if attempts > 1:
+                self.retries[kind].inc(attempts - 1)
+            return CallResult(None, latency, attempts, f"{kind}: {describe_exception(exc):.200}")
         latency = (time.perf_counter() - t0) * 1000
         self.latency[kind].update(int(latency))
         attempts = self._attempts()
@@ -209,12 +230,21 @@ class PartnerClient:
 
 
 def decide(client: PartnerClient, features: dict) -> dict:
-    """ATS and RESP for one member, then the offer: the per-member call sequence."""
-    partner = client.partner
-    body = prediction_body(partner, features)
-    ats = client.call("ats", body)
-    resp = client.call("resp", body)
-    return _with_offer(client, ats, resp)
+    """ATS and RESP for one member, then the offer: the per-member call sequence.
+
+    An unexpected error (a bug, not an endpoint failure) fails this member with
+    the reason instead of failing the bundle, so no member is ever lost.
+    """
+    try:
+        body = prediction_body(client.partner, features)
+        ats = client.call("ats", body)
+        resp = client.call("resp", body)
+        return _with_offer(client, ats, resp)
+    except Exception as exc:  # noqa: BLE001 - becomes a FAILED row, logged with its traceback
+        log.exception("unexpected error while calling the endpoints for one member")
+        Metrics.counter(NAMESPACE, "members_internal_error").inc()
+        failed = CallResult(None, None, 0, f"internal error: {type(exc).__name__}: {exc}"[:200])
+        return _with_offer(client, failed, failed._replace(error=None))
 
 
 def _with_offer(client: PartnerClient, ats: CallResult, resp: CallResult) -> dict:

@@ -1,0 +1,148 @@
+"""The endpoint client against the real reference service with faults injected (``faults.py``).
+
+No mocks here: every request goes through requests, urllib3's Retry and uvicorn.
+"""
+from __future__ import annotations
+
+import time
+import pytest
+
+from beam_pipeline.partner import load
+from conftest import free_port, uvicorn_server, write_partner
+from transforms import endpoints as E
+
+FEATURES = {
+    "AVG_POINTS_BOUGHT": 1000.0, "AVG_REVENUE_USD": 10.0,
+    "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": 2000.0, "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": 20.0,
+    "PCT_BUY_TRANSACTIONS": 0.5, "PCT_GIFT_TRANSACTIONS": 0.25, "PCT_REDEEM_TRANSACTIONS": 0.25,
+    "DAYS_SINCE_LAST_TRANSACTION": 9,
+}
+
+
+@pytest.fixture(scope="module")
+def flaky_url():
+    """20% HTTP 500, and 5% of requests delayed past the tests' 0.3 s read timeout."""
+    env = {"FAULT_RATE": "0.2", "FAULT_STATUS": "500", "FAULT_LATENCY_MS": "800", "FAULT_LATENCY_RATE": "0.05"}
+    with uvicorn_server(env=env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def busy_url():
+    """Half of the requests get 429 with Retry-After: 2."""
+    with uvicorn_server(env={"FAULT_429_RATE": "0.5", "FAULT_RETRY_AFTER_S": "2"}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def garbled_url():
+    """Every answer is a 200 with a malformed body (all kinds, repeatable draws)."""
+    with uvicorn_server(env={"FAULT_MALFORMED_RATE": "1", "FAULT_SEED": "11"}) as url:
+        yield url
+
+
+@pytest.fixture
+def client_for(tmp_path):
+    clients = []
+
+    def make(url: str, **calls) -> E.PartnerClient:
+        client = E.PartnerClient(load(write_partner(tmp_path, url, **calls)))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Every time.sleep of the test (urllib3 backoff, Retry-After, throttling), recorded, not slept."""
+    recorded = []
+    monkeypatch.setattr(time, "sleep", lambda seconds: recorded.append(seconds))
+    return recorded
+
+
+def test_500s_and_read_timeouts_are_retried_until_every_member_is_ok(flaky_url, client_for):
+    client = client_for(flaky_url, retries=10, read_timeout_s=0.3)
+    decisions = [E.decide(client, FEATURES) for _ in range(40)]
+    assert {d["STATUS"] for d in decisions} == {"OK"}, [d["ERROR"] for d in decisions if d["ERROR"]]
+    assert {d["OFFER"] for d in decisions} == {"OFFER_2"}
+    # 120 calls at 20-24% failure each: some attempts were retries (P(no retry) < 1e-11).
+    assert sum(d["ATTEMPTS"] for d in decisions) > 3 * len(decisions)
+
+
+def test_a_read_timeout_without_retries_fails_the_member_with_the_reason(tmp_path, client_for):
+    with uvicorn_server(env={"FAULT_LATENCY_MS": "1000", "FAULT_PATHS": "/ml/ats"}) as url:
+        decision = E.decide(client_for(url, retries=0, read_timeout_s=0.2), FEATURES)
+    assert decision["STATUS"] == "FAILED"
+    assert decision["ERROR"] == "ats: ConnectionError: read timeout"
+    assert decision["RESP_PREDICTION"] is not None  # the other model was still asked
+    assert decision["ATTEMPTS"] == 2
+
+
+def test_429_waits_as_long_as_retry_after_says(busy_url, client_for, sleeps):
+    client = client_for(busy_url, retries=10, retry_after_max_s=30, backoff_s=0.001)
+    decisions = [E.decide(client, FEATURES) for _ in range(10)]
+    assert {d["STATUS"] for d in decisions} == {"OK"}
+    retry_after_waits = [s for s in sleeps if s == 2]
+    assert len(retry_after_waits) == sum(d["ATTEMPTS"] for d in decisions) - 3 * len(decisions) > 0
+
+
+def test_retry_after_is_capped_by_the_partner_policy(busy_url, client_for, sleeps):
+    client = client_for(busy_url, retries=10, retry_after_max_s=1, backoff_s=0.001)
+    decisions = [E.decide(client, FEATURES) for _ in range(10)]
+    assert {d["STATUS"] for d in decisions} == {"OK"}
+    assert 2 not in sleeps and 1 in sleeps
+
+
+def test_other_4xx_is_not_retried(server_url, client_for):
+    client = client_for(server_url, retries=5)
+    result = client.call("ats", {"AVG_POINTS_BOUGHT": "lots"})
+    assert result.attempts == 1
+    assert result.error.startswith("ats: HTTP 422: ")
+    assert "AVG_POINTS_BOUGHT" in result.error
+
+
+def test_malformed_bodies_are_failures_with_a_reason(garbled_url, client_for):
+    client = client_for(garbled_url, retries=3)
+    offer_body = {"ats_prediction": 1, "resp_prediction": 1}
+    results = [client.call(kind, offer_body if kind == "offer" else FEATURES)
+               for kind in ("ats", "offer") for _ in range(40)]
+    assert all(r.value is None and r.attempts == 1 for r in results)  # a 200 is never retried
+    assert {r.error for r in results} == {
+        "ats: bad response: body is not JSON: '<html>upstream error</html>'",
+        "ats: bad response: response has no 'prediction' field",
+        "ats: bad response: 'prediction' is not a number: None",
+        "ats: bad response: 'prediction' is not a number: '12.5'",
+        "ats: bad response: 'prediction' is not finite: nan",
+        "ats: bad response: 'prediction' is not finite: inf",
+        "offer: bad response: body is not JSON: '<html>upstream error</html>'",
+        "offer: bad response: response has no 'offer' field",
+        "offer: bad response: unknown offer None",
+        "offer: bad response: unknown offer '12.5'",
+        "offer: bad response: unknown offer nan",
+        "offer: bad response: unknown offer inf",
+        "offer: bad response: unknown offer 'OFFER_99'",
+    }
+
+
+def test_connection_refused_fails_after_the_retries(tmp_path, client_for):
+    client = client_for(f"http://127.0.0.1:{free_port()}", retries=2)
+    decision = E.decide(client, FEATURES)
+    assert decision["STATUS"] == "FAILED"
+    assert decision["ERROR"] == "ats: ConnectionError: connection refused; resp: ConnectionError: connection refused"
+    assert decision["ATTEMPTS"] == 6
+    assert decision["OFFER"] is None
+
+
+def test_a_failing_endpoint_is_throttled_and_a_healthy_one_is_not(garbled_url, server_url, client_for, sleeps):
+    failing = client_for(garbled_url, retries=0, throttle_delay_s=0.123)
+    for _ in range(30):
+        failing.call("ats", FEATURES)
+    held_back = sleeps.count(0.123)
+    assert held_back >= 10  # the probability climbs to 29/31 as failures accumulate
+    healthy = client_for(server_url, retries=0, throttle_delay_s=0.123)
+    for _ in range(30):
+        assert healthy.call("ats", FEATURES).error is None
+    assert sleeps.count(0.123) == held_back
