@@ -8,13 +8,18 @@ import apache_beam as beam
 from apache_beam import coders
 from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.io.textio import ReadFromTextWithFilename
+from apache_beam.metrics import Metrics
 
 from beam_pipeline.outputs import join
 from beam_pipeline.partner import PartnerConfig
 from transforms.endpoints import CallEndpoints
+from transforms import NAMESPACE
 from transforms.features import MemberFeaturesFn
 from transforms.parse import DEAD_LETTER, FileLayout, ParseExport
 from transforms.results import DEAD_LETTER_SCHEMA, ToResultRowFn, feature_columns, results_schema
+
+
+MEMBERS_WITH_FEATURES = "members_with_features"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +52,17 @@ def _has_transactions(member) -> bool:
     return member[1]["N_TRANSACTIONS"] > 0
 
 
+class CountMembersFn(beam.DoFn):
+    """Counts the members that leave the feature step, so the run can prove each got a results row."""
+
+    def __init__(self):
+        self.members = Metrics.counter(NAMESPACE, MEMBERS_WITH_FEATURES)
+
+    def process(self, member):
+        self.members.inc()
+        yield member
+
+
 class DecideOffers(beam.PTransform):
     """Member summaries -> (member, summary, decision); no calls for members without transactions."""
 
@@ -75,6 +91,7 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     (
         parsed.transactions
         | "MemberFeatures" >> beam.CombinePerKey(MemberFeaturesFn(job.as_of, partner.feature_names))
+        | "CountMembers" >> beam.ParDo(CountMembersFn())
         | "DecideOffers" >> DecideOffers(partner)
         | "ToResultRow" >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
         | "WriteResults" >> WriteToParquet(

@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from beam_pipeline.outputs import join
+from beam_pipeline.pipeline import MEMBERS_WITH_FEATURES
 from transforms import NAMESPACE
 from transforms.results import FAILED, NO_TRANSACTIONS, OK
 from transforms.timing import BUNDLE_MS
@@ -120,6 +121,8 @@ def accounting(counters: Counter, results: pa.Table, dead_letters: pa.Table) -> 
         )
     if counters["dead_letter_rows"] != dead_letters.num_rows:
         problems.append(f"dead-letter counter {counters['dead_letter_rows']} != rows written {dead_letters.num_rows}")
+    if MEMBERS_WITH_FEATURES in counters and counters[MEMBERS_WITH_FEATURES] != members:
+        problems.append(f"{counters[MEMBERS_WITH_FEATURES]} members had features but {members} results rows were written")
     distinct = pc.count_distinct(results.column("MEMBER_ID")).as_py()
     if distinct != members:
         problems.append(f"{members - distinct} member(s) have more than one results row")

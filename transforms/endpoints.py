@@ -26,6 +26,7 @@ from urllib3.util.retry import Retry
 from beam_pipeline.partner import PartnerConfig
 from transforms import NAMESPACE
 from transforms.rate_limit import RateLimiter
+from transforms.thread_metrics import PooledMetrics
 from transforms.timing import TimedDoFn
 
 log = logging.getLogger(__name__)
@@ -157,12 +158,13 @@ class PartnerClient:
         self._lock = threading.Lock()
         rate = partner.calls.rate_limit_per_s
         self._rate_limiter = RateLimiter(rate) if rate else None
+        self.metrics = PooledMetrics(NAMESPACE)  # updated from pool threads: see thread_metrics
         self.outcomes = {
-            (kind, outcome): Metrics.counter(NAMESPACE, f"requests_{kind}_{outcome}")
+            (kind, outcome): self.metrics.counter(f"requests_{kind}_{outcome}")
             for kind in KINDS for outcome in ("ok", "http_error", "bad_response", "exception")
         }
-        self.retries = {kind: Metrics.counter(NAMESPACE, f"retries_{kind}") for kind in KINDS}
-        self.latency = {kind: Metrics.distribution(NAMESPACE, f"latency_ms_{kind}") for kind in KINDS}
+        self.retries = {kind: self.metrics.counter(f"retries_{kind}") for kind in KINDS}
+        self.latency = {kind: self.metrics.distribution(f"latency_ms_{kind}") for kind in KINDS}
 
     def close(self) -> None:
         self.session.close()
@@ -173,7 +175,7 @@ class PartnerClient:
             with self._lock:
                 wait = throttler.throttle_request(time.time() * 1000)
             if wait:
-                Metrics.counter(NAMESPACE, f"throttled_{kind}").inc()
+                self.metrics.counter(f"throttled_{kind}").inc()
                 time.sleep(throttler.throttle_delay_secs)
 
     def _succeeded(self, kind: str, start: float) -> None:
@@ -242,7 +244,7 @@ def decide(client: PartnerClient, features: dict) -> dict:
         return _with_offer(client, ats, resp)
     except Exception as exc:  # noqa: BLE001 - becomes a FAILED row, logged with its traceback
         log.exception("unexpected error while calling the endpoints for one member")
-        Metrics.counter(NAMESPACE, "members_internal_error").inc()
+        client.metrics.counter("members_internal_error").inc()
         failed = CallResult(None, None, 0, f"internal error: {type(exc).__name__}: {exc}"[:200])
         return _with_offer(client, failed, failed._replace(error=None))
 
@@ -294,6 +296,7 @@ class CallEndpointsFn(TimedDoFn):
         decisions = self._pool.map(lambda kv: decide(self._client, kv[1]["FEATURES"]), batch)
         for (member_id, summary), decision in zip(batch, decisions):
             yield member_id, summary, decision
+        self._client.metrics.flush()
         self.batch_ms.update(int((time.perf_counter() - t0) * 1000))
         self.batch_size.update(len(batch))
 

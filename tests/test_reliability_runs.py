@@ -1,0 +1,215 @@
+"""Whole runs of the CLI against the real reference service with faults injected, and output safety.
+
+Every run here must end with the accounting closed and every member in exactly
+one results row, whatever the endpoints did.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from beam_pipeline import cli, generate, summary
+from conftest import free_port, uvicorn_process, uvicorn_server, write_partner
+
+AS_OF = "2026-11-24"
+# Latency and attempts differ between runs by nature; everything else must not.
+VOLATILE = ("ATS_LATENCY_MS", "RESP_LATENCY_MS", "OFFER_LATENCY_MS", "ATTEMPTS")
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    """300 rows: 60 members, 6 of them without transactions, a few dead letters."""
+    path = tmp_path_factory.mktemp("input") / "export.csv"
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        generate.write(out, 300, seed=5)
+    return path
+
+
+def run(export: Path, output: Path, partner: Path, *extra: str) -> tuple[int, dict | None, list[dict]]:
+    code = cli.main(["--input", str(export), "--output", str(output), "--partner-config", str(partner),
+                     "--as-of", AS_OF, "--log-level", "WARNING", *extra])
+    run_json = output / "run.json"
+    if not run_json.exists():
+        return code, None, []
+    rows = pq.read_table(output / "results").to_pylist()
+    return code, json.loads(run_json.read_text()), sorted(rows, key=lambda r: r["MEMBER_ID"])
+
+
+def stable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in VOLATILE} for row in rows]
+
+
+def assert_consistent(run_summary: dict, rows: list[dict], output: Path) -> None:
+    """The published outputs agree with each other and account for every row and member."""
+    acc = run_summary["accounting"]
+    assert acc["rows_read"] == acc["transactions"] + acc["member_only_rows"] + acc["dead_letter_rows"]
+    assert acc["members"] == len(rows) == len({r["MEMBER_ID"] for r in rows})
+    assert acc["members"] == acc["members_ok"] + acc["members_no_transactions"] + acc["members_failed"]
+    assert pq.read_table(output / "dead_letter").num_rows == acc["dead_letter_rows"]
+    assert not list(output.glob("_staging-*"))
+    for row in rows:
+        assert (row["STATUS"] == "FAILED") == (row["ERROR"] is not None)
+        assert (row["STATUS"] == "OK") == (row["OFFER"] is not None)
+
+
+@pytest.fixture(scope="module")
+def baseline_run(export, server_url, tmp_path_factory):
+    """A run against the healthy service: its results rows and output folder."""
+    work = tmp_path_factory.mktemp("baseline")
+    code, run_summary, rows = run(export, work / "out", write_partner(work, server_url))
+    assert code == 0
+    assert_consistent(run_summary, rows, work / "out")
+    assert run_summary["accounting"]["members_failed"] == 0
+    assert run_summary["accounting"]["members_no_transactions"] > 0
+    assert run_summary["accounting"]["dead_letter_rows"] > 0
+    return rows, work / "out"
+
+
+@pytest.fixture(scope="module")
+def baseline(baseline_run):
+    """What every faulty run should converge to."""
+    return baseline_run[0]
+
+
+def test_rerun_with_the_same_inputs_gives_the_same_content(export, server_url, baseline, tmp_path):
+    code, run_summary, rows = run(export, tmp_path / "out", write_partner(tmp_path, server_url))
+    assert code == 0
+    assert stable(rows) == stable(baseline)
+
+
+def test_20pct_500s_and_timeouts_end_ok_after_retries(export, baseline, tmp_path):
+    env = {"FAULT_RATE": "0.2", "FAULT_STATUS": "500", "FAULT_LATENCY_MS": "800", "FAULT_LATENCY_RATE": "0.05"}
+    with uvicorn_server(env=env) as url:
+        partner = write_partner(tmp_path, url, retries=10, read_timeout_s=0.3)
+        code, run_summary, rows = run(export, tmp_path / "out", partner)
+    assert code == 0
+    assert_consistent(run_summary, rows, tmp_path / "out")
+    assert stable(rows) == stable(baseline)
+    called = [r for r in rows if r["STATUS"] == "OK"]
+    assert sum(r["ATTEMPTS"] for r in called) > 3 * len(called)  # retries happened
+    metrics = pq.read_table(tmp_path / "out" / "metrics").to_pylist()
+    retries = sum(m["VALUE"] for m in metrics if m["NAME"].startswith("retries_"))
+    assert retries == sum(r["ATTEMPTS"] for r in called) - 3 * len(called)
+
+
+def test_one_endpoint_failing_fails_every_member_with_the_reason_and_exit_3(export, baseline, tmp_path):
+    with uvicorn_server(env={"FAULT_RATE": "1", "FAULT_STATUS": "503", "FAULT_PATHS": "/ml/resp"}) as url:
+        code, run_summary, rows = run(export, tmp_path / "out", write_partner(tmp_path, url, retries=2))
+    assert code == 3
+    assert run_summary["exit_code"] == 3
+    assert_consistent(run_summary, rows, tmp_path / "out")
+    assert [r["MEMBER_ID"] for r in rows] == [r["MEMBER_ID"] for r in baseline]
+    for row, base in zip(rows, baseline):
+        if base["STATUS"] == "NO_TRANSACTIONS":
+            assert row["STATUS"] == "NO_TRANSACTIONS" and row["ATTEMPTS"] == 0
+            continue
+        assert row["STATUS"] == "FAILED"
+        assert row["ERROR"] == 'resp: HTTP 503: {"detail": "injected fault: HTTP 503"}'
+        assert row["ATTEMPTS"] == 1 + 3  # ATS once, RESP 1 + 2 retries, no offer call
+        assert row["ATS_PREDICTION"] == base["ATS_PREDICTION"]
+        assert row["OFFER"] is None
+    metrics = {m["NAME"]: m["VALUE"] for m in pq.read_table(tmp_path / "out" / "metrics").to_pylist()
+               if m["KIND"] == "counter"}
+    failed = run_summary["accounting"]["members_failed"]
+    assert metrics["requests_resp_http_error"] == failed
+    assert metrics["requests_ats_ok"] == failed
+    assert metrics.get("requests_offer_ok", 0) == 0
+
+
+def test_killing_the_server_mid_run_fails_the_rest_and_keeps_outputs_whole(export, baseline, tmp_path):
+    """The server is killed once it has answered 24 calls; the run carries on without it."""
+    log = tmp_path / "access.log"
+    stop = threading.Event()
+    with uvicorn_process(env={"FAULT_LATENCY_MS": "40"}, access_log=log) as (url, proc):
+
+        def kill_after_24_calls():
+            while not stop.is_set():
+                if log.read_bytes().count(b'"POST ') >= 24:
+                    proc.kill()
+                    return
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=kill_after_24_calls, daemon=True)
+        watcher.start()
+        partner = write_partner(tmp_path, url, retries=2, concurrency=2)
+        try:
+            code, run_summary, rows = run(export, tmp_path / "out", partner)
+        finally:
+            stop.set()
+            watcher.join()
+        assert proc.poll() is not None, "the run ended before the server was killed"
+    assert code == 3
+    assert_consistent(run_summary, rows, tmp_path / "out")
+    assert [r["MEMBER_ID"] for r in rows] == [r["MEMBER_ID"] for r in baseline]
+    statuses = {r["STATUS"] for r in rows}
+    assert statuses == {"OK", "FAILED", "NO_TRANSACTIONS"}
+    for row, base in zip(stable(rows), stable(baseline)):
+        if row["STATUS"] == "FAILED":
+            assert "connection refused" in row["ERROR"] or "connection lost" in row["ERROR"], row["ERROR"]
+        else:
+            assert row == base
+
+
+def test_unreachable_endpoint_stops_before_the_run(export, tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    code, run_summary, _ = run(export, tmp_path / "out", write_partner(tmp_path, url))
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot reach ATS endpoint {url}/ml/ats/predict: connection refused\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_crashed_run_publishes_nothing_and_keeps_the_previous_outputs(
+        export, server_url, baseline_run, tmp_path, monkeypatch):
+    baseline, baseline_output = baseline_run
+    out = tmp_path / "out"
+    shutil.copytree(baseline_output, out)
+    first = json.loads((out / "run.json").read_text())
+
+    import transforms.results as results
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(results, "result_row", broken)
+    code, after, rows = run(export, out, write_partner(tmp_path, server_url))
+    assert code == 1
+    assert after["run_id"] == first["run_id"]  # the previous run's outputs are untouched
+    assert stable(rows) == stable(baseline)
+    assert len(list(out.glob("_staging-*"))) == 1  # the crashed run's partial files stay aside
+
+
+def test_an_accounting_violation_fails_loudly_and_publishes_nothing(export, server_url, tmp_path, monkeypatch,
+                                                                    caplog):
+    real = summary.counter_totals
+
+    def one_row_lost(rows):
+        totals = real(rows)
+        totals["rows_read"] += 1
+        return totals
+
+    monkeypatch.setattr(summary, "counter_totals", one_row_lost)
+    code, run_summary, _ = run(export, tmp_path / "out", write_partner(tmp_path, server_url))
+    assert code == 1
+    assert run_summary is None and not (tmp_path / "out" / "results").exists()
+    assert "accounting does not close: rows_read" in caplog.text
+
+
+def test_accounting_catches_a_member_without_a_results_row():
+    import pyarrow as pa
+    from collections import Counter
+
+    results = pa.table({"MEMBER_ID": ["a", "b"], "STATUS": ["OK", "FAILED"]})
+    dead = pa.table({"REASON": ["BAD_NUMBER"]})
+    counters = Counter(rows_read=4, transactions=2, member_only_rows=1, dead_letter_rows=1, members_with_features=2)
+    assert summary.accounting(counters, results, dead)["members_failed"] == 1
+    counters["members_with_features"] = 3
+    with pytest.raises(summary.AccountingError, match="3 members had features but 2 results rows"):
+        summary.accounting(counters, results, dead)
