@@ -17,7 +17,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import inputs, outputs, preflight, summary
+from beam_pipeline import inputs, outputs, preflight, streaming, summary
 from beam_pipeline.partner import ConfigError, PartnerConfig, load, load_named
 from beam_pipeline.pipeline import JobConfig, build_pipeline
 from beam_pipeline.runners import make_runner, runner_name
@@ -34,7 +34,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = _ArgumentParser(prog="python -m beam_pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--input", action="append", required=True,
+    parser.add_argument("--input", action="append",
                         help="export file or glob (local or gs://); repeat for several")
     parser.add_argument("--output", required=True, help="output directory (local or gs://)")
     who = parser.add_mutually_exclusive_group()
@@ -45,7 +45,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--skip-preflight", action="store_true",
                         help="do not check that endpoint hosts answer before the run")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return parser.parse_known_args(argv)
+    streaming.add_arguments(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    if not args.input and not args.streaming:
+        parser.error("the following arguments are required: --input")
+    return args, beam_args
 
 
 def parse_as_of(text: str | None) -> dt.date:
@@ -80,6 +84,8 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     logging.getLogger().setLevel(args.log_level)
     partner, partner_source = resolve_partner(args)
     as_of = parse_as_of(args.as_of)
+    if args.streaming:
+        return streaming.run(args, beam_args, partner, partner_source, as_of if args.as_of else None)
     patterns = [_local(p) for p in args.input]
     files, layouts = inputs.inspect_inputs(patterns, partner, partner_source)
     outputs.check_writable(args.output)
@@ -145,6 +151,8 @@ def _offer_counts(results) -> dict:
 
 
 def format_summary(s: dict) -> str:
+    if s.get("streaming"):
+        return streaming.format_summary(s)
     acc = s["accounting"]
     offers = ", ".join(f"{k} {v}" for k, v in s["offers"].items()) or "none"
     return (

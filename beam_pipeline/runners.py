@@ -35,3 +35,10 @@ def make_runner(options: PipelineOptions) -> PipelineRunner | None:
     if options.view_as(StandardOptions).runner in LOCAL_NAMES and not options.view_as(StandardOptions).streaming:
         return local_runner(options)
     return None
+
+
+def streaming_local_runner() -> PipelineRunner:
+    """The bundle-based DirectRunner: the local engine that runs TestStream and Pub/Sub reads."""
+    from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+
+    return BundleBasedDirectRunner()

@@ -35,9 +35,11 @@ MALFORMED_CSV = "MALFORMED_CSV"
 NOT_UTF8 = "NOT_UTF8"
 AFTER_AS_OF = "AFTER_AS_OF"
 BLANK_LINE = "BLANK_LINE"
+MALFORMED_JSON = "MALFORMED_JSON"  # streaming messages only (transforms/messages.py)
 REASONS = (
     MISSING_MEMBER_ID, PARTIAL_TRANSACTION, BAD_TIMESTAMP, UNKNOWN_TYPE, BAD_NUMBER,
     NON_FINITE_NUMBER, WRONG_FIELD_COUNT, MALFORMED_CSV, NOT_UTF8, AFTER_AS_OF, BLANK_LINE,
+    MALFORMED_JSON,
 )
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -84,6 +86,12 @@ def parse_timestamp(text: str, formats: tuple[str, ...]) -> int:
             parsed = parsed.replace(tzinfo=dt.timezone.utc)
         return (parsed - _EPOCH) // _ONE_US
     raise Rejected(BAD_TIMESTAMP, f"cannot parse timestamp {text!r}")
+
+
+def end_of_day_us(as_of: dt.date) -> int:
+    """The first microsecond after ``as_of`` (UTC): transactions from then on are AFTER_AS_OF."""
+    day_after = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+    return (day_after - _EPOCH) // _ONE_US
 
 
 def parse_number(text: str, column: str) -> float:
@@ -146,8 +154,7 @@ class ParseLineFn(TimedDoFn):
         self._layouts = layouts
         self._delimiter = delimiter
         self._formats = tuple(timestamp_formats)
-        day_after = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
-        self._last_day_us = (day_after - _EPOCH) // _ONE_US
+        self._last_day_us = end_of_day_us(as_of)
         self.rows_read = Metrics.counter(NAMESPACE, "rows_read")
         self.header_lines = Metrics.counter(NAMESPACE, "header_lines")
         self.transactions = Metrics.counter(NAMESPACE, "transactions")
@@ -171,10 +178,7 @@ class ParseLineFn(TimedDoFn):
                 text = line.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise Rejected(NOT_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
-            try:
-                fields = split_fields(text, self._delimiter)
-            except csv.Error as exc:
-                raise Rejected(MALFORMED_CSV, str(exc)) from None
+            fields = self.fields(text, layout)
             member_id, txn = parse_fields(fields, layout, self._formats, self._last_day_us)
         except Rejected as rej:
             self.dead_letter_rows.inc()
@@ -186,6 +190,14 @@ class ParseLineFn(TimedDoFn):
         else:
             self.transactions.inc()
         yield member_id, txn
+
+
+    def fields(self, text: str, layout: FileLayout) -> list[str]:
+        """One line's fields in the layout's column order (streaming also reads JSON here)."""
+        try:
+            return split_fields(text, self._delimiter)
+        except csv.Error as exc:
+            raise Rejected(MALFORMED_CSV, str(exc)) from None
 
 
 class ParseExport(beam.PTransform):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Iterable
 
 import apache_beam as beam
@@ -86,3 +87,54 @@ class ToResultRowFn(TimedDoFn):
         row = result_row(member_id, summary, decision, self._columns, self._partner, self._as_of)
         self.by_status[row["STATUS"]].inc()
         yield row
+
+
+# Streaming: one row per emitted member update, with when it happened (README "Streaming").
+_STREAM_FIELDS = [
+    ("UPDATE_SEQ", pa.int64()),
+    ("LAST_TRANSACTION_AT", pa.timestamp("us", tz="UTC")),
+    ("RECEIVED_AT", pa.timestamp("us", tz="UTC")),
+    ("FEATURES_AT", pa.timestamp("us", tz="UTC")),
+    ("DECIDED_AT", pa.timestamp("us", tz="UTC")),
+    ("TXN_TO_OFFER_MS", pa.float64()),
+]
+
+
+def stream_results_schema(feature_names: Iterable[str]) -> pa.Schema:
+    schema = results_schema(feature_names)
+    for name, kind in _STREAM_FIELDS:
+        schema = schema.append(pa.field(name, kind))
+    return schema
+
+
+def _utc(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+
+
+class ToStreamResultRowFn(ToResultRowFn):
+    """(member, update summary, decision) -> a results row stamped with its decision time.
+
+    The row's event time becomes the moment the offer was decided, so the windowed
+    files hold what was decided in each window, and a row is never behind the
+    watermark (which follows transaction time) when it reaches the sink.
+    """
+
+    def __init__(self, columns: list[str], partner: str):
+        super().__init__(columns, partner, None)
+        self.latency = Metrics.distribution(NAMESPACE, "stream_txn_to_offer_ms")
+
+    def process(self, element):
+        member_id, summary, decision = element
+        now = time.time()
+        row = result_row(member_id, summary, decision, self._columns, self._partner, summary["AS_OF"])
+        self.by_status[row["STATUS"]].inc()
+        row["UPDATE_SEQ"] = summary["UPDATE_SEQ"]
+        row["LAST_TRANSACTION_AT"] = summary["LAST_TRANSACTION_AT"]
+        row["RECEIVED_AT"] = _utc(summary["RECEIVED_AT"])
+        row["FEATURES_AT"] = _utc(summary["FEATURES_AT"])
+        row["DECIDED_AT"] = _utc(now)
+        row["TXN_TO_OFFER_MS"] = None
+        if row["OFFER"] is not None:
+            row["TXN_TO_OFFER_MS"] = (now - summary["RECEIVED_AT"]) * 1000
+            self.latency.update(int(row["TXN_TO_OFFER_MS"]))
+        yield beam.window.TimestampedValue(row, now)

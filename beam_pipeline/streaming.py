@@ -1,0 +1,328 @@
+"""The streaming job: each transaction updates its member's features and, debounced, the offer.
+
+Same parser, same feature CombineFn, same endpoint DoFns and retry rules, same
+dead letters as the batch job; what differs is the source (Pub/Sub, or a
+replay of an export through TestStream), per-member state instead of
+``CombinePerKey``, and windowed Parquet files instead of one published folder.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import logging
+import os
+import time
+import uuid
+from typing import Any, Callable, Iterable
+
+import apache_beam as beam
+from apache_beam.io.parquetio import WriteToParquet
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.utils.timestamp import Timestamp
+
+from beam_pipeline import inputs, outputs, preflight, summary
+from beam_pipeline.outputs import join
+from beam_pipeline.partner import ConfigError, PartnerConfig
+from beam_pipeline.pipeline import DecideOffers
+from beam_pipeline.runners import LOCAL_NAMES, runner_name, streaming_local_runner
+from transforms.features import Transaction
+from transforms.member_state import MemberUpdatesFn
+from transforms.messages import ParseMessageFn, message_layout
+from transforms.parse import DEAD_LETTER, FileLayout
+from transforms.results import DEAD_LETTER_SCHEMA, ToStreamResultRowFn, feature_columns, stream_results_schema
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED_MEMBERS = 0, 3
+
+
+def test_stream_clock() -> float:
+    """Processing time for debounce timers under TestStream, whose simulated clock starts at 0."""
+    return 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    partner: PartnerConfig
+    as_of: dt.date | None  # None: the UTC date at the moment each update is computed
+    results: str  # file prefix of the windowed result files
+    dead_letters: str
+    debounce_s: float = 5.0
+    idle_days: float = 30.0
+    window_s: int = 60
+    bigquery_table: str | None = None
+    timer_clock: Callable[[], float] = time.time
+
+
+def _event_time(member: tuple[str, Transaction | None]):
+    """Event time is the transaction's own timestamp; a member-only row keeps its arrival time."""
+    txn = member[1]
+    return member if txn is None else beam.window.TimestampedValue(member, Timestamp(micros=txn.ts_us))
+
+
+class MemberUpdates(beam.PTransform):
+    """Keyed transactions -> debounced (member id, summary) updates from per-member state."""
+
+    def __init__(self, cfg: StreamConfig):
+        super().__init__()
+        self._cfg = cfg
+
+    def expand(self, transactions):
+        cfg = self._cfg
+        fn = MemberUpdatesFn(cfg.as_of, cfg.partner.feature_names, cfg.debounce_s, cfg.idle_days, cfg.timer_clock)
+        return (
+            transactions
+            | "EventTime" >> beam.Map(_event_time)
+            | "MemberState" >> beam.ParDo(fn).with_input_types(tuple[str, Any])
+        )
+
+
+def bigquery_row(row: dict) -> dict:
+    """A results row as JSON-safe values for BigQuery streaming inserts."""
+    return {k: v.isoformat() if isinstance(v, (dt.date, dt.datetime)) else v for k, v in row.items()}
+
+
+def bigquery_schema(schema) -> str:
+    """The results Parquet schema as a BigQuery schema string (NAME:TYPE,...)."""
+    import pyarrow as pa
+
+    def kind(t) -> str:
+        if pa.types.is_string(t):
+            return "STRING"
+        if pa.types.is_integer(t):
+            return "INT64"
+        if pa.types.is_floating(t):
+            return "FLOAT64"
+        if pa.types.is_date(t):
+            return "DATE"
+        if pa.types.is_timestamp(t):
+            return "TIMESTAMP"
+        raise ValueError(f"no BigQuery type for {t}")
+
+    return ",".join(f"{field.name}:{kind(field.type)}" for field in schema)
+
+
+def build_stream(messages, layouts: dict[str, FileLayout], cfg: StreamConfig):
+    """(source, raw message) pairs -> windowed result and dead-letter files; returns the result rows."""
+    partner = cfg.partner
+    parse = ParseMessageFn(
+        layouts, partner.input.columns, partner.input.delimiter, partner.input.timestamp_formats, cfg.as_of
+    )
+    parsed = messages | "Parse" >> beam.ParDo(parse).with_outputs(DEAD_LETTER, main="transactions")
+    schema = stream_results_schema(partner.feature_names)
+    rows = (
+        parsed.transactions
+        | "MemberUpdates" >> MemberUpdates(cfg)
+        | "DecideOffers" >> DecideOffers(partner)
+        | "ToResultRow" >> beam.ParDo(ToStreamResultRowFn(feature_columns(partner.feature_names), partner.name))
+    )
+    rows | "WriteResults" >> WriteToParquet(
+        cfg.results, schema, file_name_suffix=".parquet", triggering_frequency=cfg.window_s
+    )
+    parsed[DEAD_LETTER] | "WriteDeadLetters" >> WriteToParquet(
+        cfg.dead_letters, DEAD_LETTER_SCHEMA, file_name_suffix=".parquet", triggering_frequency=cfg.window_s
+    )
+    if cfg.bigquery_table:
+        from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
+
+        (
+            rows
+            | "ToBigQueryRow" >> beam.Map(bigquery_row)
+            | "WriteBigQuery" >> WriteToBigQuery(
+                cfg.bigquery_table, schema=bigquery_schema(schema),
+                create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
+                write_disposition=BigQueryDisposition.WRITE_APPEND,
+            )
+        )
+    return rows
+
+
+def replay_events(lines: Iterable[tuple[str, bytes]], rate: float, step_s: float, start: float) -> TestStream:
+    """An export replayed as a stream: ``rate`` lines per second of simulated processing time.
+
+    Lines arrive in file order, ``rate * step_s`` per step; processing time then
+    advances by ``step_s`` (the debounce interval, so a member's rows within one
+    step make one update). Each line is stamped with its arrival time; the
+    watermark stays behind until the replay ends, so no transaction is late.
+    """
+    per_step = max(1, round(rate * step_s))
+    stream = TestStream()
+    batch: list = []
+    for i, line in enumerate(lines):
+        batch.append(beam.window.TimestampedValue(line, start + i / rate))
+        if len(batch) == per_step:
+            stream = stream.add_elements(batch).advance_processing_time(step_s)
+            batch = []
+    if batch:
+        stream = stream.add_elements(batch).advance_processing_time(step_s)
+    return stream.advance_processing_time(step_s).advance_watermark_to_infinity()
+
+
+def read_lines(paths: Iterable[str]) -> list[tuple[str, bytes]]:
+    """Every physical line of the files, as (file, raw bytes), the way the batch job reads them."""
+    out = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        out.extend((path, line) for line in data.split(b"\n")[: -1 if data.endswith(b"\n") else None])
+    return out
+
+
+def pubsub_messages(p, subscription: str):
+    """Pub/Sub messages as (source, raw bytes); needs apache-beam[gcp], imported only here."""
+    try:
+        from apache_beam.io.gcp.pubsub import ReadFromPubSub
+        from google.cloud import pubsub  # noqa: F401 - the client ReadFromPubSub needs
+    except ImportError:
+        raise ConfigError("--subscription needs the Pub/Sub client: pip install 'apache-beam[gcp]==2.77.0'") from None
+    source = f"pubsub:{subscription}"
+    return (
+        p
+        | "ReadPubSub" >> ReadFromPubSub(subscription=subscription)
+        | "WithSource" >> beam.Map(lambda raw: (source, raw))
+    ), source
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("streaming (README \"Streaming\")")
+    group.add_argument("--streaming", action="store_true",
+                       help="run the streaming job: Pub/Sub (--subscription) or a replay of --input")
+    group.add_argument("--subscription", help="Pub/Sub subscription projects/P/subscriptions/S")
+    group.add_argument("--rate", type=float, default=100.0,
+                       help="replay of --input: lines per second of simulated time (default 100)")
+    group.add_argument("--debounce-seconds", type=float, default=5.0,
+                       help="wait this long after a member's first new transaction before calling (default 5)")
+    group.add_argument("--idle-days", type=float, default=30.0,
+                       help="clear a member's state after this many days of event time without a transaction")
+    group.add_argument("--window-seconds", type=int, default=60,
+                       help="one set of result files per window of this many seconds (default 60)")
+    group.add_argument("--bigquery-table", help="also stream result rows to PROJECT:DATASET.TABLE")
+
+
+def _check(args: argparse.Namespace) -> None:
+    if bool(args.subscription) == bool(args.input):
+        raise ConfigError("--streaming needs exactly one of --subscription (Pub/Sub) or --input (a replay)")
+    if args.rate <= 0 or args.debounce_seconds < 0 or args.idle_days <= 0 or args.window_seconds <= 0:
+        raise ConfigError("--rate, --idle-days and --window-seconds must be > 0, --debounce-seconds >= 0")
+
+
+def run(
+    args: argparse.Namespace, beam_args: list[str], partner: PartnerConfig, partner_source: str,
+    as_of: dt.date | None,
+):
+    """Start the stream. A replay runs to its end and publishes like a batch run; Pub/Sub runs until cancelled."""
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.monotonic()
+    _check(args)
+    layouts: dict[str, FileLayout] = {}
+    files = []
+    if args.input:
+        patterns = [p if "://" in p else os.path.abspath(p) for p in args.input]
+        if any("://" in p for p in patterns):
+            raise ConfigError("a streaming replay reads local files only; use --subscription on Dataflow")
+        files, layouts = inputs.inspect_inputs(patterns, partner, partner_source)
+    outputs.check_writable(args.output)
+    if not args.skip_preflight:
+        preflight.check_endpoints(partner)
+
+    options = PipelineOptions(beam_args)
+    options.view_as(StandardOptions).streaming = True
+    runner = runner_name(options)
+    local = options.view_as(StandardOptions).runner in LOCAL_NAMES
+    run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
+    # A replay ends, so it stages and publishes like the batch job; a live stream appends windows.
+    base = outputs.staging_dir(output, run_id) if args.input else output
+    cfg = StreamConfig(
+        partner, as_of, join(base, "results", "part"), join(base, "dead_letter", "part"),
+        args.debounce_seconds, args.idle_days, args.window_seconds, args.bigquery_table,
+        test_stream_clock if args.input else time.time,
+    )
+    pipeline = beam.Pipeline(runner=streaming_local_runner() if local else None, options=options)
+    if args.input:
+        step = args.debounce_seconds or 1 / args.rate
+        messages = pipeline | "Replay" >> replay_events(
+            read_lines(f.path for f in files), args.rate, step, time.time())
+    else:
+        messages, source = pubsub_messages(pipeline, args.subscription)
+        layouts = {source: message_layout(partner.input.columns, partner.input.delimiter)}
+    build_stream(messages, layouts, cfg)
+    log.info("stream %s: partner=%s source=%s output=%s as_of=%s runner=%s debounce=%ss idle=%sd",
+             run_id, partner.name, args.subscription or ",".join(args.input), output,
+             as_of or "today (UTC, per update)", runner, args.debounce_seconds, args.idle_days)
+    result = pipeline.run()
+    if not args.input:
+        log.info("streaming job submitted (%s); results land in %s every %ss", runner, output, args.window_seconds)
+        if local:
+            result.wait_until_finish()
+        return EXIT_OK, {"streaming": True, "run_id": run_id, "output": output, "runner": runner}
+    result.wait_until_finish()
+    return _publish_replay(result, base, output, run_id, partner, as_of, runner, started, t0, args)
+
+
+def _publish_replay(result, staging, output, run_id, partner, as_of, runner, started, t0, args):
+    import pyarrow.compute as pc
+
+    rows = summary.metric_rows(result)
+    summary.write_metrics(rows, staging)
+    counters = summary.counter_totals(rows)
+    results = summary.read_parts(join(staging, "results"))
+    dead_folder = join(staging, "dead_letter")
+    os.makedirs(dead_folder, exist_ok=True)  # a window without dead letters writes no file
+    n_dead = summary.read_parts(dead_folder, ["REASON"]).num_rows if os.listdir(dead_folder) else 0
+    if counters["rows_read"] != counters["transactions"] + counters["member_only_rows"] + n_dead:
+        raise summary.AccountingError(
+            f"accounting does not close: rows_read {counters['rows_read']} != transactions "
+            f"{counters['transactions']} + member_only_rows {counters['member_only_rows']} + dead letters {n_dead}")
+    statuses = results.column("STATUS").to_pylist()
+    latency = results.column("TXN_TO_OFFER_MS").drop_null()
+    quantiles = pc.quantile(latency, q=[0.5, 0.95, 0.99]).to_pylist() if len(latency) else []
+    run_summary = {
+        "streaming": True,
+        "run_id": run_id,
+        "partner": partner.name,
+        "as_of": as_of.isoformat() if as_of else None,
+        "runner": runner,
+        "started_at": started.isoformat(),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "wall_seconds": round(time.monotonic() - t0, 3),
+        "replay": {"rate_per_s": args.rate, "debounce_s": args.debounce_seconds, "idle_days": args.idle_days},
+        "accounting": {
+            "rows_read": counters["rows_read"],
+            "transactions": counters["transactions"],
+            "member_only_rows": counters["member_only_rows"],
+            "dead_letter_rows": n_dead,
+            "updates": results.num_rows,
+            "members": pc.count_distinct(results.column("MEMBER_ID")).as_py(),
+            "updates_ok": statuses.count("OK"),
+            "updates_no_transactions": statuses.count("NO_TRANSACTIONS"),
+            "updates_failed": statuses.count("FAILED"),
+            "members_cleared": counters["stream_members_cleared"],
+        },
+        "txn_to_offer_ms": dict(zip(("p50", "p95", "p99"), (round(q, 1) for q in quantiles))),
+        "latency_ms": summary.latency_percentiles(results),
+        "output": output,
+        "versions": summary.package_versions(),
+    }
+    outputs.write_json(join(staging, outputs.RUN_JSON), run_summary)
+    outputs.publish(staging, output)
+    failed = run_summary["accounting"]["updates_failed"]
+    return (EXIT_FAILED_MEMBERS if failed else EXIT_OK), run_summary
+
+
+def format_summary(s: dict) -> str:
+    if "accounting" not in s:
+        return f"streaming job {s['run_id']} on {s['runner']}: results in {s['output']}"
+    acc = s["accounting"]
+    lat = s["txn_to_offer_ms"]
+    return (
+        f"outputs: {s['output']} (results/, dead_letter/, metrics/, run.json)\n"
+        f"rows read {acc['rows_read']}: {acc['transactions']} transactions, {acc['member_only_rows']} "
+        f"member-only, {acc['dead_letter_rows']} dead letters\n"
+        f"updates {acc['updates']} for {acc['members']} members: {acc['updates_ok']} OK, "
+        f"{acc['updates_no_transactions']} NO_TRANSACTIONS, {acc['updates_failed']} FAILED\n"
+        f"transaction -> offer latency ms: p50 {lat.get('p50')}, p95 {lat.get('p95')}, p99 {lat.get('p99')}\n"
+        f"wall time: {s['wall_seconds']:.1f}s"
+    )

@@ -1,0 +1,81 @@
+"""Streaming messages: export lines without a header, or JSON objects, through the batch parser rules."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from apache_beam.pvalue import TaggedOutput
+
+from beam_pipeline.partner import load_named
+from transforms import features
+from transforms.features import Transaction
+from transforms.messages import ParseMessageFn, message_layout
+from transforms.parse import parse_timestamp
+
+SOURCE = "pubsub:projects/p/subscriptions/s"
+AS_OF = dt.date(2026, 11, 24)
+
+
+def _fn(partner_name: str = "legacy_export", as_of: dt.date | None = AS_OF) -> ParseMessageFn:
+    partner = load_named(partner_name)
+    layout = message_layout(partner.input.columns, partner.input.delimiter)
+    return ParseMessageFn({SOURCE: layout}, partner.input.columns, partner.input.delimiter,
+                          partner.input.timestamp_formats, as_of)
+
+
+def _parse(fn: ParseMessageFn, raw: bytes) -> list:
+    return list(fn.process((SOURCE, raw)))
+
+
+def _ts(text: str) -> int:
+    return parse_timestamp(text, ("iso",))
+
+
+def test_line_in_partner_column_order_is_a_transaction():
+    out = _parse(_fn(), b"M1,2025-03-01 10:00:00,Buy,100,2.5\r\n")
+    assert out == [("M1", Transaction(_ts("2025-03-01 10:00:00"), features.BUY, 100.0, 2.5))]
+
+
+def test_json_object_keyed_by_partner_columns_matches_the_line():
+    msg = {"memberId": " M1 ", "lastTransatcionUtcTs": "2025-03-01T10:00:00Z", "lastTransactionType": "buy",
+           "lastTransactionPointsBought": 100, "lastTransactionRevenueUSD": 2.5, "extra": [1]}
+    out = _parse(_fn(), json.dumps(msg).encode())
+    assert out == [("M1", Transaction(_ts("2025-03-01 10:00:00"), features.BUY, 100.0, 2.5))]
+
+
+def test_json_member_only_and_header_message():
+    fn = _fn("default")
+    assert _parse(fn, b'{"MEMBER_ID": "M2", "LAST_TRANSACTION_TS": null}') == [("M2", None)]
+    header = b"MEMBER_ID,LAST_TRANSACTION_TS,LAST_TRANSACTION_TYPE,LAST_TRANSACTION_POINTS_BOUGHT,LAST_TRANSACTION_REVENUE_USD"
+    assert _parse(fn, header) == []  # a replayed export's header is skipped, not a dead letter
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b'{"memberId": "M1", "lastTransatcionUtcTs": ', "MALFORMED_JSON"),
+    (b"[1, 2]", "WRONG_FIELD_COUNT"),  # not an object, so read as a CSV line
+    (b'{"memberId": "M1", "lastTransactionType": "buy"}', "PARTIAL_TRANSACTION"),
+    (b'{"lastTransatcionUtcTs": "2025-03-01 10:00:00", "lastTransactionType": "buy", '
+     b'"lastTransactionPointsBought": 1, "lastTransactionRevenueUSD": 1}', "MISSING_MEMBER_ID"),
+    (b'{"memberId": "M1", "lastTransatcionUtcTs": "2025-03-01 10:00:00", "lastTransactionType": "buy", '
+     b'"lastTransactionPointsBought": true, "lastTransactionRevenueUSD": 1}', "BAD_NUMBER"),
+    (b'{"memberId": "M1", "lastTransatcionUtcTs": "2025-03-01 10:00:00", "lastTransactionType": "buy", '
+     b'"lastTransactionPointsBought": NaN, "lastTransactionRevenueUSD": 1}', "NON_FINITE_NUMBER"),
+    (b"M1,2025-03-01 10:00:00,buy,100", "WRONG_FIELD_COUNT"),
+    (b"M1,2026-11-25 00:00:00,buy,100,1", "AFTER_AS_OF"),
+    (b"{\xff}", "NOT_UTF8"),
+])
+def test_bad_messages_are_dead_letters_with_the_batch_reason_codes(raw, reason):
+    (out,) = _parse(_fn(), raw)
+    assert isinstance(out, TaggedOutput)
+    assert out.value["REASON"] == reason
+    assert out.value["SOURCE"] == SOURCE
+
+
+def test_without_as_of_the_cutoff_is_today_utc():
+    fn = _fn(as_of=None)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    ok = f"M1,{today} 00:00:00,buy,1,1".encode()
+    late = f"M1,{today + dt.timedelta(days=1)} 00:00:00,buy,1,1".encode()
+    assert _parse(fn, ok)[0][0] == "M1"
+    assert _parse(fn, late)[0].value["REASON"] == "AFTER_AS_OF"
