@@ -13,8 +13,12 @@ import json
 from typing import Iterable
 
 from beam_pipeline.partner import Columns
-from transforms.parse import MALFORMED_JSON, FileLayout, ParseLineFn, Rejected, end_of_day_us
+from apache_beam.metrics import Metrics
 
+from transforms import NAMESPACE
+from transforms.parse import FileLayout, ParseLineFn, Rejected, end_of_day_us
+
+MALFORMED_JSON = "MALFORMED_JSON"  # a message that starts with "{" but is not a JSON object
 FIELDS = ("member_id", "timestamp", "type", "points", "revenue")
 
 
@@ -67,6 +71,7 @@ class ParseMessageFn(ParseLineFn):
         self._today = as_of or dt.datetime.now(dt.timezone.utc).date()
         super().__init__(layouts, delimiter, timestamp_formats, self._today)
         self._columns = columns
+        self.by_reason[MALFORMED_JSON] = Metrics.counter(NAMESPACE, f"dead_letter_{MALFORMED_JSON}")
 
     def process(self, element: tuple[str, bytes]):
         if self._fixed_as_of is None:
