@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import cli, generate, summary
-from conftest import free_port, uvicorn_process, uvicorn_server, write_partner
+from tests.conftest import free_port, uvicorn_process, uvicorn_server, write_partner
 
 AS_OF = "2026-11-24"
 # Latency and attempts differ between runs by nature; everything else must not.
