@@ -209,6 +209,10 @@ class PartnerClient:
         attempts = self._attempts()
         if attempts > 1:
             self.retries[kind].inc(attempts - 1)
+        if response.status_code not in RETRY_STATUSES:
+            # The backend handled the request: not a sign of overload, whatever the answer.
+            # (A 401 or 422 for every member must not make the throttler slow the run down.)
+            self._succeeded(kind, start)
         if response.status_code != 200:
             self.outcomes[kind, "http_error"].inc()
             text = response.text.replace("\n", " ")
@@ -227,7 +231,6 @@ class PartnerClient:
             self.outcomes[kind, "bad_response"].inc()
             return CallResult(None, latency, attempts, f"{kind}: bad response: {exc}")
         self.outcomes[kind, "ok"].inc()
-        self._succeeded(kind, start)
         return CallResult(value, latency, attempts, None)
 
 
