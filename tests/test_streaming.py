@@ -1,0 +1,163 @@
+"""The streaming job on TestStream against a real uvicorn server, checked against the batch job.
+
+Interleaved transactions for many members arrive out of order and in bursts,
+as export lines and as JSON objects. After the stream ends, every member's last
+update must equal the batch job's results row for the same rows, and every
+update with transactions must carry an offer.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from collections import Counter, defaultdict
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.testing import test_stream
+from apache_beam.transforms.window import TimestampedValue
+
+from beam_pipeline import cli, generate, summary
+from beam_pipeline.partner import load_named
+from beam_pipeline.runners import streaming_local_runner
+from beam_pipeline.streaming import StreamConfig, build_stream, read_lines, replay_events, simulated_clock
+from transforms.features import SPEC_FEATURES
+from transforms.messages import ParseMessageFn, message_layout
+
+AS_OF = dt.date(2026, 11, 24)
+SOURCE = "pubsub:projects/demo/subscriptions/transactions"
+COMPARED = [*SPEC_FEATURES, "N_TRANSACTIONS", "ATS_PREDICTION", "RESP_PREDICTION", "OFFER", "STATUS"]
+
+
+def _as_json(line: str) -> str:
+    values = line.split(",")
+    return json.dumps(dict(zip(generate.HEADER, values)))
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """300 generated rows (members with many transactions, member-only rows, bad rows) and the batch run's results."""
+    lines = list(generate.rows(300, seed=21, rows_per_member=8))
+    folder = tmp_path_factory.mktemp("stream")
+    path = folder / "export.csv"
+    path.write_text(",".join(generate.HEADER) + "\n" + "\n".join(lines) + "\n")
+    return folder, path, lines
+
+
+@pytest.fixture(scope="module")
+def batch(export, server_url):
+    folder, path, _ = export
+    code, run = cli.run(["--input", str(path), "--output", str(folder / "batch"), "--endpoint-url", server_url,
+                         "--as-of", AS_OF.isoformat(), "--log-level", "WARNING"])
+    assert code == 0
+    rows = pq.read_table(folder / "batch" / "results").to_pylist()
+    dead = pq.read_table(folder / "batch" / "dead_letter").column("REASON").to_pylist()
+    return {row["MEMBER_ID"]: row for row in rows}, Counter(dead)
+
+
+def _bursts(lines: list[str], rng: random.Random) -> list[list[bytes]]:
+    """Shuffled (so out of event-time order), every third valid-looking line as JSON, cut into bursts."""
+    messages = [(_as_json(line) if i % 3 == 0 else line).encode() for i, line in enumerate(lines)]
+    rng.shuffle(messages)
+    bursts, i = [], 0
+    while i < len(messages):
+        size = rng.choice([3, 10, 30, 80])
+        bursts.append(messages[i:i + size])
+        i += size
+    return bursts
+
+
+def _valid_member(parse: ParseMessageFn, raw: bytes) -> str | None:
+    """The member a message holds a valid transaction for (what the stream must fold), else None."""
+    out = list(parse.process((SOURCE, raw)))
+    if not out or isinstance(out[0], TaggedOutput) or out[0][1] is None:
+        return None
+    return out[0][0]
+
+
+def test_stream_last_updates_equal_the_batch_job(export, batch, server_url, tmp_path):
+    _, _, lines = export
+    expected, batch_dead = batch
+    partner = load_named("default").with_endpoint_url(server_url)
+    layout = message_layout(partner.input.columns, partner.input.delimiter)
+    layouts = {SOURCE: layout}
+    bursts = _bursts(lines, random.Random(5))
+    debounce_s = 5.0
+
+    stream = test_stream.TestStream()
+    arrival = 1_795_000_000.0  # arrival (publish) times; event time becomes the transaction's own
+    for n, burst in enumerate(bursts):
+        stream = stream.add_elements([TimestampedValue((SOURCE, raw), arrival + n) for raw in burst])
+        if n == len(bursts) // 2:
+            # The watermark passes 2021 half-way: older transactions that arrive later are late, and still count.
+            stream = stream.advance_watermark_to(dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+        stream = stream.advance_processing_time(debounce_s + 1)
+    stream = stream.advance_watermark_to_infinity()
+
+    cfg = StreamConfig(partner, AS_OF, str(tmp_path / "results" / "part"), str(tmp_path / "dead_letter" / "part"),
+                       debounce_s=debounce_s, idle_days=36_500, window_s=60, timer_clock=simulated_clock)
+    with beam.Pipeline(runner=streaming_local_runner(), options=PipelineOptions(["--streaming"])) as p:
+        build_stream(p | stream, layouts, cfg)
+
+    rows = summary.read_parts(str(tmp_path / "results")).to_pylist()
+    dead = summary.read_parts(str(tmp_path / "dead_letter"), ["REASON"]).column("REASON").to_pylist()
+
+    # Same rows rejected for the same reasons as the batch job.
+    assert Counter(dead) == batch_dead
+
+    # Every member's last update equals its batch results row, digit for digit.
+    last = {}
+    for row in sorted(rows, key=lambda r: r["UPDATE_SEQ"]):
+        last[row["MEMBER_ID"]] = row
+    assert set(last) == set(expected)
+    for member_id, row in last.items():
+        assert {k: row[k] for k in COMPARED} == {k: expected[member_id][k] for k in COMPARED}, member_id
+
+    # Every update with transactions has an offer; one update per burst that touched the member (debounce).
+    updates = [r for r in rows if r["N_TRANSACTIONS"] > 0]
+    assert all(r["STATUS"] == "OK" and r["OFFER"] in ("OFFER_1", "OFFER_2") for r in updates)
+    parse = ParseMessageFn(layouts, partner.input.columns, partner.input.delimiter,
+                           partner.input.timestamp_formats, AS_OF)
+    bursts_per_member: dict[str, int] = defaultdict(int)
+    for burst in bursts:
+        for member_id in {_valid_member(parse, raw) for raw in burst} - {None}:
+            bursts_per_member[member_id] += 1
+    assert Counter(r["MEMBER_ID"] for r in updates) == Counter(bursts_per_member)
+    n_transactions = sum(row["N_TRANSACTIONS"] for row in expected.values() if row["N_TRANSACTIONS"])
+    assert len(updates) < n_transactions  # bursts were collapsed
+
+    # Latency from a transaction reaching its member's state to the offer (wall clock; no simulated debounce).
+    latency = sorted(r["TXN_TO_OFFER_MS"] for r in updates)
+    assert all(ms >= 0 for ms in latency)
+    print(f"\ntransaction -> offer ms over {len(latency)} updates: p50 {latency[len(latency) // 2]:.0f}, "
+          f"p95 {latency[int(len(latency) * 0.95)]:.0f}, max {latency[-1]:.0f}")
+
+
+def test_replay_events_paces_lines_by_rate():
+    lines = [("f.csv", b"header")] + [("f.csv", f"M{i},2024-01-01 00:00:00,buy,1,1".encode()) for i in range(7)]
+    events = replay_events(lines, rate=2.0, step_s=2.0, start=1000.0)._events
+    added = [e for e in events if isinstance(e, test_stream.ElementEvent)]
+    assert [len(e.timestamped_values) for e in added] == [4, 4]  # 2 lines/s * 2 s per step
+    assert [tv.timestamp.micros / 1e6 for tv in added[1].timestamped_values] == [1002.0, 1002.5, 1003.0, 1003.5]
+    assert isinstance(events[-1], test_stream.WatermarkEvent)
+
+
+def test_cli_replay_publishes_a_streaming_run(export, batch, server_url, tmp_path):
+    _, path, _ = export
+    expected, batch_dead = batch
+    out = tmp_path / "out"
+    code, run = cli.run(["--streaming", "--input", str(path), "--output", str(out), "--endpoint-url", server_url,
+                         "--as-of", AS_OF.isoformat(), "--rate", "200", "--debounce-seconds", "1",
+                         "--log-level", "WARNING"])
+    assert code == 0
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["streaming"] is True and saved["accounting"]["members"] == len(expected)
+    assert saved["accounting"]["dead_letter_rows"] == sum(batch_dead.values())
+    assert saved["accounting"]["rows_replayed"] == len(read_lines([str(path)])) - 1
+    rows = pq.read_table(out / "results").to_pylist()
+    last = {r["MEMBER_ID"]: r for r in sorted(rows, key=lambda r: r["UPDATE_SEQ"])}
+    assert {m: r["OFFER"] for m, r in last.items()} == {m: r["OFFER"] for m, r in expected.items()}
+    assert cli.format_summary(run).startswith(f"outputs: {out}")
