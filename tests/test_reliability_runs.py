@@ -77,12 +77,6 @@ def baseline(baseline_run):
     return baseline_run[0]
 
 
-def test_rerun_with_the_same_inputs_gives_the_same_content(export, server_url, baseline, tmp_path):
-    code, run_summary, rows = run(export, tmp_path / "out", write_partner(tmp_path, server_url))
-    assert code == 0
-    assert stable(rows) == stable(baseline)
-
-
 def test_20pct_500s_and_timeouts_end_ok_after_retries(export, baseline, tmp_path):
     env = {"FAULT_RATE": "0.2", "FAULT_STATUS": "500", "FAULT_LATENCY_MS": "800", "FAULT_LATENCY_RATE": "0.05"}
     with uvicorn_server(env=env) as url:
