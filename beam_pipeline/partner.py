@@ -143,16 +143,15 @@ class Auth(_Strict):
 class CallPolicy(_Strict):
     connect_timeout_s: float = Field(3.0, gt=0, description="TCP connect timeout per attempt")
     read_timeout_s: float = Field(10.0, gt=0, description="read timeout per attempt")
-    retries: int = Field(4, ge=0, le=20, description="retries after the first attempt (429, 5xx, timeouts)")
+    retries: int = Field(8, ge=0, le=20, description="retries after the first attempt (429, 5xx, timeouts)")
     backoff_s: float = Field(0.1, ge=0, description="exponential backoff factor")
-    backoff_max_s: float = Field(10.0, ge=0, description="longest wait between attempts")
+    backoff_max_s: float = Field(2.0, ge=0, description="longest wait between attempts")
     backoff_jitter_s: float = Field(0.1, ge=0, description="random jitter added to each wait")
     retry_after_max_s: int = Field(30, ge=0, description="longest wait a server's Retry-After can ask for")
     batch_size: int = Field(64, ge=1, description="members per BatchElements batch")
     concurrency: int = Field(16, ge=1, le=512, description="calls in flight per worker (thread pool)")
     rate_limit_per_s: float | None = Field(None, gt=0, description="max requests per second per worker")
-    adaptive_throttling: bool = Field(True, description="back off client-side when many calls fail")
-    throttle_delay_s: float = Field(1.0, ge=0, description="pause before a call the adaptive throttler holds back")
+    adaptive_throttling: bool = Field(True, description="refuse calls locally while most calls to an endpoint fail")
 
 
 class PartnerConfig(_Strict):

@@ -76,7 +76,7 @@ def write_partner(directory: Path, base_url: str, **calls) -> Path:
     """
     policy = {"connect_timeout_s": 1.0, "read_timeout_s": 2.0, "retries": 3, "backoff_s": 0.01,
               "backoff_max_s": 0.05, "backoff_jitter_s": 0.01, "batch_size": 8, "concurrency": 4,
-              "throttle_delay_s": 0.01, "retry_after_max_s": 1, **calls}
+              "retry_after_max_s": 1, **calls}
     path = Path(directory) / "fast_partner.yaml"
     path.write_text(json.dumps({"name": "fast", "endpoints": {"base_url": base_url}, "calls": policy}))
     return path

@@ -37,7 +37,7 @@ KINDS = ("ats", "resp", "offer")
 
 class CallResult(NamedTuple):
     value: Any  # float for ats/resp, str for offer; None when the call failed
-    latency_ms: float
+    latency_ms: float | None  # None when the call was not sent (held back by the throttler)
     attempts: int
     error: str | None
 
@@ -151,17 +151,18 @@ class PartnerClient:
         self._throttlers = {
             kind: ReactiveThrottler(
                 window_ms=60_000, bucket_ms=1_000, overload_ratio=2,
-                namespace=f"{NAMESPACE}.{kind}", throttle_delay_secs=partner.calls.throttle_delay_s,
+                namespace=f"{NAMESPACE}.{kind}",
             )
             for kind in KINDS
         } if partner.calls.adaptive_throttling else {}
         self._lock = threading.Lock()
+        self._last_error: dict[str, str] = {}  # per endpoint, quoted when a call is held back
         rate = partner.calls.rate_limit_per_s
         self._rate_limiter = RateLimiter(rate) if rate else None
         self.metrics = PooledMetrics(NAMESPACE)  # updated from pool threads: see thread_metrics
         self.outcomes = {
             (kind, outcome): self.metrics.counter(f"requests_{kind}_{outcome}")
-            for kind in KINDS for outcome in ("ok", "http_error", "bad_response", "exception")
+            for kind in KINDS for outcome in ("ok", "http_error", "bad_response", "exception", "throttled")
         }
         self.retries = {kind: self.metrics.counter(f"retries_{kind}") for kind in KINDS}
         self.latency = {kind: self.metrics.distribution(f"latency_ms_{kind}") for kind in KINDS}
@@ -169,14 +170,29 @@ class PartnerClient:
     def close(self) -> None:
         self.session.close()
 
-    def _throttle(self, kind: str) -> None:
+    def _held_back(self, kind: str) -> CallResult | None:
+        """Client-side throttling (Beam's ReactiveThrottler, the SRE book's algorithm).
+
+        Once more than half of the recent calls to an endpoint failed even after
+        retries, each call is refused locally with the throttler's probability,
+        so a dead or drowning endpoint gets fewer requests and the run ends
+        instead of waiting out every member's retries. A healthy or merely
+        flaky endpoint (retries succeed) is never held back.
+        """
         throttler = self._throttlers.get(kind)
-        if throttler is not None:
-            with self._lock:
-                wait = throttler.throttle_request(time.time() * 1000)
-            if wait:
-                self.metrics.counter(f"throttled_{kind}").inc()
-                time.sleep(throttler.throttle_delay_secs)
+        if throttler is None:
+            return None
+        with self._lock:
+            refused = throttler.throttle_request(time.time() * 1000)
+        if not refused:
+            return None
+        self.outcomes[kind, "throttled"].inc()
+        last = self._last_error.get(kind, "")
+        return CallResult(None, None, 0, f"{kind}: not sent: most calls are failing (last: {last:.140})")
+
+    def _failed(self, kind: str, latency: float, attempts: int, detail: str) -> CallResult:
+        self._last_error[kind] = detail
+        return CallResult(None, latency, attempts, f"{kind}: {detail}")
 
     def _succeeded(self, kind: str, start: float) -> None:
         throttler = self._throttlers.get(kind)
@@ -191,7 +207,9 @@ class PartnerClient:
     def call(self, kind: str, body: dict) -> CallResult:
         if self._rate_limiter is not None:
             self._rate_limiter.acquire()
-        self._throttle(kind)
+        held_back = self._held_back(kind)
+        if held_back is not None:
+            return held_back
         start = time.time()
         t0 = time.perf_counter()
         _retry_count.value = 0
@@ -203,7 +221,7 @@ class PartnerClient:
             attempts = self._attempts()
             if attempts > 1:
                 self.retries[kind].inc(attempts - 1)
-            return CallResult(None, latency, attempts, f"{kind}: {describe_exception(exc):.200}")
+            return self._failed(kind, latency, attempts, f"{describe_exception(exc):.200}")
         latency = (time.perf_counter() - t0) * 1000
         self.latency[kind].update(int(latency))
         attempts = self._attempts()
@@ -216,7 +234,7 @@ class PartnerClient:
         if response.status_code != 200:
             self.outcomes[kind, "http_error"].inc()
             text = response.text.replace("\n", " ")
-            return CallResult(None, latency, attempts, f"{kind}: HTTP {response.status_code}: {text:.160}")
+            return self._failed(kind, latency, attempts, f"HTTP {response.status_code}: {text:.160}")
         try:
             try:
                 payload = response.json()
@@ -229,7 +247,7 @@ class PartnerClient:
                 value = read_prediction(payload, getattr(self.partner.endpoints, kind).response_field)
         except BadResponse as exc:
             self.outcomes[kind, "bad_response"].inc()
-            return CallResult(None, latency, attempts, f"{kind}: bad response: {exc}")
+            return self._failed(kind, latency, attempts, f"bad response: {exc}")
         self.outcomes[kind, "ok"].inc()
         return CallResult(value, latency, attempts, None)
 
