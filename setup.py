@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms", "transforms.*"]),
     py_modules=["app", "prediction", "faults"],
-    package_data={"beam_pipeline": []},
+    package_data={"beam_pipeline": ["schemas/*.json"]},
     install_requires=[
         "apache-beam==2.77.0",
         "requests>=2.32,<3",
@@ -20,7 +20,9 @@ setup(
         "uvicorn>=0.30",
     ],
     extras_require={
-        "test": ["pytest>=8", "responses>=0.25", "hypothesis>=6.100", "httpx>=0.27"],
+        "report": ["matplotlib>=3.8"],  # python -m beam_pipeline.report
+        "test": ["pytest>=8", "responses>=0.25", "hypothesis>=6.100", "httpx>=0.27",
+                 "matplotlib>=3.8", "jsonschema>=4.18"],
     },
     entry_points={"console_scripts": ["offer-pipeline=beam_pipeline.cli:main"]},
 )

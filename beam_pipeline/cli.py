@@ -15,12 +15,14 @@ import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from beam_pipeline import inputs, outputs, preflight, streaming, summary
+from beam_pipeline import inputs, logs, outputs, preflight, streaming, summary
+from beam_pipeline.heartbeat import Heartbeat
 from beam_pipeline.partner import ConfigError, PartnerConfig, load, load_named
 from beam_pipeline.pipeline import JobConfig, build_pipeline
 from beam_pipeline.runners import make_runner, runner_name
+from transforms import progress
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--endpoint-url", help="replace scheme, host and port of every endpoint")
     parser.add_argument("--skip-preflight", action="store_true",
                         help="do not check that endpoint hosts answer before the run")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
+    parser.add_argument("--log-format", default="text", choices=logs.FORMATS,
+                        help="text, or json: one JSON object per line (Cloud Logging reads these)")
+    parser.add_argument("--heartbeat-seconds", type=float, default=10.0,
+                        help="log progress every N seconds during a local run (0: never; default 10)")
     streaming.add_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
     if not args.input and not args.streaming:
@@ -81,7 +87,7 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     args, beam_args = parse_args(argv)
-    logging.getLogger().setLevel(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     partner, partner_source = resolve_partner(args)
     as_of = parse_as_of(args.as_of)
     if args.streaming:
@@ -101,10 +107,15 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     log.info("run %s: partner=%s input=%s output=%s as_of=%s runner=%s",
              run_id, partner.name, ",".join(patterns), output, as_of, runner)
 
-    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+    engine = make_runner(options)
+    pipeline = beam.Pipeline(runner=engine, options=options)
     build_pipeline(pipeline, job)
-    result = pipeline.run()
-    result.wait_until_finish()
+    progress.reset()
+    # Only a local run can see live counts (transforms/progress.py); Dataflow shows its own.
+    heartbeat_s = args.heartbeat_seconds if engine is not None else 0
+    with Heartbeat(heartbeat_s, sum(f.size_bytes for f in files), live=_in_process(options)):
+        result = pipeline.run()
+        result.wait_until_finish()
 
     rows = summary.metric_rows(result)
     summary.write_metrics(rows, staging)
@@ -128,15 +139,28 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
         "dead_letter_reasons": _value_counts(dead, "REASON"),
         "steps": summary.steps(rows, acc),
         "latency_ms": summary.latency_percentiles(results),
+        "requests": summary.requests(rows),
         "inputs": [{"path": f.path, "size_bytes": f.size_bytes} for f in files],
         "output": output,
-        "options": {"endpoint_base_url": partner.endpoints.base_url, "beam_args": beam_args},
+        "options": {
+            "endpoint_base_url": summary.redact({"url": partner.endpoints.base_url})["url"],
+            "cli": summary.redact(vars(args)),
+            "pipeline": summary.redact(options.get_all_options(drop_default=True, retain_unknown_options=True)),
+        },
         "versions": summary.package_versions(),
     }
+    for step in run_summary["steps"]:
+        log.info("%s", summary.step_line(step), extra={"step": step})
     outputs.write_json(outputs.join(staging, outputs.RUN_JSON), run_summary)
     outputs.publish(staging, output)
-    log.info("run %s finished in %.1fs: %s", run_id, run_summary["wall_seconds"], acc)
+    log.info("run %s finished in %.1fs: %s", run_id, run_summary["wall_seconds"],
+             format_summary(run_summary).replace("\n", "; "), extra={"accounting": acc})
     return exit_code, run_summary
+
+
+def _in_process(options: PipelineOptions) -> bool:
+    """Whether the local runner's workers share this process (and so transforms/progress.py)."""
+    return options.view_as(DirectOptions).direct_running_mode != "multi_processing"
 
 
 def _value_counts(table, column: str) -> dict:
@@ -167,7 +191,7 @@ def format_summary(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()  # until the arguments say otherwise
     try:
         code, run_summary = run(argv)
     except ConfigError as exc:

@@ -7,8 +7,11 @@ up fails loudly instead of publishing.
 from __future__ import annotations
 
 import logging
+import platform
 from collections import Counter, defaultdict
 from importlib import metadata
+from typing import Callable, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,7 +52,7 @@ def _value(result):
 
 
 def metric_rows(pipeline_result) -> list[dict]:
-    """Every counter, distribution and gauge the run reported, one row each."""
+    """Every counter, distribution and gauge the run reported, one row each, then Beam's execution times."""
     query = pipeline_result.metrics().query(MetricsFilter())
     rows = []
     for kind in ("counters", "distributions", "gauges"):
@@ -71,7 +74,7 @@ def metric_rows(pipeline_result) -> list[dict]:
                            MAX=float(value.max), MEAN=float(value.mean) if value.count else None)
             rows.append(row)
     rows.sort(key=lambda r: (r["NAMESPACE"], r["NAME"], r["STEP"]))
-    return rows
+    return rows + execution_rows(pipeline_result)
 
 
 def write_metrics(rows: list[dict], staging: str) -> None:
@@ -92,6 +95,7 @@ def read_parts(folder: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def counter_totals(rows: list[dict]) -> Counter:
+    """The pipeline's counters summed over steps, by name."""
     totals: Counter = Counter()
     for row in rows:
         if row["KIND"] == "counter" and row["NAMESPACE"] == NAMESPACE:
@@ -141,42 +145,125 @@ def latency_percentiles(results: pa.Table) -> dict:
             out[kind] = {}
             continue
         p50, p95, p99 = pc.quantile(column, q=[0.5, 0.95, 0.99]).to_pylist()
-        out[kind] = {"p50": round(p50, 3), "p95": round(p95, 3), "p99": round(p99, 3), "count": len(column)}
+        out[kind] = {"p50": round(p50, 3), "p95": round(p95, 3), "p99": round(p99, 3),
+                     "mean": round(pc.mean(column).as_py(), 3), "max": round(pc.max(column).as_py(), 3),
+                     "count": len(column)}
     return out
 
 
-# (step label in run.json, Beam step name prefix of its DoFn, counter giving its element count)
-STEPS = (
-    ("parse", "Parse", "rows_read"),
-    ("call_endpoints", "DecideOffers", "members_called"),
-    ("result_rows", "ToResultRow", "members"),
+# Beam's own per-transform execution time (the SDK's state sampler), exclusive of
+# downstream fused steps; the local runner reports it, Dataflow's result does not.
+EXECUTION_MSECS = "execution_msecs"
+_EXECUTION_METRICS = frozenset(
+    f"metric:pardo_execution_time:{phase}_bundle_msecs:v1" for phase in ("start", "process", "finish")
 )
 
 
+def execution_rows(pipeline_result) -> list[dict]:
+    """Milliseconds each transform spent executing, one metrics row per transform that spent any."""
+    monitoring = getattr(pipeline_result, "monitoring_metrics", None)
+    if monitoring is None:
+        return []
+    totals: dict[str, float] = defaultdict(float)
+    for res in monitoring().query(MetricsFilter()).get("counters", []):
+        if res.key.metric.namespace == "beam" and res.key.metric.name in _EXECUTION_METRICS and res.key.step:
+            totals[res.key.step] += float(_value(res) or 0)
+    return [
+        {"NAMESPACE": "beam", "NAME": EXECUTION_MSECS, "STEP": step, "KIND": "counter", "VALUE": msecs,
+         "COUNT": None, "SUM": None, "MIN": None, "MAX": None, "MEAN": None}
+        for step, msecs in sorted(totals.items()) if msecs > 0
+    ]
+
+
+class Step(NamedTuple):
+    name: str  # label in run.json
+    transform: str  # top-level transform name in pipeline.py
+    unit: str  # what an element is
+    elements: Callable[[dict], int]  # its element count, from the accounting
+
+
+STEPS = (
+    Step("read", "ReadExports", "lines", lambda a: a["rows_read"] + a["header_lines"]),
+    Step("parse", "Parse", "rows", lambda a: a["rows_read"]),
+    Step("features", "MemberFeatures", "rows", lambda a: a["transactions"] + a["member_only_rows"]),
+    Step("call_endpoints", "DecideOffers", "members", lambda a: a["members_ok"] + a["members_failed"]),
+    Step("result_rows", "ToResultRow", "members", lambda a: a["members"]),
+    Step("write_results", "WriteResults", "rows", lambda a: a["members"]),
+    Step("write_dead_letters", "WriteDeadLetters", "rows", lambda a: a["dead_letter_rows"]),
+)
+
+
+def _under(step: str, transform: str) -> bool:
+    return step == transform or step.startswith(transform + "/")
+
+
 def steps(rows: list[dict], acc: dict) -> list[dict]:
-    seconds: dict[str, float] = defaultdict(float)
-    for row in rows:
-        if row["KIND"] == "distribution" and row["NAME"] == BUNDLE_MS and row["SUM"] is not None:
-            for label, prefix, _ in STEPS:
-                if row["STEP"].startswith(prefix):
-                    seconds[label] += row["SUM"] / 1000
-    counts = {
-        "rows_read": acc["rows_read"],
-        "members_called": acc["members_ok"] + acc["members_failed"],
-        "members": acc["members"],
-    }
+    """Elements, seconds and throughput per step.
+
+    Seconds are Beam's execution time of the step's transforms when the runner
+    reports it (``seconds_source: execution_time``); otherwise the sum of the
+    bundle times of the step's timed DoFn (``bundle_ms``), which includes the
+    time of steps fused after it, and steps without a timed DoFn get null.
+    """
+    execution = [r for r in rows if r["NAMESPACE"] == "beam" and r["NAME"] == EXECUTION_MSECS]
+    bundles = [r for r in rows if r["KIND"] == "distribution" and r["NAME"] == BUNDLE_MS and r["SUM"] is not None]
+    source = "execution_time" if execution else BUNDLE_MS
     out = []
-    for label, _, counter in STEPS:
-        secs = round(seconds[label], 3)
-        elements = counts[counter]
-        out.append({"name": label, "elements": elements, "seconds": secs,
-                    "per_second": round(elements / secs, 1) if secs else None})
+    for step in STEPS:
+        timed = [r["VALUE"] for r in execution if _under(r["STEP"], step.transform)] if execution else [
+            r["SUM"] for r in bundles if _under(r["STEP"], step.transform)]
+        secs = round(sum(timed) / 1000, 3) if timed else None
+        elements = step.elements(acc)
+        out.append({"name": step.name, "transform": step.transform, "unit": step.unit, "elements": elements,
+                    "seconds": secs, "per_second": round(elements / secs, 1) if secs else None,
+                    "seconds_source": source if secs is not None else None})
+    return out
+
+
+def step_line(step: dict) -> str:
+    text = f"step {step['name']}: {step['elements']:,} {step['unit']}"
+    if step["seconds"] is None:
+        return text + " (time not reported by this runner)"
+    rate = f", {step['per_second']:,.0f} {step['unit']}/s" if step["per_second"] else ""
+    return text + f" in {step['seconds']:.3f}s{rate}"
+
+
+def requests(rows: list[dict]) -> dict:
+    """Per endpoint: requests by outcome, retries and throttled waits, from the Beam counters."""
+    out: dict[str, dict[str, int]] = {}
+    for name, value in counter_totals(rows).items():
+        for prefix in ("requests_", "retries_", "throttled_"):
+            if name.startswith(prefix):
+                rest = name[len(prefix):]
+                kind, what = (rest.split("_", 1) if prefix == "requests_" else (rest, prefix[:-1]))
+                out.setdefault(kind, {})[what] = value
+    return dict(sorted(out.items()))
+
+
+_SECRET_WORDS = ("token", "secret", "password", "passwd", "credential", "api_key", "apikey", "auth", "private")
+REDACTED = "<redacted>"
+
+
+def redact(options: dict) -> dict:
+    """Options fit to publish: secret-looking keys masked, passwords removed from URLs."""
+    out = {}
+    for key, value in options.items():
+        if any(word in key.lower().replace("-", "_") for word in _SECRET_WORDS) and value not in (None, False):
+            out[key] = REDACTED
+        elif isinstance(value, str) and "@" in value and "://" in value:
+            parts = urlsplit(value)
+            host = parts.hostname or ""
+            host += f":{parts.port}" if parts.port else ""
+            out[key] = urlunsplit(parts._replace(netloc=host))
+        else:
+            out[key] = value
     return out
 
 
 def package_versions() -> dict:
-    names = ("apache-beam", "pyarrow", "requests", "urllib3", "pydantic", "fastapi", "uvicorn")
-    out = {}
+    names = ("offer-pipeline", "apache-beam", "pyarrow", "numpy", "requests", "urllib3", "pydantic",
+             "fastapi", "uvicorn", "pyyaml")
+    out = {"python": platform.python_version()}
     for name in names:
         try:
             out[name] = metadata.version(name)

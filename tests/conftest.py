@@ -93,3 +93,20 @@ def local_runner():
     from beam_pipeline.runners import local_runner as make
 
     return make()
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, server_url):
+    """One small end-to-end run against the reference service: (exit code, run summary, output dir)."""
+    from beam_pipeline import cli, generate
+
+    folder = tmp_path_factory.mktemp("small_run")
+    export = folder / "export.csv"
+    with open(export, "w", encoding="utf-8", newline="") as out:
+        generate.write(out, n_rows=300, seed=11)
+        out.write(",2026-01-02 03:04:05,buy,10,1.5\n")  # no member id
+        out.write("M-BAD,yesterday,buy,10,1.5\n")  # bad timestamp
+    output = folder / "out"
+    code, summary = cli.run(["--input", str(export), "--output", str(output), "--as-of", "2026-11-24",
+                             "--endpoint-url", server_url, "--heartbeat-seconds", "0"])
+    return code, summary, output

@@ -24,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from beam_pipeline.partner import PartnerConfig
-from transforms import NAMESPACE
+from transforms import NAMESPACE, progress
 from transforms.rate_limit import RateLimiter
 from transforms.thread_metrics import PooledMetrics
 from transforms.timing import TimedDoFn
@@ -316,6 +316,7 @@ class CallEndpointsFn(TimedDoFn):
         t0 = time.perf_counter()
         decisions = self._pool.map(lambda kv: decide(self._client, kv[1]["FEATURES"]), batch)
         for (member_id, summary), decision in zip(batch, decisions):
+            progress.member_called(summary["N_TRANSACTIONS"])
             yield member_id, summary, decision
         self._client.metrics.flush()
         self.batch_ms.update(int((time.perf_counter() - t0) * 1000))

@@ -15,7 +15,7 @@ from typing import Iterable, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import NAMESPACE
+from transforms import NAMESPACE, progress
 from transforms.features import TYPE_CODES, Transaction
 from transforms.timing import TimedDoFn
 
@@ -153,15 +153,17 @@ class ParseLineFn(TimedDoFn):
         self._delimiter = delimiter
         self._formats = tuple(timestamp_formats)
         self._last_day_us = end_of_day_us(as_of)
-        self.rows_read = Metrics.counter(NAMESPACE, "rows_read")
+        self.rows_read = progress.counter("rows_read")
+        self.bytes_read = progress.counter("bytes_read")  # with the input size: percent done
         self.header_lines = Metrics.counter(NAMESPACE, "header_lines")
-        self.transactions = Metrics.counter(NAMESPACE, "transactions")
-        self.member_only_rows = Metrics.counter(NAMESPACE, "member_only_rows")
-        self.dead_letter_rows = Metrics.counter(NAMESPACE, "dead_letter_rows")
+        self.transactions = progress.counter("transactions")
+        self.member_only_rows = progress.counter("member_only_rows")
+        self.dead_letter_rows = progress.counter("dead_letter_rows")
         self.by_reason = {r: Metrics.counter(NAMESPACE, f"dead_letter_{r}") for r in REASONS}
 
     def process(self, element: tuple[str, bytes]):
         source, raw = element
+        self.bytes_read.inc(len(raw) + 1)
         layout = self._layouts[source]
         line = raw[3:] if raw.startswith(BOM) else raw
         line = line.rstrip(b"\r\n")

@@ -12,6 +12,8 @@ from collections import Counter, defaultdict
 
 from apache_beam.metrics import Metrics
 
+from transforms import progress
+
 
 class PooledMetrics:
     """Counters and distributions of one namespace, safe to update from any thread."""
@@ -31,6 +33,7 @@ class PooledMetrics:
     def _inc(self, name: str, n: int) -> None:
         with self._lock:
             self._counts[name] += n
+        progress.add(name, n)  # live, for the heartbeat (requests/s) before the flush
 
     def _update(self, name: str, value: int) -> None:
         with self._lock:

@@ -1,0 +1,69 @@
+"""The live progress registry: the DoFns count into it as they count into Beam's metrics."""
+from __future__ import annotations
+
+import apache_beam as beam
+import responses
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from beam_pipeline.partner import load_named
+from transforms import NAMESPACE, progress
+from transforms import endpoints as E
+
+BASE = "http://ml.test"
+PARTNER = load_named("default").with_endpoint_url(BASE)
+FAST = PARTNER.model_copy(update={"calls": PARTNER.calls.model_copy(update={
+    "retries": 2, "backoff_s": 0.0, "backoff_jitter_s": 0.0, "adaptive_throttling": False,
+    "concurrency": 4, "batch_size": 5})})
+FEATURES = {
+    "AVG_POINTS_BOUGHT": 1000.0, "AVG_REVENUE_USD": 10.0,
+    "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": 2000.0, "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": 20.0,
+    "PCT_BUY_TRANSACTIONS": 0.5, "PCT_GIFT_TRANSACTIONS": 0.25, "PCT_REDEEM_TRANSACTIONS": 0.25,
+    "DAYS_SINCE_LAST_TRANSACTION": 9,
+}
+
+
+@responses.activate
+def test_endpoint_calls_count_live_progress_and_beam_latency(local_runner):
+    responses.post(BASE + "/ml/ats/predict", status=503, body="busy")  # first ATS call is retried once
+    responses.post(BASE + "/ml/ats/predict", json={"prediction": 900.0})
+    responses.post(BASE + "/ml/resp/predict", json={"prediction": 0.5})
+    responses.post(BASE + "/offer/assign", json={"offer": "OFFER_2"})
+    members = [(f"m{i}", {"N_TRANSACTIONS": i % 3, "FEATURES": FEATURES}) for i in range(12)]
+    progress.reset()
+
+    p = TestPipeline(runner=local_runner)
+    _ = p | beam.Create(members) | E.CallEndpoints(FAST)
+    result = p.run()
+    result.wait_until_finish()
+
+    snap = progress.snapshot()
+    assert snap[progress.MEMBERS_CALLED] == 12
+    assert snap[progress.TRANSACTIONS_DONE] == sum(i % 3 for i in range(12))
+    assert (snap["requests_ats_ok"], snap["requests_resp_ok"], snap["requests_offer_ok"]) == (12, 12, 12)
+    assert snap["retries_ats"] == 1
+    distributions = {r.key.metric.name: r.committed for r in
+                     result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["distributions"]}
+    assert {k: distributions[f"latency_ms_{k}"].count for k in ("ats", "resp", "offer")} == {
+        "ats": 12, "resp": 12, "offer": 12}
+
+
+def test_progress_counter_counts_in_beam_and_in_the_registry(local_runner):
+    class CountFn(beam.DoFn):
+        def __init__(self):
+            self.seen = progress.counter("seen")
+
+        def process(self, element):
+            self.seen.inc(element)
+            yield element
+
+    progress.reset()
+    p = TestPipeline(runner=local_runner)
+    _ = p | beam.Create([1, 2, 3, 4]) | beam.ParDo(CountFn())
+    result = p.run()
+    result.wait_until_finish()
+    beam_total = sum(r.committed for r in result.metrics().query(
+        MetricsFilter().with_namespace(NAMESPACE).with_name("seen"))["counters"])
+    assert beam_total == 10 and progress.snapshot()["seen"] == 10
+    progress.reset()
+    assert progress.snapshot() == {}
