@@ -87,16 +87,18 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     args, beam_args = parse_args(argv)
-    logs.configure(args.log_level, args.log_format)
+    # Logs reach stderr only once the checks have passed: a usage or input error is one line (SPEC §5).
     partner, partner_source = resolve_partner(args)
     as_of = parse_as_of(args.as_of)
     if args.streaming:
+        logs.configure(args.log_level, args.log_format)
         return streaming.run(args, beam_args, partner, partner_source, as_of if args.as_of else None)
     patterns = [_local(p) for p in args.input]
     files, layouts = inputs.inspect_inputs(patterns, partner, partner_source)
     outputs.check_writable(args.output)
     if not args.skip_preflight:
         preflight.check_endpoints(partner)
+    logs.configure(args.log_level, args.log_format)
 
     options = PipelineOptions(beam_args)
     runner = runner_name(options)
@@ -104,8 +106,9 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
     staging = outputs.staging_dir(output, run_id)
     job = JobConfig(tuple(patterns), layouts, partner, as_of, staging)
-    log.info("run %s: partner=%s input=%s output=%s as_of=%s runner=%s",
-             run_id, partner.name, ",".join(patterns), output, as_of, runner)
+    total_bytes = sum(f.size_bytes for f in files)
+    log.info("run %s: partner=%s input=%s (%d file(s), %s bytes) output=%s as_of=%s runner=%s",
+             run_id, partner.name, ",".join(patterns), len(files), f"{total_bytes:,}", output, as_of, runner)
 
     engine = make_runner(options)
     pipeline = beam.Pipeline(runner=engine, options=options)
@@ -113,7 +116,7 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     progress.reset()
     # Only a local run can see live counts (transforms/progress.py); Dataflow shows its own.
     heartbeat_s = args.heartbeat_seconds if engine is not None else 0
-    with Heartbeat(heartbeat_s, sum(f.size_bytes for f in files), live=_in_process(options)):
+    with Heartbeat(heartbeat_s, total_bytes, live=_in_process(options)):
         result = pipeline.run()
         result.wait_until_finish()
 
@@ -191,7 +194,6 @@ def format_summary(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logs.configure()  # until the arguments say otherwise
     try:
         code, run_summary = run(argv)
     except ConfigError as exc:

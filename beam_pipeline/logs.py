@@ -41,11 +41,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO", fmt: str = "text", stream=None) -> None:
-    """Replace the root logger's handlers with one that writes ``fmt`` lines at ``level``."""
+    """Send the root logger's records to ``stream`` (stderr) as ``fmt`` lines at ``level``.
+
+    Replaces the handler an earlier call installed, and only that one, so a
+    second run in the same process does not log twice and handlers installed
+    by others (pytest's) stay.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.lantern = True
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if getattr(h, "lantern", False)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
