@@ -40,18 +40,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def _is_default_console(handler: logging.Handler) -> bool:
+    return type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.stdout)
+
+
 def configure(level: str = "INFO", fmt: str = "text", stream=None) -> None:
     """Send the root logger's records to ``stream`` (stderr) as ``fmt`` lines at ``level``.
 
-    Replaces the handler an earlier call installed, and only that one, so a
-    second run in the same process does not log twice and handlers installed
-    by others (pytest's) stay.
+    Replaces the handler an earlier call installed and the plain stderr handler
+    ``logging.basicConfig`` adds when a library logs at import (Beam does), so no
+    line is written twice; other handlers (pytest's, a file) stay.
     """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.lantern = True
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "lantern", False)]:
+    for old in [h for h in root.handlers if getattr(h, "lantern", False) or _is_default_console(h)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 
 import pytest
 
@@ -33,6 +34,15 @@ def test_json_lines_for_cloud_logging(restore_logging):
     assert first["severity"] == "INFO" and first["message"] == "rows 5" and first["logger"] == "lantern.test"
     assert first["progress"] == {"percent": 12.5} and first["time"].endswith("+00:00")
     assert second["severity"] == "ERROR" and "ValueError: bad" in second["exception"]
+
+
+def test_replaces_the_handler_basic_config_added_at_import(restore_logging, capsys):
+    root = logging.getLogger()
+    root.addHandler(logging.StreamHandler(sys.stderr))  # what logging.warning() at import leaves behind
+    logs.configure("INFO", "text")
+    logs.configure("INFO", "text")  # twice: still one line per record
+    logging.getLogger("lantern.test").info("once")
+    assert capsys.readouterr().err.count("once") == 1
 
 
 def test_text_format_level_and_quiet_beam(restore_logging):
