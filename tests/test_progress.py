@@ -6,21 +6,13 @@ import responses
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from beam_pipeline.partner import load_named
+from tests.test_endpoints import BASE, FEATURES
+from tests.test_endpoints import FAST as ENDPOINT_TEST_PARTNER
 from transforms import NAMESPACE, progress
 from transforms import endpoints as E
 
-BASE = "http://ml.test"
-PARTNER = load_named("default").with_endpoint_url(BASE)
-FAST = PARTNER.model_copy(update={"calls": PARTNER.calls.model_copy(update={
-    "retries": 2, "backoff_s": 0.0, "backoff_jitter_s": 0.0, "adaptive_throttling": False,
+FAST = ENDPOINT_TEST_PARTNER.model_copy(update={"calls": ENDPOINT_TEST_PARTNER.calls.model_copy(update={
     "concurrency": 4, "batch_size": 5})})
-FEATURES = {
-    "AVG_POINTS_BOUGHT": 1000.0, "AVG_REVENUE_USD": 10.0,
-    "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": 2000.0, "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": 20.0,
-    "PCT_BUY_TRANSACTIONS": 0.5, "PCT_GIFT_TRANSACTIONS": 0.25, "PCT_REDEEM_TRANSACTIONS": 0.25,
-    "DAYS_SINCE_LAST_TRANSACTION": 9,
-}
 
 
 @responses.activate
