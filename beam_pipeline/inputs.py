@@ -10,6 +10,7 @@ import logging
 import os
 from typing import NamedTuple
 
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.partner import ConfigError, PartnerConfig
@@ -36,7 +37,7 @@ def match_inputs(patterns: list[str]) -> list[InputFile]:
             )
         try:
             matched = FileSystems.match([pattern])[0].metadata_list
-        except Exception as exc:  # BeamIOError wraps the filesystem's own error
+        except (BeamIOError, ValueError) as exc:  # BeamIOError wraps the filesystem's own error
             raise ConfigError(f"input {pattern}: cannot list: {exc}") from None
         if local:
             matched = [m for m in matched if os.path.isfile(m.path)]
@@ -88,7 +89,9 @@ def layout_for(path: str, partner: PartnerConfig, partner_source: str) -> FileLa
     return FileLayout(header=header, n_fields=len(names), **index)
 
 
-def inspect_inputs(patterns: list[str], partner: PartnerConfig, partner_source: str) -> tuple[list[InputFile], dict[str, FileLayout]]:
+def inspect_inputs(
+    patterns: list[str], partner: PartnerConfig, partner_source: str
+) -> tuple[list[InputFile], dict[str, FileLayout]]:
     files = match_inputs(patterns)
     layouts = {f.path: layout_for(f.path, partner, partner_source) for f in files}
     log.info("inputs: %d file(s), %d bytes", len(files), sum(f.size_bytes for f in files))

@@ -53,7 +53,7 @@ class InputConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _headerless_needs_columns(self) -> "InputConfig":
+    def _headerless_needs_columns(self) -> InputConfig:
         if not self.header and not self.header_columns:
             raise ValueError("header_columns is required when header is false")
         return self
@@ -127,17 +127,27 @@ class Endpoints(_Strict):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {value!r}")
         try:
-            parts.port
+            _ = parts.port  # raises ValueError for a port that is not a number in range
         except ValueError:
             raise ValueError(f"bad port in URL {value!r}") from None
         return value.rstrip("/")
 
 
+# A Secret Manager version, e.g. projects/acme/secrets/acme-ml-token/versions/latest
+VERSION_NAME_PATTERN = r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$"
+
+
 class Auth(_Strict):
-    """A header whose secret value comes from an environment variable, never from the file."""
+    """A header whose secret value comes from an environment variable, never from the file.
+
+    Where the variable is not set (Dataflow workers), the value is read from the
+    Secret Manager version named by ``secret`` (given with ``--auth-secret``).
+    """
 
     header: str = Field(description="request header carrying the secret, e.g. X-Api-Key")
     env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="NAME of the environment variable holding it")
+    secret: str | None = Field(None, pattern=VERSION_NAME_PATTERN,
+                               description="Secret Manager version holding it where the variable is unset")
 
 
 class CallPolicy(_Strict):
@@ -180,7 +190,7 @@ class PartnerConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _distinct(self) -> "PartnerConfig":
+    def _distinct(self) -> PartnerConfig:
         names = [f.name for f in self.features]
         if len(set(names)) != len(names):
             raise ValueError("features: a feature is listed twice")
@@ -199,7 +209,7 @@ class PartnerConfig(_Strict):
             out[spec.name] = wire.lower() if lower else wire
         return out
 
-    def with_endpoint_url(self, url: str | None) -> "PartnerConfig":
+    def with_endpoint_url(self, url: str | None) -> PartnerConfig:
         """Replace scheme, host and port of every endpoint (the base path is kept)."""
         if not url:
             return self
@@ -212,6 +222,21 @@ class PartnerConfig(_Strict):
         endpoints = self.endpoints.model_copy(update={"base_url": base.rstrip("/")})
         return self.model_copy(update={"endpoints": endpoints})
 
+    def with_auth_secret(self, resource: str | None) -> PartnerConfig:
+        """Read the auth header's value from this Secret Manager version when the env var is unset."""
+        if not resource:
+            return self
+        if self.auth is None:
+            raise ConfigError(f"--auth-secret: partner {self.name} sends no auth header (no auth: in its file)")
+        try:
+            auth = Auth.model_validate({**self.auth.model_dump(), "secret": resource})
+        except ValidationError:
+            raise ConfigError(
+                f"--auth-secret {resource!r} is not a Secret Manager version "
+                "(projects/PROJECT/secrets/NAME/versions/VERSION)"
+            ) from None
+        return self.model_copy(update={"auth": auth})
+
     def url(self, endpoint: Literal["ats", "resp", "offer"], batch: bool = False) -> str:
         ep = getattr(self.endpoints, endpoint)
         return self.endpoints.base_url + (ep.batch_path if batch else ep.path)
@@ -221,10 +246,14 @@ class PartnerConfig(_Strict):
         if self.auth is None:
             return {}
         secret = os.environ.get(self.auth.env)
+        if not secret and self.auth.secret:
+            from beam_pipeline import secret_manager
+
+            secret = secret_manager.access(self.auth.secret)
         if not secret:
             raise ConfigError(
                 f"partner {self.name}: environment variable {self.auth.env} "
-                f"(auth header {self.auth.header}) is not set"
+                f"(auth header {self.auth.header}) is not set, and no --auth-secret names a Secret Manager version"
             )
         return {self.auth.header: secret}
 

@@ -12,12 +12,11 @@ from apache_beam.metrics import Metrics
 
 from beam_pipeline.outputs import join
 from beam_pipeline.partner import PartnerConfig
-from transforms.endpoints import CallEndpoints
 from transforms import NAMESPACE
+from transforms.endpoints import CallEndpoints
 from transforms.features import MemberFeaturesFn
 from transforms.parse import DEAD_LETTER, FileLayout, ParseExport
 from transforms.results import DEAD_LETTER_SCHEMA, ToResultRowFn, feature_columns, results_schema
-
 
 MEMBERS_WITH_FEATURES = "members_with_features"
 
@@ -41,8 +40,10 @@ class ReadExports(beam.PTransform):
         self._patterns = patterns
 
     def expand(self, pbegin):
+        # validate=False: the CLI matched every pattern before the run (inputs.py); validating here
+        # again would list the bucket a second time and make building the job need cloud access.
         reads = [
-            pbegin | f"Read[{i}]" >> ReadFromTextWithFilename(pattern, coder=coders.BytesCoder())
+            pbegin | f"Read[{i}]" >> ReadFromTextWithFilename(pattern, coder=coders.BytesCoder(), validate=False)
             for i, pattern in enumerate(self._patterns)
         ]
         return reads[0] if len(reads) == 1 else tuple(reads) | "Flatten" >> beam.Flatten()

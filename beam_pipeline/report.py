@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc

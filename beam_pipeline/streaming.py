@@ -14,7 +14,8 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.parquetio import WriteToParquet
@@ -313,7 +314,8 @@ def _publish_replay(result, staging, output, run_id, partner, as_of, runner, sta
             "updates_no_transactions": statuses.count("NO_TRANSACTIONS"),
             "updates_failed": statuses.count("FAILED"),
         },
-        "txn_to_offer_ms": dict(zip(("p50", "p95", "p99"), (round(q, 1) for q in quantiles))),
+        # quantiles is empty when no member got an offer: then so is this
+        "txn_to_offer_ms": dict(zip(("p50", "p95", "p99"), (round(q, 1) for q in quantiles), strict=False)),
         "latency_ms": summary.latency_percentiles(results),
         "output": output,
         "versions": summary.package_versions(),

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import platform
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from importlib import metadata
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa

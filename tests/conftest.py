@@ -1,6 +1,7 @@
 """Shared fixtures: a real uvicorn server on a free loopback port, and a local Beam runner."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -41,7 +42,7 @@ def uvicorn_process(app: str = "app:app", env: dict | None = None, workers: int 
            "--log-level", "info" if access_log else "warning"]
     if workers > 1:
         cmd += ["--workers", str(workers)]
-    stdout = open(access_log, "wb") if access_log else subprocess.DEVNULL
+    stdout = open(access_log, "wb") if access_log else subprocess.DEVNULL  # noqa: SIM115 - closed after the server stops
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=stdout, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -49,13 +50,13 @@ def uvicorn_process(app: str = "app:app", env: dict | None = None, workers: int 
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(url + "/", timeout=1)
+                urllib.request.urlopen(url + "/", timeout=1)  # noqa: S310 - our own http://127.0.0.1 URL
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"uvicorn {app} exited: {proc.stderr.read().decode()[-2000:]}")
+                    raise RuntimeError(f"uvicorn {app} exited: {proc.stderr.read().decode()[-2000:]}") from None
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"uvicorn {app} did not answer on {url}")
+                    raise RuntimeError(f"uvicorn {app} did not answer on {url}") from None
                 time.sleep(0.05)
         yield url, proc
     finally:
@@ -86,6 +87,19 @@ def write_partner(directory: Path, base_url: str, **calls) -> Path:
 def server_url():
     with uvicorn_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def dataflow_extra():
+    """Skip without the ``dataflow`` extra, unless LANTERN_REQUIRE_DATAFLOW (set by scripts/test.sh) demands it."""
+    try:
+        for module in ("apache_beam.runners.dataflow.internal.apiclient",  # apitools: only with [gcp]
+                       "google.cloud.storage", "google.api_core.exceptions", "google.cloud.secretmanager"):
+            importlib.import_module(module)
+    except ImportError as exc:
+        if os.environ.get("LANTERN_REQUIRE_DATAFLOW"):
+            raise
+        pytest.skip(f"needs the dataflow extra (pip install -e '.[dataflow]'): {exc}")
 
 
 @pytest.fixture

@@ -76,8 +76,9 @@ def test_malformed_bodies_name_the_route_field_and_unknown_offer_only_on_the_off
 
 
 def _client(config: FaultConfig) -> TestClient:
-    import app as app_module
     from fastapi import FastAPI
+
+    import app as app_module
 
     app = FastAPI()
     app.router.routes.extend(app_module.app.router.routes)

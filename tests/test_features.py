@@ -117,7 +117,7 @@ def test_merge_over_random_splits_equals_one_pass(txns, rnd):
     shuffled = list(txns)
     rnd.shuffle(shuffled)
     cuts = sorted(rnd.sample(range(len(shuffled) + 1), k=min(3, len(shuffled) + 1)))
-    parts = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)])]
+    parts = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)], strict=True)]
     fn = F.MemberFeaturesFn(AS_OF)
     accs = [fn.add_inputs(fn.create_accumulator(), part) for part in parts]
     rnd.shuffle(accs)

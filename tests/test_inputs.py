@@ -22,11 +22,11 @@ UNREACHABLE = "http://127.0.0.1:9"  # input errors are found before any endpoint
 # file name -> raw bytes; every data line's member id starts with the file's tag.
 FILES: dict[str, bytes] = {
     "extra_columns.csv": (
-        "NOTE,LAST_TRANSACTION_TYPE,MEMBER_ID,COUNTRY,LAST_TRANSACTION_TS,"
-        "LAST_TRANSACTION_REVENUE_USD,LAST_TRANSACTION_POINTS_BOUGHT\n"
-        "hello,buy,EX1,FR,2024-01-01 10:00:00,5.0,100\n"
-        "again,gift,EX1,DE,2024-01-02 10:00:00,15.0,300\n"
-    ).encode(),
+        b"NOTE,LAST_TRANSACTION_TYPE,MEMBER_ID,COUNTRY,LAST_TRANSACTION_TS,"
+        b"LAST_TRANSACTION_REVENUE_USD,LAST_TRANSACTION_POINTS_BOUGHT\n"
+        b"hello,buy,EX1,FR,2024-01-01 10:00:00,5.0,100\n"
+        b"again,gift,EX1,DE,2024-01-02 10:00:00,15.0,300\n"
+    ),
     "crlf.csv": (HEADER + "\r\nCR1,2024-01-01 10:00:00,buy,100,1.0\r\nCR1,2024-01-03 10:00:00,buy,200,2.0\r\n"
                  "CR2,,,,\r\n").encode(),
     "bom.csv": b"\xef\xbb\xbf" + (HEADER + "\nBOM1,2024-01-01 10:00:00,buy,100,1.0\n").encode(),

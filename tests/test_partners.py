@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -104,7 +103,7 @@ def test_acme_values_match_its_formulas(acme_url, acme_key, tmp_path):
 def test_wrong_key_fails_every_member_with_401(acme_url, monkeypatch, tmp_path):
     monkeypatch.setenv("ACME_API_KEY", "wrong")
     export = export_for(load_named("acme_rewards"), tmp_path / "acme.csv", rows=60)
-    code, summary = run_partner(["--partner", "acme_rewards"], export, tmp_path / "out", acme_url)
+    code, _ = run_partner(["--partner", "acme_rewards"], export, tmp_path / "out", acme_url)
     assert code == 3
     errors = pq.read_table(tmp_path / "out" / "results").column("ERROR").drop_null().to_pylist()
     assert errors and all("HTTP 401" in e for e in errors)

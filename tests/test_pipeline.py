@@ -92,7 +92,7 @@ def read_results(out: Path) -> dict:
 
 
 def test_every_member_matches_the_csv_to_1e_9(export, run_output):
-    code, summary, out = run_output
+    code, _, out = run_output
     assert code == 0
     expected, _ = expected_from_csv(export, AS_OF)
     rows = read_results(out)
@@ -112,10 +112,11 @@ def test_every_member_matches_the_csv_to_1e_9(export, run_output):
 
 
 def test_accounting_and_outputs(export, run_output):
-    code, summary, out = run_output
+    _, summary, out = run_output
     expected, dead = expected_from_csv(export, AS_OF)
     acc = summary["accounting"]
-    assert acc["rows_read"] == sum(1 for _ in open(export)) - 1
+    with open(export) as handle:
+        assert acc["rows_read"] == sum(1 for _ in handle) - 1
     assert acc["rows_read"] == acc["transactions"] + acc["member_only_rows"] + acc["dead_letter_rows"]
     assert acc["dead_letter_rows"] == dead > 0
     assert acc["members"] == len(expected)

@@ -5,6 +5,7 @@ No mocks here: every request goes through requests, urllib3's Retry and uvicorn.
 from __future__ import annotations
 
 import time
+
 import pytest
 
 from beam_pipeline.partner import load

@@ -205,8 +205,9 @@ def test_an_accounting_violation_fails_loudly_and_publishes_nothing(export, serv
 
 
 def test_accounting_catches_a_member_without_a_results_row():
-    import pyarrow as pa
     from collections import Counter
+
+    import pyarrow as pa
 
     results = pa.table({"MEMBER_ID": ["a", "b"], "STATUS": ["OK", "FAILED"]})
     dead = pa.table({"REASON": ["BAD_NUMBER"]})

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import report
-from transforms.results import DEAD_LETTER_SCHEMA, feature_columns, result_row, results_schema
 from transforms.features import SPEC_FEATURES
+from transforms.results import DEAD_LETTER_SCHEMA, feature_columns, result_row, results_schema
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -61,7 +61,7 @@ def _synthetic_run(folder, statuses, dead_rows):
     """A published-looking folder with chosen member statuses and dead letters."""
     as_of = dt.date(2026, 11, 24)
     columns = feature_columns(SPEC_FEATURES)
-    features = {name: 1.0 for name in SPEC_FEATURES} | {"DAYS_SINCE_LAST_TRANSACTION": 3}
+    features = dict.fromkeys(SPEC_FEATURES, 1.0) | {"DAYS_SINCE_LAST_TRANSACTION": 3}
     rows = []
     for i, status in enumerate(statuses):
         if status == "NO_TRANSACTIONS":

@@ -263,7 +263,7 @@ def decide(client: PartnerClient, features: dict) -> dict:
         ats = client.call("ats", body)
         resp = client.call("resp", body)
         return _with_offer(client, ats, resp)
-    except Exception as exc:  # noqa: BLE001 - becomes a FAILED row, logged with its traceback
+    except Exception as exc:
         log.exception("unexpected error while calling the endpoints for one member")
         client.metrics.counter("members_internal_error").inc()
         failed = CallResult(None, None, 0, f"internal error: {type(exc).__name__}: {exc}"[:200])
@@ -315,7 +315,7 @@ class CallEndpointsFn(TimedDoFn):
     def process(self, batch: list):
         t0 = time.perf_counter()
         decisions = self._pool.map(lambda kv: decide(self._client, kv[1]["FEATURES"]), batch)
-        for (member_id, summary), decision in zip(batch, decisions):
+        for (member_id, summary), decision in zip(batch, decisions, strict=True):
             progress.member_called(summary["N_TRANSACTIONS"])
             yield member_id, summary, decision
         self._client.metrics.flush()

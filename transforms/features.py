@@ -17,7 +17,8 @@ The order is total, so ties never depend on input order.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import apache_beam as beam
 
@@ -64,7 +65,7 @@ def add(acc: list, txn: Transaction) -> list:
     entry = (txn.ts_us, txn.points, txn.revenue, txn.type_code)
     last3 = acc[LAST3]
     if len(last3) < 3 or entry > last3[-1]:
-        acc[LAST3] = tuple(sorted(last3 + (entry,), reverse=True)[:3])
+        acc[LAST3] = tuple(sorted((*last3, entry), reverse=True)[:3])
     return acc
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam import coders
@@ -32,7 +33,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import NAMESPACE
-from transforms.features import LAST3, N, N_BUY, N_GIFT, N_REDEEM, POINTS, REVENUE, MemberFeaturesFn, Transaction
+from transforms.features import LAST3, N_BUY, N_GIFT, N_REDEEM, POINTS, REVENUE, MemberFeaturesFn, N, Transaction
 
 _COUNTS = struct.Struct(">qqqq")  # n, n_buy, n_gift, n_redeem
 _ENTRY = struct.Struct(">qddB")  # ts_us, points, revenue, type code

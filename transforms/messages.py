@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
-from beam_pipeline.partner import Columns
 from apache_beam.metrics import Metrics
 
+from beam_pipeline.partner import Columns
 from transforms import NAMESPACE
 from transforms.parse import FileLayout, ParseLineFn, Rejected, end_of_day_us
 

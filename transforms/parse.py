@@ -10,7 +10,8 @@ import csv
 import datetime as dt
 import logging
 import math
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -74,10 +75,7 @@ def parse_timestamp(text: str, formats: tuple[str, ...]) -> int:
     """Microseconds since the epoch, UTC. Naive times are UTC; offsets are converted."""
     for fmt in formats:
         try:
-            if fmt == "iso":
-                parsed = dt.datetime.fromisoformat(text)
-            else:
-                parsed = dt.datetime.strptime(text, fmt)
+            parsed = dt.datetime.fromisoformat(text) if fmt == "iso" else dt.datetime.strptime(text, fmt)
         except ValueError:
             continue
         if parsed.tzinfo is None:
@@ -116,7 +114,7 @@ def parse_fields(
     if present == 0:
         return member_id, None
     if present < 4:
-        missing = [name for name, v in zip(("timestamp", "type", "points", "revenue"), values) if not v]
+        missing = [name for name, v in zip(("timestamp", "type", "points", "revenue"), values, strict=True) if not v]
         raise Rejected(PARTIAL_TRANSACTION, f"missing {', '.join(missing)}")
     ts_text, type_text, points_text, revenue_text = values
     ts_us = parse_timestamp(ts_text, formats)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms.features import INTEGER_FEATURES, SPEC_FEATURES
 from transforms import NAMESPACE
+from transforms.features import INTEGER_FEATURES, SPEC_FEATURES
 from transforms.timing import TimedDoFn
 
 OK, NO_TRANSACTIONS, FAILED = "OK", "NO_TRANSACTIONS", "FAILED"

@@ -24,10 +24,10 @@ class PooledMetrics:
         self._counts: Counter = Counter()
         self._values: defaultdict[str, list[int]] = defaultdict(list)
 
-    def counter(self, name: str) -> "_Counter":
+    def counter(self, name: str) -> _Counter:
         return _Counter(self, name)
 
-    def distribution(self, name: str) -> "_Distribution":
+    def distribution(self, name: str) -> _Distribution:
         return _Distribution(self, name)
 
     def _inc(self, name: str, n: int) -> None:

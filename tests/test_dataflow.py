@@ -1,0 +1,169 @@
+"""The job as Dataflow receives it, translated offline (``--dry_run --no_auth``), never submitted.
+
+Needs the ``dataflow`` extra (apache-beam[gcp]); ``scripts/test.sh`` installs it and sets
+LANTERN_REQUIRE_DATAFLOW, so there (and in CI) a missing extra fails instead of skipping.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+import yaml
+from apache_beam.internal import pickler
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, WorkerOptions
+from apache_beam.portability import common_urns, python_urns
+from apache_beam.portability.api import beam_runner_api_pb2
+
+from beam_pipeline import cli, dataflow
+from beam_pipeline.inputs import layout_for
+from beam_pipeline.partner import load_named
+from beam_pipeline.pipeline import JobConfig, build_pipeline
+from beam_pipeline.runners import local_runner
+
+pytestmark = pytest.mark.usefixtures("dataflow_extra")
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "lantern-prod-431207"
+REGION = "europe-west1"
+BUCKET = "gs://lantern-prod-431207-lantern"
+COMMIT = "3f2c9a1"
+CLOUD_ARGS = [
+    "--runner=DataflowRunner", "--dry_run=True", "--no_auth",
+    f"--project={PROJECT}", f"--region={REGION}",
+    f"--temp_location={BUCKET}/tmp", f"--staging_location={BUCKET}/staging",
+]
+HEADER = ("MEMBER_ID,LAST_TRANSACTION_TS,LAST_TRANSACTION_TYPE,"
+          "LAST_TRANSACTION_POINTS_BOUGHT,LAST_TRANSACTION_REVENUE_USD")
+
+
+def built_image() -> str:
+    """The image cloudbuild.yaml builds, with its substitutions filled in as Cloud Build would."""
+    build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    subs = {**build["substitutions"], "PROJECT_ID": PROJECT, "COMMIT_SHA": COMMIT}
+    subs["_REGION"] = REGION
+
+    def fill(text: str) -> str:
+        for _ in range(5):  # substitutions refer to substitutions
+            text = re.sub(r"\$\{(\w+)\}", lambda m: str(subs[m.group(1)]), text)
+        return text
+
+    step = next(s for s in build["steps"] if s["id"] == "build")
+    tags = [fill(a.split("=", 1)[1]) for a in step["args"] if a.startswith("--tag=")]
+    build_args = [fill(a.split("=", 1)[1]) for a in step["args"] if a.startswith("--build-arg=")]
+    assert len(tags) == 1 and build_args == [f"LANTERN_IMAGE={tags[0]}"], "the image is not told its own name"
+    template = next(s for s in build["steps"] if s["id"] == "template")
+    assert f"--image={tags[0]}" in [fill(a) for a in template["args"]], "the template does not use the built image"
+    return tags[0]
+
+
+def job_config(tmp_path: Path) -> JobConfig:
+    partner = load_named("default")
+    sample = tmp_path / "header.csv"
+    sample.write_text(HEADER + "\nm1,2024-01-01 10:00:00,buy,10,1.5\n")
+    source = f"{BUCKET}/exports/2026-11-24/member_data.csv"
+    layouts = {source: layout_for(str(sample), partner, "partner_options/default.yaml")}
+    return JobConfig((source,), layouts, partner, dt.date(2026, 11, 24), f"{BUCKET}/runs/_staging-test")
+
+
+def transform_names(pipeline_proto) -> set[str]:
+    return {t.unique_name for t in pipeline_proto.components.transforms.values()}
+
+
+def user_functions(pipeline_proto) -> dict[str, str]:
+    """Step name -> class of each DoFn/CombineFn from this repository, unpickled from the graph."""
+    found = {}
+    for t in pipeline_proto.components.transforms.values():
+        if t.spec.urn == common_urns.primitives.PAR_DO.urn:
+            fn = beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).do_fn
+        elif t.spec.urn == common_urns.composites.COMBINE_PER_KEY.urn:
+            fn = beam_runner_api_pb2.CombinePayload.FromString(t.spec.payload).combine_fn
+        else:
+            continue
+        if fn.urn not in (python_urns.PICKLED_DOFN_INFO, python_urns.PICKLED_COMBINE_FN):
+            continue
+        obj = pickler.loads(fn.payload)
+        obj = obj[0] if isinstance(obj, tuple) else obj
+        if type(obj).__module__.split(".")[0] in ("beam_pipeline", "transforms"):
+            found[t.unique_name] = type(obj).__name__
+    return found
+
+
+@pytest.fixture(scope="module")
+def translated(tmp_path_factory):
+    image = built_image()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(dataflow.IMAGE_ENV, image)
+        options = PipelineOptions(CLOUD_ARGS)
+        dataflow.prepare(options, "default", "20261124T101500Z-1a2b3c4d")
+        pipeline = beam.Pipeline(options=options)
+        build_pipeline(pipeline, job_config(tmp_path_factory.mktemp("df")))
+        result = pipeline.run()
+    return image, options, result.job
+
+
+def test_the_whole_graph_reaches_dataflow(translated, tmp_path):
+    _, _, job = translated
+    local = beam.Pipeline(runner=local_runner())
+    build_pipeline(local, job_config(tmp_path))
+    local_proto = local.to_runner_api()
+    # Dataflow swaps in its own reshuffle inside Beam's Create; every other transform keeps its name
+    expected = {n for n in transform_names(local_proto) if not n.startswith("ref_") and "/MaybeReshuffle" not in n}
+    got = transform_names(job.proto_pipeline)
+    assert expected - got == set()
+    # our DoFns and CombineFn travel pickled; they load back as the same steps
+    assert user_functions(job.proto_pipeline) == user_functions(local_proto)
+    assert {"ParseLineFn", "MemberFeaturesFn", "CallEndpointsFn", "ToResultRowFn"} <= set(
+        user_functions(job.proto_pipeline).values())
+    for step in ("ReadExports", "Parse", "MemberFeatures", "DecideOffers/CallEndpoints/Call", "ToResultRow",
+                 "WriteResults", "WriteDeadLetters"):
+        assert step in got
+
+
+def test_workers_run_the_image_that_was_built(translated):
+    image, options, job = translated
+    envs = job.proto_pipeline.components.environments
+    payloads = [e.payload for e in envs.values() if e.urn == "beam:env:docker:v1"]
+    assert payloads and all(image.encode() in p for p in payloads)
+    assert options.view_as(SetupOptions).setup_file is None  # the package is in the image, nothing staged
+
+
+def test_job_is_named_for_the_partner_and_run(translated):
+    _, _, job = translated
+    assert job.proto.name == "lantern-default-20261124t101500z-1a2b3c4d"
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", dataflow.job_name("legacy_export", "X_Y" * 40))
+
+
+def test_without_an_image_the_package_is_staged_from_setup_py(monkeypatch):
+    monkeypatch.delenv(dataflow.IMAGE_ENV, raising=False)
+    options = PipelineOptions(CLOUD_ARGS)
+    dataflow.prepare(options, "default", "r1")
+    assert options.view_as(WorkerOptions).sdk_container_image is None
+    assert options.view_as(SetupOptions).setup_file == str(ROOT / "setup.py")
+
+
+def test_dockerfile_gives_the_image_its_name():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG LANTERN_IMAGE", text, re.M)
+    assert re.search(r"ENV LANTERN_IMAGE=\$\{LANTERN_IMAGE\}", text)
+    assert "FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py" in text
+
+
+def test_a_flex_template_launch_submits_and_returns(tmp_path, monkeypatch, caplog):
+    """What the launcher runs: main.py with the template parameters and --template_location."""
+    monkeypatch.setenv(dataflow.IMAGE_ENV, built_image())
+    export = tmp_path / "export.csv"
+    export.write_text(HEADER + "\nm1,2024-01-01 10:00:00,buy,10,1.5\nm2,,,,\n")
+    argv = [
+        f"--input={export}", f"--output={BUCKET}/runs/2026-11-24", "--partner=default", "--as_of=2026-11-24",
+        "--endpoint_url=https://ml.example.com", "--skip_preflight",
+        *[a for a in CLOUD_ARGS if not a.startswith("--runner")],  # the launcher's runner comes implicitly
+        f"--template_location={BUCKET}/staging/template_launches/x/job_object",
+    ]
+    caplog.set_level("INFO")
+    code, summary = cli.run(argv)
+    assert (code, summary) == (cli.EXIT_OK, None)
+    assert "job submitted from a Flex Template" in caplog.text
+    assert not (tmp_path / "runs").exists()
