@@ -43,6 +43,7 @@ FIGURES = (
 EXAMPLES_PER_REASON = 5
 FAILED_EXAMPLES = 20
 _DPI = 100
+NONE = "\u2013"  # an en dash: the report's mark for a missing value
 
 
 class ReportError(RuntimeError):
@@ -92,7 +93,7 @@ def _empty(ax, text: str) -> None:
 def _share(n: int, total: int) -> str:
     """A percentage that stays readable for small shares (0.04%, not 0.0%)."""
     if not total:
-        return "–"
+        return NONE
     pct = 100 * n / total
     return f"{pct:.1f}%" if pct >= 1 or pct == 0 else f"{pct:.2g}%"
 
@@ -179,7 +180,7 @@ def fig_steps(summary: dict, results: pa.Table):
 def fig_latency(summary: dict, results: pa.Table):
     fig, axes = _figure(13, 4, ncols=3)
     percentiles = summary.get("latency_ms") or {}
-    for ax, kind in zip(axes, KINDS):
+    for ax, kind in zip(axes, KINDS, strict=True):
         column = results.column(f"{kind.upper()}_LATENCY_MS").drop_null().to_pylist()
         if not column:
             _empty(ax, f"no {kind} calls")
@@ -225,7 +226,7 @@ def fig_features(summary: dict, results: pa.Table):
     ncols = 3
     nrows = max(1, -(-len(names) // ncols))
     fig, axes = _figure(13, 2.8 * nrows, ncols=ncols, nrows=nrows)
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=False):  # spare axes are hidden below
         values = results.column(name).drop_null().to_pylist()
         if values:
             ax.hist(values, bins=30, color="#5d4037", histtype="stepfilled")
@@ -286,7 +287,7 @@ def _e(value) -> str:
 
 def _num(value, digits: int = 0) -> str:
     if value is None:
-        return "–"
+        return NONE
     if isinstance(value, float) and digits:
         return f"{value:,.{digits}f}"
     return f"{value:,.0f}" if isinstance(value, (int, float)) else _e(value)
@@ -347,7 +348,7 @@ def _section_members(summary: dict, results: pa.Table, images: dict) -> str:
 
 def _section_time(summary: dict, images: dict) -> str:
     step_rows = [[_e(s["name"]), _num(s["elements"]), _e(s["unit"]),
-                  _num(s["seconds"], 3) if s["seconds"] is not None else "–", _num(s["per_second"])]
+                  _num(s["seconds"], 3) if s["seconds"] is not None else NONE, _num(s["per_second"])]
                  for s in summary.get("steps") or []]
     source = next((s.get("seconds_source") for s in summary.get("steps") or [] if s.get("seconds_source")), None)
     note = {"execution_time": "Seconds are Beam's execution time of each step, excluding the steps after it.",
@@ -411,7 +412,7 @@ def _section_features(results: pa.Table, images: dict) -> str:
     for name in feature_names(results):
         column = results.column(name).drop_null()
         if len(column) == 0:
-            rows.append([_e(name), "0", "–", "–", "–", "–"])
+            rows.append([_e(name), "0", NONE, NONE, NONE, NONE])
             continue
         column = column.cast(pa.float64())
         median = pc.quantile(column, q=[0.5]).to_pylist()[0]
