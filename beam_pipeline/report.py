@@ -366,7 +366,8 @@ def _section_time(summary: dict, images: dict) -> str:
     return (
         f"<h2>Time per step</h2><p>Wall time of the whole run: <b>{summary['wall_seconds']:.1f}s</b>. {note}</p>"
         f"{_table(['step', 'elements', 'unit', 'seconds', 'per second'], step_rows)}{_img(images, 'steps.png')}"
-        "<h2>Endpoints</h2><p>Latency is the wall time of one call to the endpoint, retries included (ms), over the members that were called.</p>"
+        "<h2>Endpoints</h2><p>Latency is the wall time of one call to the endpoint, retries included (ms), "
+        "over the members that were called.</p>"
         f"{_table(['endpoint', 'calls', 'p50', 'p95', 'p99', 'max', 'ok', 'errors', 'retries', 'throttled'], endpoint_rows)}"
         f"{_img(images, 'latency.png')}"
     )
