@@ -160,3 +160,14 @@ def test_answers_that_are_not_overload_never_hold_calls_back(garbled_url, client
     """A malformed 200 (like a 4xx) means the backend handled the call: retrying less would not help it."""
     client = client_for(garbled_url, retries=0)
     assert all(client.call("ats", FEATURES).attempts == 1 for _ in range(40))
+
+
+def test_an_unexpected_error_fails_the_member_instead_of_the_bundle(server_url, client_for, monkeypatch):
+    def broken(partner, features):
+        raise KeyError("AVG_POINTS_BOUGHT")
+
+    monkeypatch.setattr(E, "prediction_body", broken)
+    decision = E.decide(client_for(server_url), FEATURES)
+    assert decision["STATUS"] == "FAILED"
+    assert decision["ERROR"] == "internal error: KeyError: 'AVG_POINTS_BOUGHT'"
+    assert decision["OFFER"] is None and decision["ATTEMPTS"] == 0
