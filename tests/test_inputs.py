@@ -73,6 +73,7 @@ FILES: dict[str, bytes] = {
         + HEADER + "\r\nRH2,2024-01-01 10:00:00,buy,100,1.0\n"
         + "\ufeff" + HEADER + "\nRH3,,,,\n"
     ).encode(),
+    "all_rejected.csv": (HEADER + "\nAR1,yesterday,buy,1,1\n,2024-01-01 10:00:00,buy,1,1\nAR2,2024-01-01 10:00:00\n").encode(),
 }
 EXPECTED_HEADER_LINES = len(FILES) + 2  # one per file, and two repeats
 
@@ -220,3 +221,10 @@ def test_unusable_input_stops_before_the_run(make, message, tmp_path, capsys):
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_a_file_whose_every_row_is_rejected_adds_dead_letters_only(messy_run):
+    results, dead = messy_run[2], messy_run[3]
+    assert _members(results, "AR") == {}
+    assert [r for r, _ in _dead(dead, "all_rejected.csv")] == ["BAD_TIMESTAMP", "MISSING_MEMBER_ID",
+                                                               "WRONG_FIELD_COUNT"]
