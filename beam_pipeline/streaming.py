@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.parquetio import WriteToParquet
+import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
@@ -33,6 +33,7 @@ from transforms.member_state import MemberUpdatesFn
 from transforms.messages import ParseMessageFn, message_layout
 from transforms.parse import BOM, DEAD_LETTER, FileLayout
 from transforms.results import DEAD_LETTER_SCHEMA, ToStreamResultRowFn, feature_columns, stream_results_schema
+from transforms.windowed_parquet import WriteWindowedParquet
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ def simulated_clock() -> float:
 class StreamConfig:
     partner: PartnerConfig
     as_of: dt.date | None  # None: the UTC date at the moment each update is computed
-    results: str  # file prefix of the windowed result files
-    dead_letters: str
+    results: str  # folder of the windowed result files
+    dead_letters: str  # folder of the windowed dead-letter files
     debounce_s: float = 5.0
     idle_days: float = 30.0
     window_s: int = 60
@@ -76,7 +77,7 @@ class MemberUpdates(beam.PTransform):
         return (
             transactions
             | "EventTime" >> beam.Map(_event_time)
-            | "MemberState" >> beam.ParDo(fn).with_input_types(tuple[str, Any])
+            | "MemberState" >> beam.ParDo(fn).with_input_types(beam.typehints.KV[str, Any])
         )
 
 
@@ -85,9 +86,8 @@ def bigquery_row(row: dict) -> dict:
     return {k: v.isoformat() if isinstance(v, (dt.date, dt.datetime)) else v for k, v in row.items()}
 
 
-def bigquery_schema(schema) -> str:
+def bigquery_schema(schema: pa.Schema) -> str:
     """The results Parquet schema as a BigQuery schema string (NAME:TYPE,...)."""
-    import pyarrow as pa
 
     def kind(t) -> str:
         if pa.types.is_string(t):
@@ -119,12 +119,8 @@ def build_stream(messages, layouts: dict[str, FileLayout], cfg: StreamConfig):
         | "DecideOffers" >> DecideOffers(partner)
         | "ToResultRow" >> beam.ParDo(ToStreamResultRowFn(feature_columns(partner.feature_names), partner.name))
     )
-    rows | "WriteResults" >> WriteToParquet(
-        cfg.results, schema, file_name_suffix=".parquet", triggering_frequency=cfg.window_s
-    )
-    parsed[DEAD_LETTER] | "WriteDeadLetters" >> WriteToParquet(
-        cfg.dead_letters, DEAD_LETTER_SCHEMA, file_name_suffix=".parquet", triggering_frequency=cfg.window_s
-    )
+    rows | "WriteResults" >> WriteWindowedParquet(cfg.results, schema, cfg.window_s)
+    parsed[DEAD_LETTER] | "WriteDeadLetters" >> WriteWindowedParquet(cfg.dead_letters, DEAD_LETTER_SCHEMA, cfg.window_s)
     if cfg.bigquery_table:
         from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
 
@@ -237,7 +233,7 @@ def run(
     # A replay ends, so it stages and publishes like the batch job; a live stream appends windows.
     base = outputs.staging_dir(output, run_id) if args.input else output
     cfg = StreamConfig(
-        partner, as_of, join(base, "results", "part"), join(base, "dead_letter", "part"),
+        partner, as_of, join(base, "results"), join(base, "dead_letter"),
         args.debounce_seconds, args.idle_days, args.window_seconds, args.bigquery_table,
         simulated_clock if args.input else time.time,
     )
@@ -250,7 +246,7 @@ def run(
         messages = pipeline | "Replay" >> replay_events(lines, args.rate, step, time.time())
     else:
         messages, source = pubsub_messages(pipeline, args.subscription)
-        layouts = {source: message_layout(partner.input.columns, partner.input.delimiter)}
+        layouts = {source: message_layout(partner.input)}
     build_stream(messages, layouts, cfg)
     log.info("stream %s: partner=%s source=%s output=%s as_of=%s runner=%s debounce=%ss idle=%sd",
              run_id, partner.name, args.subscription or ",".join(args.input), output,

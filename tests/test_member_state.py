@@ -87,6 +87,6 @@ def test_idle_members_are_cleared_and_start_afresh():
     fn = MemberUpdatesFn(dt.date(2030, 1, 1), SPEC_FEATURES, debounce_s=5, idle_days=30,
                          timer_clock=lambda: 0.0)
     with beam.Pipeline(runner=BundleBasedDirectRunner(), options=PipelineOptions(["--streaming"])) as p:
-        updates = p | stream | beam.ParDo(fn).with_input_types(tuple) | beam.Map(_seq_and_n)
+        updates = p | stream | beam.ParDo(fn).with_input_types(beam.typehints.KV[str, object]) | beam.Map(_seq_and_n)
         expected = [(m, 1, 1) for m in idle] * 2 + [("active", 1, 1), ("active", 2, 2), ("active", 3, 3)]
         assert_that(updates, equal_to(expected))

@@ -19,7 +19,7 @@ AS_OF = dt.date(2026, 11, 24)
 
 def _fn(partner_name: str = "legacy_export", as_of: dt.date | None = AS_OF) -> ParseMessageFn:
     partner = load_named(partner_name)
-    layout = message_layout(partner.input.columns, partner.input.delimiter)
+    layout = message_layout(partner.input)
     return ParseMessageFn({SOURCE: layout}, partner.input.columns, partner.input.delimiter,
                           partner.input.timestamp_formats, as_of)
 
@@ -79,3 +79,17 @@ def test_without_as_of_the_cutoff_is_today_utc():
     late = f"M1,{today + dt.timedelta(days=1)} 00:00:00,buy,1,1".encode()
     assert _parse(fn, ok)[0][0] == "M1"
     assert _parse(fn, late)[0].value["REASON"] == "AFTER_AS_OF"
+
+
+def test_headerless_partner_messages_follow_its_header_columns():
+    from beam_pipeline.partner import ConfigError, InputConfig
+
+    config = InputConfig(header=False, header_columns=[
+        "LAST_TRANSACTION_TYPE", "MEMBER_ID", "EXTRA", "LAST_TRANSACTION_TS",
+        "LAST_TRANSACTION_POINTS_BOUGHT", "LAST_TRANSACTION_REVENUE_USD"])
+    layout = message_layout(config)
+    fn = ParseMessageFn({SOURCE: layout}, config.columns, ",", ("iso",), AS_OF)
+    assert _parse(fn, b"gift,M7,x,2025-01-02 03:04:05,5,6") == [
+        ("M7", Transaction(_ts("2025-01-02 03:04:05"), features.GIFT, 5.0, 6.0))]
+    with pytest.raises(ConfigError, match="MEMBER_ID"):
+        message_layout(InputConfig(header=False, header_columns=["A", "B"]))

@@ -33,14 +33,16 @@ COMPARED = [*SPEC_FEATURES, "N_TRANSACTIONS", "ATS_PREDICTION", "RESP_PREDICTION
 
 
 def _as_json(line: str) -> str:
+    """The line as a JSON object keyed by the column names (a line of the wrong width stays a line)."""
     values = line.split(",")
-    return json.dumps(dict(zip(generate.HEADER, values)))
+    return json.dumps(dict(zip(generate.HEADER, values))) if len(values) == len(generate.HEADER) else line
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    """300 generated rows (members with many transactions, member-only rows, bad rows) and the batch run's results."""
-    lines = list(generate.rows(300, seed=21, rows_per_member=8))
+    """200 generated rows (members with many transactions, member-only rows, bad rows) and the batch run's results."""
+    lines = list(generate.rows(200, seed=21, rows_per_member=6))
+    lines += ["X1,not-a-date,buy,1,1", ",2024-01-01 00:00:00,buy,1,1", "X2,2024-01-01 00:00:00,buy,1"]
     folder = tmp_path_factory.mktemp("stream")
     path = folder / "export.csv"
     path.write_text(",".join(generate.HEADER) + "\n" + "\n".join(lines) + "\n")
@@ -61,10 +63,11 @@ def batch(export, server_url):
 def _bursts(lines: list[str], rng: random.Random) -> list[list[bytes]]:
     """Shuffled (so out of event-time order), every third valid-looking line as JSON, cut into bursts."""
     messages = [(_as_json(line) if i % 3 == 0 else line).encode() for i, line in enumerate(lines)]
+    messages.append(b'{"MEMBER_ID": "X3", ')  # stream only: MALFORMED_JSON
     rng.shuffle(messages)
     bursts, i = [], 0
     while i < len(messages):
-        size = rng.choice([3, 10, 30, 80])
+        size = rng.choice([5, 20, 60])
         bursts.append(messages[i:i + size])
         i += size
     return bursts
@@ -82,7 +85,7 @@ def test_stream_last_updates_equal_the_batch_job(export, batch, server_url, tmp_
     _, _, lines = export
     expected, batch_dead = batch
     partner = load_named("default").with_endpoint_url(server_url)
-    layout = message_layout(partner.input.columns, partner.input.delimiter)
+    layout = message_layout(partner.input)
     layouts = {SOURCE: layout}
     bursts = _bursts(lines, random.Random(5))
     debounce_s = 5.0
@@ -97,7 +100,7 @@ def test_stream_last_updates_equal_the_batch_job(export, batch, server_url, tmp_
         stream = stream.advance_processing_time(debounce_s + 1)
     stream = stream.advance_watermark_to_infinity()
 
-    cfg = StreamConfig(partner, AS_OF, str(tmp_path / "results" / "part"), str(tmp_path / "dead_letter" / "part"),
+    cfg = StreamConfig(partner, AS_OF, str(tmp_path / "results"), str(tmp_path / "dead_letter"),
                        debounce_s=debounce_s, idle_days=36_500, window_s=60, timer_clock=simulated_clock)
     with beam.Pipeline(runner=streaming_local_runner(), options=PipelineOptions(["--streaming"])) as p:
         build_stream(p | stream, layouts, cfg)
@@ -105,8 +108,8 @@ def test_stream_last_updates_equal_the_batch_job(export, batch, server_url, tmp_
     rows = summary.read_parts(str(tmp_path / "results")).to_pylist()
     dead = summary.read_parts(str(tmp_path / "dead_letter"), ["REASON"]).column("REASON").to_pylist()
 
-    # Same rows rejected for the same reasons as the batch job.
-    assert Counter(dead) == batch_dead
+    # Same rows rejected for the same reasons as the batch job, plus the broken JSON message.
+    assert Counter(dead) == batch_dead + Counter({"MALFORMED_JSON": 1})
 
     # Every member's last update equals its batch results row, digit for digit.
     last = {}
@@ -150,7 +153,7 @@ def test_cli_replay_publishes_a_streaming_run(export, batch, server_url, tmp_pat
     expected, batch_dead = batch
     out = tmp_path / "out"
     code, run = cli.run(["--streaming", "--input", str(path), "--output", str(out), "--endpoint-url", server_url,
-                         "--as-of", AS_OF.isoformat(), "--rate", "200", "--debounce-seconds", "1",
+                         "--as-of", AS_OF.isoformat(), "--rate", "100", "--debounce-seconds", "2",
                          "--log-level", "WARNING"])
     assert code == 0
     saved = json.loads((out / "run.json").read_text())
@@ -161,3 +164,17 @@ def test_cli_replay_publishes_a_streaming_run(export, batch, server_url, tmp_pat
     last = {r["MEMBER_ID"]: r for r in sorted(rows, key=lambda r: r["UPDATE_SEQ"])}
     assert {m: r["OFFER"] for m, r in last.items()} == {m: r["OFFER"] for m, r in expected.items()}
     assert cli.format_summary(run).startswith(f"outputs: {out}")
+
+
+def test_bigquery_rows_and_schema_follow_the_parquet_schema():
+    from beam_pipeline.streaming import bigquery_row, bigquery_schema
+    from transforms.results import stream_results_schema
+
+    schema = bigquery_schema(stream_results_schema(SPEC_FEATURES))
+    fields = dict(f.split(":") for f in schema.split(","))
+    assert fields["MEMBER_ID"] == "STRING" and fields["DAYS_SINCE_LAST_TRANSACTION"] == "INT64"
+    assert fields["AS_OF"] == "DATE" and fields["DECIDED_AT"] == "TIMESTAMP" and fields["OFFER"] == "STRING"
+    assert fields["TXN_TO_OFFER_MS"] == "FLOAT64"
+    when = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.timezone.utc)
+    assert bigquery_row({"AS_OF": AS_OF, "DECIDED_AT": when, "N": 1}) == {
+        "AS_OF": "2026-11-24", "DECIDED_AT": "2026-11-25T10:00:00+00:00", "N": 1}

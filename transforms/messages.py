@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from apache_beam.metrics import Metrics
 
-from beam_pipeline.partner import Columns
+from beam_pipeline.partner import Columns, ConfigError, InputConfig
 from transforms import NAMESPACE
 from transforms.parse import FileLayout, ParseLineFn, Rejected, end_of_day_us
 
@@ -22,10 +22,15 @@ MALFORMED_JSON = "MALFORMED_JSON"  # a message that starts with "{" but is not a
 FIELDS = ("member_id", "timestamp", "type", "points", "revenue")
 
 
-def message_layout(columns: Columns, delimiter: str) -> FileLayout:
-    """The layout of a header-less message: the partner's columns in configured order."""
-    header = delimiter.join(getattr(columns, f) for f in FIELDS).encode("utf-8")
-    return FileLayout(header, len(FIELDS), *range(len(FIELDS)))
+def message_layout(config: InputConfig) -> FileLayout:
+    """The layout of a header-less message: the partner's ``header_columns`` if it has them,
+    else its five columns in configured order. A message equal to that header is skipped."""
+    names = config.header_columns or [getattr(config.columns, f) for f in FIELDS]
+    missing = [getattr(config.columns, f) for f in FIELDS if getattr(config.columns, f) not in names]
+    if missing:
+        raise ConfigError(f"input.header_columns has no column {missing[0]!r} (see input.columns)")
+    index = {f: names.index(getattr(config.columns, f)) for f in FIELDS}
+    return FileLayout(config.delimiter.join(names).encode("utf-8"), len(names), **index)
 
 
 def _text(value) -> str:
