@@ -12,7 +12,16 @@ from fastapi import FastAPI
 
 import faults
 import prediction
-from prediction import Features, OfferResponse, Prediction, PredictionResponse
+from prediction import (
+    Features,
+    FeaturesBatch,
+    OfferResponse,
+    OffersResponse,
+    Prediction,
+    PredictionBatch,
+    PredictionResponse,
+    PredictionsResponse,
+)
 
 app = FastAPI(title="Reference ML and offer service")
 
@@ -40,3 +49,21 @@ def predict_resp(features: Features) -> PredictionResponse:
 @app.post("/offer/assign", response_model=OfferResponse)
 def assign_offer(body: Prediction) -> OfferResponse:
     return OfferResponse(offer=prediction.offer(body))
+
+
+# Batch routes: one request for many members, answers in the order of the instances.
+
+
+@app.post("/ml/ats/predict/batch", response_model=PredictionsResponse)
+def predict_ats_batch(body: FeaturesBatch) -> PredictionsResponse:
+    return PredictionsResponse(predictions=[prediction.ats(f) for f in body.instances])
+
+
+@app.post("/ml/resp/predict/batch", response_model=PredictionsResponse)
+def predict_resp_batch(body: FeaturesBatch) -> PredictionsResponse:
+    return PredictionsResponse(predictions=[prediction.resp(f) for f in body.instances])
+
+
+@app.post("/offer/assign/batch", response_model=OffersResponse)
+def assign_offer_batch(body: PredictionBatch) -> OffersResponse:
+    return OffersResponse(predictions=[prediction.offer(p) for p in body.instances])

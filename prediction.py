@@ -14,6 +14,8 @@ OFFER_2 = "OFFER_2"
 OFFERS = (OFFER_1, OFFER_2)
 OFFER_2_THRESHOLD = 200.0
 RESP_CAP = 0.9
+# Largest {"instances": [...]} a batch route accepts; past it the request gets a 422.
+MAX_BATCH_SIZE = 1000
 
 
 def _finite(value: float) -> float:
@@ -59,6 +61,26 @@ class PredictionResponse(BaseModel):
 
 class OfferResponse(BaseModel):
     offer: str
+
+
+class FeaturesBatch(BaseModel):
+    """A batch route's body, the Vertex AI / TF Serving convention: ``{"instances": [...]}``."""
+
+    instances: list[Features] = Field(min_length=1, max_length=MAX_BATCH_SIZE)
+
+
+class PredictionBatch(BaseModel):
+    instances: list[Prediction] = Field(min_length=1, max_length=MAX_BATCH_SIZE)
+
+
+class PredictionsResponse(BaseModel):
+    """Answers in the order of the instances, so the caller matches them by position."""
+
+    predictions: list[float]
+
+
+class OffersResponse(BaseModel):
+    predictions: list[str]
 
 
 def ats(features: Features) -> float:

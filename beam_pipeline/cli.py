@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--auth-secret", "--auth_secret",
                         help="Secret Manager version holding the partner's auth header value, "
                              "read where the partner file's env var is unset (Dataflow workers)")
+    parser.add_argument("--features-only", "--features_only", action="store_true",
+                        help="compute features, call no endpoint (status FEATURES_ONLY)")
     parser.add_argument("--skip-preflight", "--skip_preflight", action="store_true",
                         help="do not check that endpoint hosts answer before the run")
     parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
@@ -105,7 +107,7 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     patterns = [_local(p) for p in args.input]
     files, layouts = inputs.inspect_inputs(patterns, partner, partner_source)
     outputs.check_writable(args.output)
-    if not args.skip_preflight:
+    if not (args.skip_preflight or args.features_only):
         preflight.check_endpoints(partner)
     logs.configure(args.log_level, args.log_format)
 
@@ -115,7 +117,7 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     runner = runner_name(options)
     output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
     staging = outputs.staging_dir(output, run_id)
-    job = JobConfig(tuple(patterns), layouts, partner, as_of, staging)
+    job = JobConfig(tuple(patterns), layouts, partner, as_of, staging, features_only=args.features_only)
     total_bytes = sum(f.size_bytes for f in files)
     log.info("run %s: partner=%s input=%s (%d file(s), %s bytes) output=%s as_of=%s runner=%s",
              run_id, partner.name, ",".join(patterns), len(files), f"{total_bytes:,}", output, as_of, runner)

@@ -132,6 +132,14 @@ class Endpoints(_Strict):
             raise ValueError(f"bad port in URL {value!r}") from None
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _batch_paths(self) -> "Endpoints":
+        if self.batch:
+            missing = [k for k in ("ats", "resp", "offer") if getattr(self, k).batch_path is None]
+            if missing:
+                raise ValueError(f"batch is true but {', '.join(missing)} has no batch_path")
+        return self
+
 
 # A Secret Manager version, e.g. projects/acme/secrets/acme-ml-token/versions/latest
 VERSION_NAME_PATTERN = r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$"

@@ -16,7 +16,7 @@ from transforms import NAMESPACE
 from transforms.endpoints import CallEndpoints
 from transforms.features import MemberFeaturesFn
 from transforms.parse import DEAD_LETTER, FileLayout, ParseExport
-from transforms.results import DEAD_LETTER_SCHEMA, ToResultRowFn, feature_columns, results_schema
+from transforms.results import DEAD_LETTER_SCHEMA, NOT_CALLED, ToResultRowFn, feature_columns, results_schema
 
 MEMBERS_WITH_FEATURES = "members_with_features"
 
@@ -30,6 +30,7 @@ class JobConfig:
     partner: PartnerConfig
     as_of: dt.date
     staging: str  # the run's private folder; published only when complete
+    features_only: bool = False  # no endpoint calls: members with transactions get FEATURES_ONLY
 
 
 class ReadExports(beam.PTransform):
@@ -67,15 +68,19 @@ class CountMembersFn(beam.DoFn):
 class DecideOffers(beam.PTransform):
     """Member summaries -> (member, summary, decision); no calls for members without transactions."""
 
-    def __init__(self, partner: PartnerConfig):
+    def __init__(self, partner: PartnerConfig, features_only: bool = False):
         super().__init__()
         self._partner = partner
+        self._features_only = features_only
 
     def expand(self, members):
         active, idle = members | "SplitByActivity" >> beam.Partition(
             lambda m, _: 0 if _has_transactions(m) else 1, 2
         )
-        decided = active | "CallEndpoints" >> CallEndpoints(self._partner)
+        if self._features_only:
+            decided = active | "NotCalled" >> beam.Map(lambda m: (m[0], m[1], NOT_CALLED))
+        else:
+            decided = active | "CallEndpoints" >> CallEndpoints(self._partner)
         skipped = idle | "NoCalls" >> beam.Map(lambda m: (m[0], m[1], None))
         return (decided, skipped) | "Merge" >> beam.Flatten()
 
@@ -93,7 +98,7 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
         parsed.transactions
         | "MemberFeatures" >> beam.CombinePerKey(MemberFeaturesFn(job.as_of, partner.feature_names))
         | "CountMembers" >> beam.ParDo(CountMembersFn())
-        | "DecideOffers" >> DecideOffers(partner)
+        | "DecideOffers" >> DecideOffers(partner, job.features_only)
         | "ToResultRow" >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
         | "WriteResults" >> WriteToParquet(
             join(job.staging, "results", "part"), results_schema(partner.feature_names),

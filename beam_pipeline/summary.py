@@ -23,7 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from beam_pipeline.outputs import join
 from beam_pipeline.pipeline import MEMBERS_WITH_FEATURES
 from transforms import NAMESPACE
-from transforms.results import FAILED, NO_TRANSACTIONS, OK
+from transforms.results import FAILED, FEATURES_ONLY, NO_TRANSACTIONS, OK
 from transforms.timing import BUNDLE_MS
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ def accounting(counters: Counter, results: pa.Table, dead_letters: pa.Table) -> 
         "members_ok": statuses[OK],
         "members_no_transactions": statuses[NO_TRANSACTIONS],
         "members_failed": statuses[FAILED],
+        "members_features_only": statuses[FEATURES_ONLY],
     }
     problems = []
     if acc["rows_read"] != acc["transactions"] + acc["member_only_rows"] + acc["dead_letter_rows"]:
@@ -131,7 +132,7 @@ def accounting(counters: Counter, results: pa.Table, dead_letters: pa.Table) -> 
     distinct = pc.count_distinct(results.column("MEMBER_ID")).as_py()
     if distinct != members:
         problems.append(f"{members - distinct} member(s) have more than one results row")
-    if sum(statuses.values()) != members or set(statuses) - {OK, NO_TRANSACTIONS, FAILED}:
+    if sum(statuses.values()) != members or set(statuses) - {OK, NO_TRANSACTIONS, FAILED, FEATURES_ONLY}:
         problems.append(f"unexpected statuses {dict(statuses)}")
     if problems:
         raise AccountingError("accounting does not close: " + "; ".join(problems))

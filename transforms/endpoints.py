@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 KINDS = ("ats", "resp", "offer")
+# The batch routes' convention (Vertex AI, TF Serving): {"instances": [...]} -> {"predictions": [...]}.
+BATCH_REQUEST_FIELD = "instances"
+BATCH_RESPONSE_FIELD = "predictions"
 
 
 class CallResult(NamedTuple):
@@ -61,10 +64,13 @@ def offer_body(partner: PartnerConfig, ats: float, resp: float) -> dict:
     return {offer.ats_field: ats, offer.resp_field: resp}
 
 
-def read_prediction(body: Any, field: str) -> float:
+def _field(body: Any, field: str) -> Any:
     if not isinstance(body, dict) or field not in body:
         raise BadResponse(f"response has no {field!r} field")
-    value = body[field]
+    return body[field]
+
+
+def check_prediction(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadResponse(f"{field!r} is not a number: {value!r:.60}")
     if not math.isfinite(value):
@@ -72,13 +78,20 @@ def read_prediction(body: Any, field: str) -> float:
     return float(value)
 
 
-def read_offer(body: Any, field: str, offers: list[str]) -> str:
-    if not isinstance(body, dict) or field not in body:
-        raise BadResponse(f"response has no {field!r} field")
-    value = body[field]
+def check_offer(value: Any, offers: list[str]) -> str:
     if value not in offers:
         raise BadResponse(f"unknown offer {value!r:.60}")
     return value
+
+
+def read_batch(body: Any, n: int) -> list:
+    """The ``predictions`` list of a batch answer; anything but n items in order fails the batch."""
+    items = _field(body, BATCH_RESPONSE_FIELD)
+    if not isinstance(items, list):
+        raise BadResponse(f"{BATCH_RESPONSE_FIELD!r} is not a list")
+    if len(items) != n:
+        raise BadResponse(f"{len(items)} {BATCH_RESPONSE_FIELD} for {n} instances")
+    return items
 
 
 _retry_count = threading.local()
@@ -148,6 +161,7 @@ class PartnerClient:
         self.session = make_session(partner, partner.calls.concurrency)
         self.timeout = (partner.calls.connect_timeout_s, partner.calls.read_timeout_s)
         self.urls = {kind: partner.url(kind) for kind in KINDS}
+        self.batch_urls = {kind: partner.url(kind, batch=True) for kind in KINDS} if partner.endpoints.batch else {}
         self._throttlers = {
             kind: ReactiveThrottler(
                 window_ms=60_000, bucket_ms=1_000, overload_ratio=2,
@@ -165,6 +179,7 @@ class PartnerClient:
             for kind in KINDS for outcome in ("ok", "http_error", "bad_response", "exception", "throttled")
         }
         self.retries = {kind: self.metrics.counter(f"retries_{kind}") for kind in KINDS}
+        self.bad_items = {kind: self.metrics.counter(f"batch_bad_items_{kind}") for kind in KINDS}
         self.latency = {kind: self.metrics.distribution(f"latency_ms_{kind}") for kind in KINDS}
 
     def close(self) -> None:
@@ -204,7 +219,9 @@ class PartnerClient:
         # Exhausting the budget increments once more than it retries; cap at 1 + retries.
         return min(_retry_count.value + 1, self.partner.calls.retries + 1)
 
-    def call(self, kind: str, body: dict) -> CallResult:
+    def _post(self, kind: str, url: str, body: dict) -> CallResult:
+        """POST with the session's retries: the parsed JSON body as the value, or the reason
+        it failed as the error, never an exception."""
         if self._rate_limiter is not None:
             self._rate_limiter.acquire()
         held_back = self._held_back(kind)
@@ -214,7 +231,7 @@ class PartnerClient:
         t0 = time.perf_counter()
         _retry_count.value = 0
         try:
-            response = self.session.post(self.urls[kind], data=json.dumps(body), timeout=self.timeout)
+            response = self.session.post(url, data=json.dumps(body), timeout=self.timeout)
         except requests.RequestException as exc:
             latency = (time.perf_counter() - t0) * 1000
             self.outcomes[kind, "exception"].inc()
@@ -236,20 +253,59 @@ class PartnerClient:
             text = response.text.replace("\n", " ")
             return self._failed(kind, latency, attempts, f"HTTP {response.status_code}: {text:.160}")
         try:
-            try:
-                payload = response.json()
-            except ValueError:
-                raise BadResponse(f"body is not JSON: {response.text!r:.60}") from None
-            if kind == "offer":
-                offer = self.partner.endpoints.offer
-                value = read_offer(payload, offer.response_field, offer.offers)
-            else:
-                value = read_prediction(payload, getattr(self.partner.endpoints, kind).response_field)
+            payload = response.json()
+        except ValueError:
+            self.outcomes[kind, "bad_response"].inc()
+            return self._failed(kind, latency, attempts, f"bad response: body is not JSON: {response.text!r:.60}")
+        return CallResult(payload, latency, attempts, None)
+
+    def _value(self, kind: str, item: Any) -> Any:
+        """One member's answer: a prediction number, or an offer among the partner's offers."""
+        if kind == "offer":
+            return check_offer(item, self.partner.endpoints.offer.offers)
+        return check_prediction(item, getattr(self.partner.endpoints, kind).response_field)
+
+    def call(self, kind: str, body: dict) -> CallResult:
+        """One member's call to a per-member route."""
+        posted = self._post(kind, self.urls[kind], body)
+        if posted.error:
+            return posted
+        field = getattr(self.partner.endpoints, kind).response_field
+        try:
+            value = self._value(kind, _field(posted.value, field))
         except BadResponse as exc:
             self.outcomes[kind, "bad_response"].inc()
-            return self._failed(kind, latency, attempts, f"bad response: {exc}")
+            return self._failed(kind, posted.latency_ms, posted.attempts, f"bad response: {exc}")
         self.outcomes[kind, "ok"].inc()
-        return CallResult(value, latency, attempts, None)
+        return CallResult(value, posted.latency_ms, posted.attempts, None)
+
+    def call_batch(self, kind: str, bodies: list[dict]) -> list[CallResult]:
+        """Many members' calls in one request to a batch route, one result per body, in order.
+
+        A failed request fails each of its members with the same reason; an item
+        that is not a valid answer fails only its own member. Latency and attempts
+        are the request's, shared by its members.
+        """
+        posted = self._post(kind, self.batch_urls[kind], {BATCH_REQUEST_FIELD: bodies})
+        failed = posted.error
+        if not failed:
+            try:
+                items = read_batch(posted.value, len(bodies))
+            except BadResponse as exc:
+                self.outcomes[kind, "bad_response"].inc()
+                failed = self._failed(kind, posted.latency_ms, posted.attempts, f"bad response: {exc}").error
+        if failed:
+            return [CallResult(None, posted.latency_ms, posted.attempts, failed)] * len(bodies)
+        self.outcomes[kind, "ok"].inc()
+        results = []
+        for item in items:
+            try:
+                value, error = self._value(kind, item), None
+            except BadResponse as exc:
+                self.bad_items[kind].inc()
+                value, error = None, f"{kind}: bad response item: {exc}"
+            results.append(CallResult(value, posted.latency_ms, posted.attempts, error))
+        return results
 
 
 def decide(client: PartnerClient, features: dict) -> dict:
@@ -259,18 +315,27 @@ def decide(client: PartnerClient, features: dict) -> dict:
     the reason instead of failing the bundle, so no member is ever lost.
     """
     try:
-        body = prediction_body(client.partner, features)
+        partner = client.partner
+        body = prediction_body(partner, features)
         ats = client.call("ats", body)
         resp = client.call("resp", body)
-        return _with_offer(client, ats, resp)
+        offer = None
+        if ats.error is None and resp.error is None:
+            offer = client.call("offer", offer_body(partner, ats.value, resp.value))
+        return decision(ats, resp, offer)
     except Exception as exc:
         log.exception("unexpected error while calling the endpoints for one member")
         client.metrics.counter("members_internal_error").inc()
-        failed = CallResult(None, None, 0, f"internal error: {type(exc).__name__}: {exc}"[:200])
-        return _with_offer(client, failed, failed._replace(error=None))
+        return internal_error(exc)
 
 
-def _with_offer(client: PartnerClient, ats: CallResult, resp: CallResult) -> dict:
+def internal_error(exc: Exception) -> dict:
+    failed = CallResult(None, None, 0, f"internal error: {type(exc).__name__}: {exc}"[:200])
+    return decision(failed, failed._replace(error=None), None)
+
+
+def decision(ats: CallResult, resp: CallResult, offer: CallResult | None) -> dict:
+    """One member's decision from its three calls; ``offer`` is None when it was not asked."""
     out = {
         "ATS_PREDICTION": ats.value,
         "RESP_PREDICTION": resp.value,
@@ -282,8 +347,7 @@ def _with_offer(client: PartnerClient, ats: CallResult, resp: CallResult) -> dic
         "ERROR": None,
     }
     errors = [r.error for r in (ats, resp) if r.error]
-    if not errors:
-        offer = client.call("offer", offer_body(client.partner, ats.value, resp.value))
+    if offer is not None:
         out.update(OFFER=offer.value, OFFER_LATENCY_MS=offer.latency_ms, ATTEMPTS=out["ATTEMPTS"] + offer.attempts)
         if offer.error:
             errors.append(offer.error)
@@ -292,11 +356,55 @@ def _with_offer(client: PartnerClient, ats: CallResult, resp: CallResult) -> dic
     return out
 
 
-class CallEndpointsFn(TimedDoFn):
-    """A batch of (member id, summary) -> (member id, summary, decision), calls in a thread pool.
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
-    The session and the pool live for the DoFn instance (``setup``/``teardown``),
-    so keep-alive connections are reused across bundles.
+
+def decide_batch(client: PartnerClient, pool: ThreadPoolExecutor, features: list[dict]) -> list[dict]:
+    """The batch-route call sequence for many members: ATS and RESP requests in parallel,
+    then one offer request for the members whose predictions both succeeded.
+
+    Each request carries at most the partner's ``max_batch_size`` instances; the
+    decisions come back in the order of ``features``. An unexpected error fails
+    these members with the reason, as in ``decide``.
+    """
+    try:
+        return _decide_batch(client, pool, features)
+    except Exception as exc:
+        log.exception("unexpected error while calling the batch endpoints")
+        client.metrics.counter("members_internal_error").inc(len(features))
+        return [internal_error(exc) for _ in features]
+
+
+def _decide_batch(client: PartnerClient, pool: ThreadPoolExecutor, features: list[dict]) -> list[dict]:
+    partner = client.partner
+    size = partner.endpoints.max_batch_size
+    parts = chunks([prediction_body(partner, f) for f in features], size)
+    ats_jobs = [pool.submit(client.call_batch, "ats", part) for part in parts]
+    resp_jobs = [pool.submit(client.call_batch, "resp", part) for part in parts]
+    ats = [r for job in ats_jobs for r in job.result()]
+    resp = [r for job in resp_jobs for r in job.result()]
+    ready = [i for i, (a, r) in enumerate(zip(ats, resp)) if a.error is None and r.error is None]
+    offers: list[CallResult | None] = [None] * len(features)
+    offer_parts = chunks(ready, size)
+    offer_jobs = [
+        pool.submit(client.call_batch, "offer", [offer_body(partner, ats[i].value, resp[i].value) for i in part])
+        for part in offer_parts
+    ]
+    for part, job in zip(offer_parts, offer_jobs):
+        for i, result in zip(part, job.result()):
+            offers[i] = result
+    return [decision(a, r, o) for a, r, o in zip(ats, resp, offers)]
+
+
+class CallEndpointsFn(TimedDoFn):
+    """A batch of (member id, summary) -> (member id, summary, decision).
+
+    Per-member partners: each member's calls run in a thread pool. Batch
+    partners (``endpoints.batch``): one request per route per ``max_batch_size``
+    members, requests in the pool. The session and the pool live for the DoFn
+    instance (``setup``/``teardown``), so keep-alive connections are reused
+    across bundles.
     """
 
     def __init__(self, partner: PartnerConfig):
@@ -314,10 +422,13 @@ class CallEndpointsFn(TimedDoFn):
 
     def process(self, batch: list):
         t0 = time.perf_counter()
-        decisions = self._pool.map(lambda kv: decide(self._client, kv[1]["FEATURES"]), batch)
-        for (member_id, summary), decision in zip(batch, decisions, strict=True):
+        if self._partner.endpoints.batch:
+            decisions = decide_batch(self._client, self._pool, [summary["FEATURES"] for _, summary in batch])
+        else:
+            decisions = self._pool.map(lambda kv: decide(self._client, kv[1]["FEATURES"]), batch)
+        for (member_id, summary), decision_ in zip(batch, decisions, strict=True):
             progress.member_called(summary["N_TRANSACTIONS"])
-            yield member_id, summary, decision
+            yield member_id, summary, decision_
         self._client.metrics.flush()
         self.batch_ms.update(int((time.perf_counter() - t0) * 1000))
         self.batch_size.update(len(batch))
@@ -331,7 +442,11 @@ class CallEndpoints(beam.PTransform):
         self._partner = partner
 
     def expand(self, members):
-        size = self._partner.calls.batch_size
+        calls = self._partner.calls
+        size = calls.batch_size
+        if self._partner.endpoints.batch:
+            # Enough members per bundle batch to keep every pool thread busy with a full request.
+            size = max(size, self._partner.endpoints.max_batch_size * calls.concurrency)
         return (
             members
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=size)

@@ -14,7 +14,10 @@ from transforms.features import INTEGER_FEATURES, SPEC_FEATURES
 from transforms.timing import TimedDoFn
 
 OK, NO_TRANSACTIONS, FAILED = "OK", "NO_TRANSACTIONS", "FAILED"
-STATUSES = (OK, NO_TRANSACTIONS, FAILED)
+# A member with transactions in a --features-only run: features filled, no calls made.
+FEATURES_ONLY = "FEATURES_ONLY"
+STATUSES = (OK, NO_TRANSACTIONS, FAILED, FEATURES_ONLY)
+NOT_CALLED = {"STATUS": FEATURES_ONLY, "ATTEMPTS": 0}  # the decision of a features-only member
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
