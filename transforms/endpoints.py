@@ -442,13 +442,15 @@ class CallEndpoints(beam.PTransform):
         self._partner = partner
 
     def expand(self, members):
-        calls = self._partner.calls
-        size = calls.batch_size
+        size = self._partner.calls.batch_size
         if self._partner.endpoints.batch:
-            # Enough members per bundle batch to keep every pool thread busy with a full request.
-            size = max(size, self._partner.endpoints.max_batch_size * calls.concurrency)
+            # Two full requests per route and batch: ATS and RESP requests overlap, and
+            # the server sees few, large requests.
+            size = 2 * self._partner.endpoints.max_batch_size
+        # Fixed-size batches (a bundle's last one is smaller): BatchElements' adaptive
+        # sizing would start at one member and ramp up, a round trip per tiny batch.
         return (
             members
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=size)
+            | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
             | "Call" >> beam.ParDo(CallEndpointsFn(self._partner))
         )
