@@ -199,7 +199,9 @@ class PartnerClient:
             return None
         with self._lock:
             refused = throttler.throttle_request(time.time() * 1000)
-        if not refused:
+        # Before any call has failed, requests still in flight look like failures to the
+        # throttler (concurrent first calls would refuse each other): never hold back then.
+        if not refused or kind not in self._last_error:
             return None
         self.outcomes[kind, "throttled"].inc()
         last = self._last_error.get(kind, "")
