@@ -76,8 +76,8 @@ class MemberUpdates(beam.PTransform):
         fn = MemberUpdatesFn(cfg.as_of, cfg.partner.feature_names, cfg.debounce_s, cfg.idle_days, cfg.timer_clock)
         return (
             transactions
-            | "EventTime" >> beam.Map(_event_time)
-            | "MemberState" >> beam.ParDo(fn).with_input_types(beam.typehints.KV[str, Any])
+            | "EventTime" >> beam.Map(_event_time).with_output_types(beam.typehints.KV[str, Any])
+            | "MemberState" >> beam.ParDo(fn)
         )
 
 

@@ -178,3 +178,16 @@ def test_bigquery_rows_and_schema_follow_the_parquet_schema():
     when = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.timezone.utc)
     assert bigquery_row({"AS_OF": AS_OF, "DECIDED_AT": when, "N": 1}) == {
         "AS_OF": "2026-11-24", "DECIDED_AT": "2026-11-25T10:00:00+00:00", "N": 1}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--streaming"], "exactly one of --subscription"),
+    (["--streaming", "--input", "x.csv", "--subscription", "projects/p/subscriptions/s"], "exactly one of"),
+    (["--streaming", "--subscription", "projects/p/subscriptions/s", "--idle-days", "0"], "must be > 0"),
+    ([], "required: --input"),
+])
+def test_streaming_usage_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
+    assert cli.main([*args, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

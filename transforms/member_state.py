@@ -51,7 +51,20 @@ def _decode_int(data: bytes, pos: int) -> tuple[int, int]:
     return int.from_bytes(data[pos:pos + size], "big", signed=True), pos + size
 
 
-class AccumulatorCoder(coders.Coder):
+class _StatelessCoder(coders.Coder):
+    """A coder with no parameters: deterministic, and equal to any other instance of its class."""
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
+
+
+class AccumulatorCoder(_StatelessCoder):
     """Encodes the ``features`` accumulator exactly: the sums are integers of ~2,100 bits.
 
     Beam's integer coders stop at 64 bits, and pickling would tie stored state to
@@ -80,15 +93,6 @@ class AccumulatorCoder(coders.Coder):
         acc[N_BUY], acc[N_GIFT], acc[N_REDEEM], acc[LAST3] = n_buy, n_gift, n_redeem, last3
         return acc
 
-    def is_deterministic(self) -> bool:
-        return True
-
-    def __eq__(self, other):
-        return type(self) is type(other)
-
-    def __hash__(self):
-        return hash(type(self))
-
 
 class MemberMeta(NamedTuple):
     """Bookkeeping beside the accumulator (constant size)."""
@@ -98,7 +102,7 @@ class MemberMeta(NamedTuple):
     last_event_us: int  # latest transaction time seen: the idle timer is this + the idle timeout
 
 
-class MemberMetaCoder(coders.Coder):
+class MemberMetaCoder(_StatelessCoder):
     _FORMAT = struct.Struct(">dqq")
 
     def encode(self, meta: MemberMeta) -> bytes:
@@ -106,15 +110,6 @@ class MemberMetaCoder(coders.Coder):
 
     def decode(self, data: bytes) -> MemberMeta:
         return MemberMeta(*self._FORMAT.unpack(data))
-
-    def is_deterministic(self) -> bool:
-        return True
-
-    def __eq__(self, other):
-        return type(self) is type(other)
-
-    def __hash__(self):
-        return hash(type(self))
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
