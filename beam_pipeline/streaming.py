@@ -213,21 +213,21 @@ def run(
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
     _check(args)
-    layouts: dict[str, FileLayout] = {}
-    files = []
-    if args.input:
-        patterns = [p if "://" in p else os.path.abspath(p) for p in args.input]
-        if any("://" in p for p in patterns):
-            raise ConfigError("a streaming replay reads local files only; use --subscription on Dataflow")
-        files, layouts = inputs.inspect_inputs(patterns, partner, partner_source)
-    outputs.check_writable(args.output)
-    if not args.skip_preflight:
-        preflight.check_endpoints(partner)
-
     options = PipelineOptions(beam_args)
     options.view_as(StandardOptions).streaming = True
     runner = runner_name(options)
     local = options.view_as(StandardOptions).runner in LOCAL_NAMES
+    layouts: dict[str, FileLayout] = {}
+    files = []
+    if args.input:
+        if not local or any("://" in p for p in [*args.input, args.output]):
+            raise ConfigError("a streaming replay runs locally (DirectRunner, local files and --output); "
+                              "on Dataflow use --subscription")
+        files, layouts = inputs.inspect_inputs([os.path.abspath(p) for p in args.input], partner, partner_source)
+    outputs.check_writable(args.output)
+    if not args.skip_preflight:
+        preflight.check_endpoints(partner)
+
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
     # A replay ends, so it stages and publishes like the batch job; a live stream appends windows.

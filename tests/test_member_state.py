@@ -90,3 +90,26 @@ def test_idle_members_are_cleared_and_start_afresh():
         updates = p | stream | beam.ParDo(fn).with_input_types(beam.typehints.KV[str, object]) | beam.Map(_seq_and_n)
         expected = [(m, 1, 1) for m in idle] * 2 + [("active", 1, 1), ("active", 2, 2), ("active", 3, 3)]
         assert_that(updates, equal_to(expected))
+
+
+def test_late_transactions_count_and_member_only_rows_follow_the_rule():
+    """A transaction older than the watermark by more than the idle timeout is still emitted,
+    then its member is cleared; a member-only row gives NO_TRANSACTIONS only to a member
+    the stream holds no transactions for."""
+    stream = (
+        test_stream.TestStream()
+        .add_elements([_txn("kept", 40, 1.0)])
+        .advance_processing_time(10)
+        .advance_watermark_to(45 * 86_400)
+        .add_elements([_txn("late", 2, 5.0), TimestampedValue(("kept", None), 45 * 86_400),
+                       TimestampedValue(("only", None), 45 * 86_400)])
+        .advance_processing_time(10)
+        .add_elements([_txn("late", 3, 7.0)])  # the member was cleared: starts afresh
+        .advance_processing_time(10)
+        .advance_watermark_to_infinity()
+    )
+    fn = MemberUpdatesFn(dt.date(2030, 1, 1), SPEC_FEATURES, debounce_s=5, idle_days=30,
+                         timer_clock=lambda: 0.0)
+    with beam.Pipeline(runner=BundleBasedDirectRunner(), options=PipelineOptions(["--streaming"])) as p:
+        updates = p | stream | beam.ParDo(fn).with_input_types(beam.typehints.KV[str, object]) | beam.Map(_seq_and_n)
+        assert_that(updates, equal_to([("kept", 1, 1), ("late", 1, 1), ("late", 1, 1), ("only", 0, 0)]))

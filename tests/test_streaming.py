@@ -184,6 +184,7 @@ def test_bigquery_rows_and_schema_follow_the_parquet_schema():
     (["--streaming"], "exactly one of --subscription"),
     (["--streaming", "--input", "x.csv", "--subscription", "projects/p/subscriptions/s"], "exactly one of"),
     (["--streaming", "--subscription", "projects/p/subscriptions/s", "--idle-days", "0"], "must be > 0"),
+    (["--streaming", "--input", "x.csv", "--runner", "DataflowRunner"], "a streaming replay runs locally"),
     ([], "required: --input"),
 ])
 def test_streaming_usage_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
