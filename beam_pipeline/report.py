@@ -42,6 +42,7 @@ FIGURES = (
 )
 EXAMPLES_PER_REASON = 5
 FAILED_EXAMPLES = 20
+SCATTER_POINTS = 20_000  # more only slows the drawing and hides nothing
 _DPI = 100
 NONE = "\u2013"  # an en dash: the report's mark for a missing value
 
@@ -247,16 +248,23 @@ def fig_ats_resp(summary: dict, results: pa.Table):
     if called.num_rows == 0:
         _empty(ax, "no member has both predictions")
         return fig
+    title = "Predictions per member, coloured by the offer they got"
     offers = [o if o is not None else "no offer" for o in called.column("OFFER").to_pylist()]
-    colors = _palette(set(offers))
+    totals = Counter(offers)
+    # Past SCATTER_POINTS, one member in `stride` of each offer: the same run gives the same
+    # picture, and a rare offer keeps its points.
+    stride = -(-called.num_rows // SCATTER_POINTS)
+    if stride > 1:
+        title += f" (1 member in {stride} drawn)"
+    colors = _palette(totals)
     ats, resp = called.column("ATS_PREDICTION").to_pylist(), called.column("RESP_PREDICTION").to_pylist()
-    for offer in sorted(set(offers), key=str):
-        idx = [i for i, o in enumerate(offers) if o == offer]
+    for offer in sorted(totals, key=str):
+        idx = [i for i, o in enumerate(offers) if o == offer][::stride]
         ax.scatter([ats[i] for i in idx], [resp[i] for i in idx], s=14, alpha=0.7, color=colors[offer],
-                   label=f"{offer} ({len(idx):,})")
+                   label=f"{offer} ({totals[offer]:,} members)")
     ax.set_xlabel("ATS prediction")
     ax.set_ylabel("RESP prediction")
-    ax.set_title("Predictions per member, coloured by the offer they got")
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     return fig

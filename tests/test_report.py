@@ -113,3 +113,14 @@ def test_renders_a_run_with_failures_no_offers_and_no_dead_letters(tmp_path):
 def test_a_folder_without_run_json_is_a_one_line_error(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert "has no run.json" in capsys.readouterr().err
+
+
+def test_large_runs_draw_a_fixed_sample_of_the_scatter(built, monkeypatch):
+    _, folder, _ = built
+    summary, results, _, _ = report.load_run(str(folder))
+    monkeypatch.setattr(report, "SCATTER_POINTS", 10)
+    ax = report.fig_ats_resp(summary, results).axes[0]
+    drawn = sum(len(c.get_offsets()) for c in ax.collections)
+    assert drawn <= 10 + len(summary["offers"]) and "drawn" in ax.get_title()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [f"{o} ({n:,} members)" for o, n in sorted(summary["offers"].items())]
