@@ -162,6 +162,8 @@ class CallPolicy(_Strict):
     connect_timeout_s: float = Field(3.0, gt=0, description="TCP connect timeout per attempt")
     read_timeout_s: float = Field(10.0, gt=0, description="read timeout per attempt")
     retries: int = Field(8, ge=0, le=20, description="retries after the first attempt (429, 5xx, timeouts)")
+    connect_retries: int = Field(
+        2, ge=0, le=20, description="of those, retries when no connection can be made (refused, connect timeout)")
     backoff_s: float = Field(0.1, ge=0, description="exponential backoff factor")
     backoff_max_s: float = Field(2.0, ge=0, description="longest wait between attempts")
     backoff_jitter_s: float = Field(0.1, ge=0, description="random jitter added to each wait")

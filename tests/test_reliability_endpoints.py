@@ -137,6 +137,12 @@ def test_connection_refused_fails_after_the_retries(tmp_path, client_for):
     assert decision["OFFER"] is None
 
 
+def test_a_host_that_refuses_connections_gets_only_the_connect_retries(client_for):
+    client = client_for(f"http://127.0.0.1:{free_port()}", retries=6, connect_retries=1, adaptive_throttling=False)
+    result = client.call("ats", FEATURES)
+    assert (result.attempts, result.error) == (2, "ats: ConnectionError: connection refused")
+
+
 def test_calls_to_a_down_endpoint_are_held_back_and_to_a_healthy_one_never(server_url, client_for):
     down = client_for(f"http://127.0.0.1:{free_port()}", retries=0)
     results = [down.call("ats", FEATURES) for _ in range(40)]

@@ -132,7 +132,7 @@ def make_session(partner: PartnerConfig, pool_size: int) -> requests.Session:
     policy = partner.calls
     retry = CountingRetry(
         total=policy.retries,
-        connect=policy.retries,
+        connect=min(policy.connect_retries, policy.retries),  # nothing listening: fail fast
         read=policy.retries,
         status=policy.retries,
         other=0,
@@ -217,8 +217,12 @@ class PartnerClient:
             with self._lock:
                 throttler.successful_request(start * 1000)
 
-    def _attempts(self) -> int:
-        # Exhausting the budget increments once more than it retries; cap at 1 + retries.
+    def _attempts(self, raised: bool = False) -> int:
+        # Retry.increment runs once per failed attempt; when a budget runs out the last
+        # increment raises, so a raised error means every counted attempt failed. An answer
+        # that exhausted the budget was counted too; cap it at 1 + retries.
+        if raised:
+            return max(_retry_count.value, 1)
         return min(_retry_count.value + 1, self.partner.calls.retries + 1)
 
     def _post(self, kind: str, url: str, body: dict) -> CallResult:
@@ -237,7 +241,7 @@ class PartnerClient:
         except requests.RequestException as exc:
             latency = (time.perf_counter() - t0) * 1000
             self.outcomes[kind, "exception"].inc()
-            attempts = self._attempts()
+            attempts = self._attempts(raised=True)
             if attempts > 1:
                 self.retries[kind].inc(attempts - 1)
             return self._failed(kind, latency, attempts, f"{describe_exception(exc):.200}")
