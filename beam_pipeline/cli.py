@@ -116,7 +116,11 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     dataflow.prepare(options, partner.name, run_id)
     runner = runner_name(options)
     output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
-    staging = outputs.staging_dir(output, run_id)
+    if dataflow.is_template_launch(options):
+        outputs.check_fresh(output)  # the launcher cannot wait to publish: the job writes in place
+        staging = output
+    else:
+        staging = outputs.staging_dir(output, run_id)
     job = JobConfig(tuple(patterns), layouts, partner, as_of, staging, features_only=args.features_only)
     total_bytes = sum(f.size_bytes for f in files)
     log.info("run %s: partner=%s input=%s (%d file(s), %s bytes) output=%s as_of=%s runner=%s",
@@ -131,8 +135,10 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     with Heartbeat(heartbeat_s, total_bytes, live=_in_process(options)):
         result = pipeline.run()
         if dataflow.is_template_launch(options):
-            # The Flex Template launcher submits the job after this process exits; nothing can wait here.
-            log.info("run %s: job submitted from a Flex Template; its outputs stay in %s", run_id, staging)
+            # The Flex Template launcher submits the job after this process exits; nothing can wait here,
+            # so there is no metrics/ or run.json: the job page in the console has the counters.
+            log.info("run %s: job submitted from a Flex Template; results/ and dead_letter/ appear in %s "
+                     "when it finishes", run_id, output)
             return EXIT_OK, None
         result.wait_until_finish()
 

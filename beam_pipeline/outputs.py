@@ -44,6 +44,18 @@ def check_writable(output: str) -> None:
         raise ConfigError(f"output directory {output} is not writable ({existing} does not allow writing)")
 
 
+def check_fresh(output: str) -> None:
+    """A run that cannot publish (a Flex Template launch) writes in place, so the folder must hold no earlier run."""
+    for part in (*PARTS, RUN_JSON):
+        path = join(output, part)
+        pattern = join(path, "*") if part != RUN_JSON else path
+        if FileSystems.match([pattern])[0].metadata_list:
+            raise ConfigError(
+                f"output {output} already holds a run ({part}); a Flex Template run writes its outputs in place "
+                "and cannot replace them, so give it a new folder (e.g. one per date)"
+            )
+
+
 def staging_dir(output: str, run_id: str) -> str:
     return join(output, f"_staging-{run_id}")
 

@@ -133,7 +133,7 @@ class Endpoints(_Strict):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _batch_paths(self) -> "Endpoints":
+    def _batch_paths(self) -> Endpoints:
         if self.batch:
             missing = [k for k in ("ats", "resp", "offer") if getattr(self, k).batch_path is None]
             if missing:

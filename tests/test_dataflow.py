@@ -151,19 +151,37 @@ def test_dockerfile_gives_the_image_its_name():
     assert "FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py" in text
 
 
-def test_a_flex_template_launch_submits_and_returns(tmp_path, monkeypatch, caplog):
-    """What the launcher runs: main.py with the template parameters and --template_location."""
-    monkeypatch.setenv(dataflow.IMAGE_ENV, built_image())
-    export = tmp_path / "export.csv"
-    export.write_text(HEADER + "\nm1,2024-01-01 10:00:00,buy,10,1.5\nm2,,,,\n")
-    argv = [
-        f"--input={export}", f"--output={BUCKET}/runs/2026-11-24", "--partner=default", "--as_of=2026-11-24",
+def launcher_argv(export: Path, output: Path) -> list[str]:
+    """What the Flex Template launcher runs main.py with: the template parameters and --template_location."""
+    return [
+        f"--input={export}", f"--output={output}", "--partner=default", "--as_of=2026-11-24",
         "--endpoint_url=https://ml.example.com", "--skip_preflight",
         *[a for a in CLOUD_ARGS if not a.startswith("--runner")],  # the launcher's runner comes implicitly
         f"--template_location={BUCKET}/staging/template_launches/x/job_object",
     ]
+
+
+@pytest.fixture
+def export(tmp_path) -> Path:
+    path = tmp_path / "export.csv"
+    path.write_text(HEADER + "\nm1,2024-01-01 10:00:00,buy,10,1.5\nm2,,,,\n")
+    return path
+
+
+def test_a_flex_template_launch_submits_and_returns(export, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(dataflow.IMAGE_ENV, built_image())
     caplog.set_level("INFO")
-    code, summary = cli.run(argv)
+    code, summary = cli.run(launcher_argv(export, tmp_path / "runs" / "2026-11-24"))
     assert (code, summary) == (cli.EXIT_OK, None)
     assert "job submitted from a Flex Template" in caplog.text
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists()  # the job writes there when it runs; the launcher writes nothing
+
+
+def test_a_flex_template_launch_refuses_a_folder_with_an_earlier_run(export, tmp_path, capsys):
+    """The launcher cannot wait to publish, so the job writes in place: never over an earlier run."""
+    output = tmp_path / "runs" / "2026-11-24"
+    (output / "results").mkdir(parents=True)
+    (output / "results" / "part-00000.parquet").write_bytes(b"earlier run")
+    assert cli.main(launcher_argv(export, output)) == cli.EXIT_USAGE
+    assert "already holds a run (results)" in capsys.readouterr().err
+    assert (output / "results" / "part-00000.parquet").read_bytes() == b"earlier run"

@@ -390,17 +390,17 @@ def _decide_batch(client: PartnerClient, pool: ThreadPoolExecutor, features: lis
     resp_jobs = [pool.submit(client.call_batch, "resp", part) for part in parts]
     ats = [r for job in ats_jobs for r in job.result()]
     resp = [r for job in resp_jobs for r in job.result()]
-    ready = [i for i, (a, r) in enumerate(zip(ats, resp)) if a.error is None and r.error is None]
+    ready = [i for i, (a, r) in enumerate(zip(ats, resp, strict=True)) if a.error is None and r.error is None]
     offers: list[CallResult | None] = [None] * len(features)
     offer_parts = chunks(ready, size)
     offer_jobs = [
         pool.submit(client.call_batch, "offer", [offer_body(partner, ats[i].value, resp[i].value) for i in part])
         for part in offer_parts
     ]
-    for part, job in zip(offer_parts, offer_jobs):
-        for i, result in zip(part, job.result()):
+    for part, job in zip(offer_parts, offer_jobs, strict=True):
+        for i, result in zip(part, job.result(), strict=True):
             offers[i] = result
-    return [decision(a, r, o) for a, r, o in zip(ats, resp, offers)]
+    return [decision(a, r, o) for a, r, o in zip(ats, resp, offers, strict=True)]
 
 
 class CallEndpointsFn(TimedDoFn):
