@@ -70,16 +70,18 @@ def uvicorn_process(app: str = "app:app", env: dict | None = None, workers: int 
             stdout.close()
 
 
-def write_partner(directory: Path, base_url: str, **calls) -> Path:
+def write_partner(directory: Path, base_url: str, endpoints: dict | None = None, **calls) -> Path:
     """A partner file for fast reliability tests: default columns, short timeouts and backoffs.
 
-    ``calls`` override the call policy (e.g. ``retries=0``); returns the file's path.
+    ``calls`` override the call policy (e.g. ``retries=0``), ``endpoints`` the endpoint
+    settings (e.g. batch routes); returns the file's path.
     """
     policy = {"connect_timeout_s": 1.0, "read_timeout_s": 2.0, "retries": 3, "backoff_s": 0.01,
               "backoff_max_s": 0.05, "backoff_jitter_s": 0.01, "batch_size": 8, "concurrency": 4,
               "retry_after_max_s": 1, **calls}
     path = Path(directory) / "fast_partner.yaml"
-    path.write_text(json.dumps({"name": "fast", "endpoints": {"base_url": base_url}, "calls": policy}))
+    endpoints = {"base_url": base_url, **(endpoints or {})}
+    path.write_text(json.dumps({"name": "fast", "endpoints": endpoints, "calls": policy}))
     return path
 
 

@@ -122,6 +122,38 @@ def test_one_endpoint_failing_fails_every_member_with_the_reason_and_exit_3(expo
     assert metrics.get("requests_offer_ok", 0) == 0
 
 
+BATCH_ROUTES = {
+    "batch": True, "max_batch_size": 4,  # about 14 requests per route for the 54 members
+    **{kind: {"path": path, "batch_path": path + "/batch"}
+       for kind, path in (("ats", "/ml/ats/predict"), ("resp", "/ml/resp/predict"), ("offer", "/offer/assign"))},
+}
+
+
+def test_batch_routes_with_20pct_500s_end_ok_after_retries(export, baseline, tmp_path):
+    with uvicorn_server(env={"FAULT_RATE": "0.2", "FAULT_STATUS": "500"}) as url:
+        partner = write_partner(tmp_path, url, endpoints=BATCH_ROUTES, retries=10)
+        code, run_summary, rows = run(export, tmp_path / "out", partner)
+    assert code == 0
+    assert_consistent(run_summary, rows, tmp_path / "out")
+    assert stable(rows) == stable(baseline)
+    assert max(r["ATTEMPTS"] for r in rows) > 3  # some of the ~42 requests were retried (P(none) < 1e-4)
+
+
+def test_a_failing_batch_route_fails_its_members_with_the_reason(export, baseline, tmp_path):
+    with uvicorn_server(env={"FAULT_RATE": "1", "FAULT_STATUS": "503", "FAULT_PATHS": "/offer/assign/batch"}) as url:
+        partner = write_partner(tmp_path, url, endpoints=BATCH_ROUTES, retries=1)
+        code, run_summary, rows = run(export, tmp_path / "out", partner)
+    assert code == 3
+    assert_consistent(run_summary, rows, tmp_path / "out")
+    for row, base in zip(rows, baseline, strict=True):
+        if base["STATUS"] == "NO_TRANSACTIONS":
+            assert row["STATUS"] == "NO_TRANSACTIONS"
+            continue
+        assert row["STATUS"] == "FAILED"
+        assert row["ERROR"] in (f"offer: {HTTP_503}", f"offer: not sent: most calls are failing (last: {HTTP_503})")
+        assert (row["ATS_PREDICTION"], row["RESP_PREDICTION"]) == (base["ATS_PREDICTION"], base["RESP_PREDICTION"])
+
+
 def test_killing_the_server_mid_run_fails_the_rest_and_keeps_outputs_whole(export, baseline, tmp_path):
     """The server is killed once it has answered 24 calls; the run carries on without it."""
     log = tmp_path / "access.log"
