@@ -138,11 +138,17 @@ def fig_offers(summary: dict, results: pa.Table):
 STATUS_COLORS = {"OK": "#2e7d32", "NO_TRANSACTIONS": "#9e9e9e", "FAILED": "#c62828"}
 
 
-def fig_statuses(summary: dict, results: pa.Table):
-    fig, (ax,) = _figure(8, 4)
+def status_counts(results: pa.Table) -> dict[str, int]:
+    """Members per status: the three of SPEC §4 always, then any other the run wrote (FEATURES_ONLY)."""
     counts = Counter(results.column("STATUS").to_pylist())
     ordered = {s: counts.get(s, 0) for s in STATUS_COLORS}
-    ordered.update({s: n for s, n in counts.items() if s not in ordered})
+    ordered.update({s: n for s, n in sorted(counts.items(), key=lambda kv: str(kv[0])) if s not in ordered})
+    return ordered
+
+
+def fig_statuses(summary: dict, results: pa.Table):
+    fig, (ax,) = _figure(8, 4)
+    ordered = status_counts(results)
     _bars(ax, ordered, [STATUS_COLORS.get(s, "#1565c0") for s in ordered])
     ax.set_ylabel("members")
     ax.set_title(f"Status per member ({results.num_rows:,} members)")
@@ -324,6 +330,8 @@ def headline(summary: dict) -> str:
     acc = summary["accounting"]
     offers = summary.get("offers") or {}
     offer_text = ", ".join(f"{n:,} got {o}" for o, n in offers.items()) or "none got an offer"
+    if acc.get("members_features_only"):
+        offer_text += f", {acc['members_features_only']:,} got features only (no endpoint calls)"
     return (
         f"{acc['members']:,} members: {offer_text}; {acc['members_no_transactions']:,} had no transactions "
         f"and {acc['members_failed']:,} failed. {acc['rows_read']:,} rows read, "
@@ -335,8 +343,7 @@ def _section_members(summary: dict, results: pa.Table, images: dict) -> str:
     acc = summary["accounting"]
     offers = summary.get("offers") or {}
     offer_rows = [[_e(o), _num(n), _share(n, acc["members"])] for o, n in offers.items()]
-    status_rows = [[s, _num(acc[key]), _share(acc[key], acc["members"])] for s, key in (
-        ("OK", "members_ok"), ("NO_TRANSACTIONS", "members_no_transactions"), ("FAILED", "members_failed"))]
+    status_rows = [[_e(s), _num(n), _share(n, acc["members"])] for s, n in status_counts(results).items()]
     closes = acc["rows_read"] == acc["transactions"] + acc["member_only_rows"] + acc["dead_letter_rows"]
     accounting = _table(["rows", "count"], [
         ["rows read (header lines excluded)", _num(acc["rows_read"])],

@@ -67,12 +67,13 @@ def _synthetic_run(folder, statuses, dead_rows):
         if status == "NO_TRANSACTIONS":
             rows.append(result_row(f"m{i}", {"N_TRANSACTIONS": 0, "FEATURES": None}, None, columns, "default", as_of))
             continue
+        called = status == "OK"
         decision = {"STATUS": status, "ATTEMPTS": 3, "ATS_LATENCY_MS": 5.0, "RESP_LATENCY_MS": 6.0,
                     "ERROR": "ats: HTTP 500: <b>boom</b>" if status == "FAILED" else None,
-                    "ATS_PREDICTION": None if status == "FAILED" else 10.0,
-                    "RESP_PREDICTION": None if status == "FAILED" else 0.5,
-                    "OFFER": None if status == "FAILED" else "OFFER_1",
-                    "OFFER_LATENCY_MS": None if status == "FAILED" else 4.0}
+                    "ATS_PREDICTION": 10.0 if called else None,
+                    "RESP_PREDICTION": 0.5 if called else None,
+                    "OFFER": "OFFER_1" if called else None,
+                    "OFFER_LATENCY_MS": 4.0 if called else None}
         rows.append(result_row(f"m{i}", {"N_TRANSACTIONS": 2, "FEATURES": features}, decision, columns,
                                "default", as_of))
     (folder / "results").mkdir(parents=True)
@@ -88,7 +89,8 @@ def _synthetic_run(folder, statuses, dead_rows):
                        "transactions": 2 * len(statuses), "member_only_rows": 0,
                        "dead_letter_rows": len(dead_rows), "members": len(statuses), "members_ok": ok,
                        "members_no_transactions": statuses.count("NO_TRANSACTIONS"),
-                       "members_failed": statuses.count("FAILED")},
+                       "members_failed": statuses.count("FAILED"),
+                       "members_features_only": statuses.count("FEATURES_ONLY")},
         "offers": {"OFFER_1": ok} if ok else {}, "dead_letter_reasons": {},
         # as Dataflow reports them: no execution times, bundle times for the timed DoFns only
         "steps": [{"name": "parse", "transform": "Parse", "unit": "rows", "elements": 4, "seconds": None,
@@ -100,13 +102,15 @@ def _synthetic_run(folder, statuses, dead_rows):
 
 
 def test_renders_a_run_with_failures_no_offers_and_no_dead_letters(tmp_path):
-    _synthetic_run(tmp_path, ["FAILED", "FAILED", "NO_TRANSACTIONS"], [])
+    _synthetic_run(tmp_path, ["FAILED", "FAILED", "NO_TRANSACTIONS", "FEATURES_ONLY"], [])
     page = (tmp_path / report.REPORT_HTML)
     report.build_report(str(tmp_path))
     text = page.read_text(encoding="utf-8")
     assert len(_embedded(text)) == len(report.FIGURES)
     assert "No input row was rejected." in text
     assert "2 members failed after retries" in text
+    assert "none got an offer, 1 got features only" in text
+    assert "<tr><td>FEATURES_ONLY</td><td class='n'>1</td>" in text
     assert "&lt;b&gt;boom&lt;/b&gt;" in text and "<b>boom</b>" not in text  # endpoint text is escaped
 
 
