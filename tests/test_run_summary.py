@@ -29,7 +29,10 @@ def test_run_json_matches_schema_and_the_outputs(small_run):
     assert sum(run["offers"].values()) == acc["members_ok"]
     steps = {s["name"]: s for s in run["steps"]}
     assert steps["parse"]["elements"] == 302 and steps["call_endpoints"]["elements"] == acc["members_ok"]
-    assert steps["call_endpoints"]["seconds"] > 0 and steps["call_endpoints"]["seconds_source"] == "execution_time"
+    # Beam samples execution time (every 2 to 200 ms), so a short step may get none: check the arithmetic.
+    timed = [s for s in run["steps"] if s["seconds"]]
+    assert timed and all(s["seconds_source"] == "execution_time" for s in timed)
+    assert all(s["per_second"] == round(s["elements"] / s["seconds"], 1) for s in timed)
     for kind in ("ats", "resp", "offer"):
         assert run["latency_ms"][kind]["count"] == acc["members_ok"]
         assert run["requests"][kind]["ok"] == acc["members_ok"]
@@ -58,8 +61,8 @@ def test_metrics_parquet_has_counters_distributions_and_step_times(small_run):
     latency = by_name[("offer_pipeline", "latency_ms_resp")]
     assert latency["KIND"] == "distribution" and latency["COUNT"] == run["accounting"]["members_ok"]
     assert by_name[("offer_pipeline", "bundle_ms")]["KIND"] == "distribution"
-    steps = {r["STEP"] for r in table if r["NAME"] == summary.EXECUTION_MSECS}
-    assert any(s.startswith("Parse/") for s in steps) and any(s.startswith("DecideOffers/") for s in steps)
+    execution = [r for r in table if r["NAME"] == summary.EXECUTION_MSECS]
+    assert execution and all(r["NAMESPACE"] == "beam" and r["VALUE"] > 0 for r in execution)
 
 
 def _row(namespace, name, step, kind="counter", value=None, total=None):
