@@ -14,7 +14,7 @@ FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
 COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
 
 WORKDIR /template
-COPY setup.py main.py app.py prediction.py ./
+COPY setup.py main.py app.py prediction.py faults.py ./
 COPY beam_pipeline/ beam_pipeline/
 COPY transforms/ transforms/
 COPY partner_options/ partner_options/

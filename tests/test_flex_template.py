@@ -7,7 +7,7 @@ import re
 import pytest
 
 from beam_pipeline import cli, flex_template
-from beam_pipeline.partner import ConfigError
+from beam_pipeline.partner import ConfigError, available
 
 VALID = {
     "input": ["gs://acme-exports/2026-11-24/*.csv", "gs://acme_exports/member_data.csv"],
@@ -39,7 +39,7 @@ def test_the_issue_parameters_are_described():
         assert not p.get("isOptional") or p["name"] in ("as_of", "endpoint_url")
 
 
-@pytest.mark.parametrize("partner", ["default", "legacy_export"])
+@pytest.mark.parametrize("partner", available())
 def test_every_parameter_is_an_option_of_the_cli(partner):
     """The launcher passes --NAME=VALUE for each parameter: the CLI must take each one as its own."""
     argv = [f"--{name}={VALID.get(name, [partner])[0]}" for name in params(partner)]
