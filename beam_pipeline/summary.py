@@ -231,14 +231,14 @@ def step_line(step: dict) -> str:
 
 
 def requests(rows: list[dict]) -> dict:
-    """Per endpoint: requests by outcome, retries and throttled waits, from the Beam counters."""
+    """Per endpoint: calls by outcome (``throttled``: refused by the throttler) and retries, from the counters."""
     out: dict[str, dict[str, int]] = {}
     for name, value in counter_totals(rows).items():
-        for prefix in ("requests_", "retries_", "throttled_"):
-            if name.startswith(prefix):
-                rest = name[len(prefix):]
-                kind, what = (rest.split("_", 1) if prefix == "requests_" else (rest, prefix[:-1]))
-                out.setdefault(kind, {})[what] = value
+        if name.startswith("requests_"):
+            kind, outcome = name[len("requests_"):].split("_", 1)
+            out.setdefault(kind, {})[outcome] = value
+        elif name.startswith("retries_"):
+            out.setdefault(name[len("retries_"):], {})["retries"] = value
     return dict(sorted(out.items()))
 
 

@@ -93,7 +93,7 @@ def test_requests_by_endpoint_and_outcome():
             _row("offer_pipeline", "requests_ats_ok", "s2", value=2.0),
             _row("offer_pipeline", "requests_ats_http_error", "s1", value=1.0),
             _row("offer_pipeline", "retries_ats", "s1", value=3.0),
-            _row("offer_pipeline", "throttled_offer", "s1", value=1.0),
+            _row("offer_pipeline", "requests_offer_throttled", "s1", value=1.0),
             _row("other", "requests_ats_ok", "s1", value=100.0)]
     assert summary.requests(rows) == {"ats": {"ok": 7, "http_error": 1, "retries": 3}, "offer": {"throttled": 1}}
 
