@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
-from beam_pipeline import inputs, outputs, preflight, summary
+from beam_pipeline import dataflow, inputs, outputs, preflight, summary
 from beam_pipeline.outputs import join
 from beam_pipeline.partner import ConfigError, PartnerConfig
 from beam_pipeline.pipeline import DecideOffers
@@ -229,6 +229,7 @@ def run(
         preflight.check_endpoints(partner)
 
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    dataflow.prepare(options, partner.name, run_id)  # on Dataflow: worker image or package, job name
     output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
     # A replay ends, so it stages and publishes like the batch job; a live stream appends windows.
     base = outputs.staging_dir(output, run_id) if args.input else output
