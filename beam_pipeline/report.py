@@ -15,6 +15,7 @@ import html
 import io
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -528,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"report: {path}")
+    print(f"report: {path if '://' in path else os.path.abspath(path)}")
     return 0
 
 
