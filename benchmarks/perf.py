@@ -1,0 +1,278 @@
+"""Lantern against the limits of this machine: one command, one table (README "Performance").
+
+    python benchmarks/perf.py                         # 10k, 100k, 1M rows, 3 runs each
+    python benchmarks/perf.py --sizes 10000 --runs 1  # a quick look
+
+Needs the project installed (``scripts/venv.sh`` or /work/venv), ``pandas`` for
+the in-memory reference (``pip install pandas``; benchmark only, never a
+dependency of the pipeline) and ``wrk`` for the endpoint capacity
+(``apt-get install -y wrk``). Exports are generated under ``benchmarks/data/``
+(ignored by git) and reused; run outputs go to a temporary folder.
+
+Scenarios, medians of ``--runs`` runs each:
+
+1. ``features``: a ``--features-only`` run, against the same 8 features computed
+   by a pandas group-by on the same file in the same run (limit = pandas time).
+2. ``per_member``: the ``default`` partner (three calls per member), against the
+   endpoint capacity measured by wrk on the ATS, RESP and offer routes in the same
+   run: limit (members/s) = 1 / (1/ats + 1/resp + 1/offer).
+3. ``batch``: the ``reference_batch`` partner, against scenario 2 at the same size.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from beam_pipeline import generate  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+AS_OF = "2026-11-24"
+DATA = ROOT / "benchmarks" / "data"
+SAMPLE_FEATURES = {
+    "AVG_POINTS_BOUGHT": 1520.0, "AVG_REVENUE_USD": 12.5, "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": 2100.0,
+    "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": 18.25, "PCT_BUY_TRANSACTIONS": 0.5, "PCT_GIFT_TRANSACTIONS": 0.25,
+    "PCT_REDEEM_TRANSACTIONS": 0.25, "DAYS_SINCE_LAST_TRANSACTION": 1090,
+}
+ROUTES = {
+    "ats": ("/ml/ats/predict", SAMPLE_FEATURES),
+    "resp": ("/ml/resp/predict", SAMPLE_FEATURES),
+    "offer": ("/offer/assign", {"ats_prediction": 1400.0, "resp_prediction": 0.1}),
+}
+
+
+# --- measuring a process tree ------------------------------------------------------------
+
+def _tree_rss_kb(root: int) -> int:
+    """Resident memory of a process and all its descendants (Beam may start worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                total += next((int(line.split()[1]) for line in handle if line.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS in MB of the process tree, exit code)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss_kb(proc.pid))
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    reader.join()
+    if proc.returncode not in (0, 3):
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{''.join(stderr)[-3000:]}")
+    return wall, peak // 1024, proc.returncode
+
+
+@contextmanager
+def reference_server(workers: int):
+    """``benchmarks/serve.py`` (uvicorn, ``workers`` processes, TCP_NODELAY) on a free port."""
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--port", url.rsplit(":", 1)[1],
+                             "--workers", str(workers)], cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    sys.exit("the reference server did not start")
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# --- the limits -----------------------------------------------------------------------------
+
+def pandas_features(path: Path) -> tuple[float, int]:
+    """The 8 SPEC features by a plain in-memory group-by; returns (seconds, members)."""
+    import numpy as np
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df.columns = ["id", "ts", "type", "points", "revenue"]
+    df["id"] = df["id"].str.strip()
+    ts = pd.to_datetime(df["ts"], format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    kind = df["type"].str.lower().map({"buy": 0, "gift": 1, "redeem": 2})
+    points = pd.to_numeric(df["points"], errors="coerce")
+    revenue = pd.to_numeric(df["revenue"], errors="coerce")
+    ok = (df["id"] != "") & ts.notna() & kind.notna() & np.isfinite(points) & np.isfinite(revenue)
+    members = df.loc[df["id"] != "", "id"].nunique()
+    t = pd.DataFrame({"id": df["id"], "ts": ts, "kind": kind, "points": points, "revenue": revenue})[ok]
+    t = t.sort_values(["id", "ts", "points", "revenue", "kind"], ascending=[True] + [False] * 4)
+    g = t.groupby("id", sort=False)
+    last3 = t.groupby("id", sort=False).head(3).groupby("id", sort=False)
+    n = g.size()
+    features = pd.DataFrame({
+        "AVG_POINTS_BOUGHT": g["points"].mean(),
+        "AVG_REVENUE_USD": g["revenue"].mean(),
+        "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": last3["points"].mean(),
+        "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": last3["revenue"].mean(),
+        "PCT_BUY_TRANSACTIONS": t["kind"].eq(0).groupby(t["id"]).sum() / n,
+        "PCT_GIFT_TRANSACTIONS": t["kind"].eq(1).groupby(t["id"]).sum() / n,
+        "PCT_REDEEM_TRANSACTIONS": t["kind"].eq(2).groupby(t["id"]).sum() / n,
+        "DAYS_SINCE_LAST_TRANSACTION": (pd.Timestamp(AS_OF) - g["ts"].max().dt.normalize()).dt.days,
+    })
+    assert len(features) <= members
+    return time.perf_counter() - t0, members
+
+
+def wrk_rate(url: str, route: str, body: dict, seconds: int, connections: int) -> float:
+    """Requests/s the server sustains on one route (wrk, keep-alive, ``connections`` in flight)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                     f"wrk.body = '{json.dumps(body)}'\n")
+    try:
+        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url + route],
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+    if "Non-2xx" in out:
+        sys.exit(f"wrk saw errors on {route}:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def endpoint_limit(url: str, seconds: int, connections: int) -> dict:
+    rates = {kind: wrk_rate(url, route, body, seconds, connections) for kind, (route, body) in ROUTES.items()}
+    return {**rates, "members_per_s": 1 / sum(1 / r for r in rates.values())}
+
+
+# --- the scenarios --------------------------------------------------------------------------
+
+def export(rows: int) -> Path:
+    path = DATA / f"export-{rows}.csv"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8", newline="") as out:
+            generate.write(out, rows, seed=rows)
+        tmp.rename(path)
+    return path
+
+
+def pipeline_run(path: Path, out: Path, url: str, scenario: str, beam_args: list[str]) -> dict:
+    mode = {"features": ["--features-only"], "per_member": ["--partner", "default"],
+            "batch": ["--partner", "reference_batch"]}[scenario]
+    cmd = [sys.executable, "-m", "beam_pipeline", "--input", str(path), "--output", str(out),
+           "--as-of", AS_OF, "--endpoint-url", url, "--log-level", "WARNING", *mode, *beam_args]
+    wall, rss, code = run_measured(cmd)
+    summary = json.loads((out / "run.json").read_text())
+    acc = summary["accounting"]
+    if acc["members_failed"]:
+        sys.exit(f"{scenario}: {acc['members_failed']} members FAILED; the numbers would mean nothing")
+    called = acc["members_ok"] + acc["members_features_only"]
+    return {"wall": wall, "rss_mb": rss, "members": acc["members"], "called": called}
+
+
+def median_run(runs: list[dict]) -> dict:
+    mid = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+    return {**mid, "rss_mb": statistics.median(r["rss_mb"] for r in runs)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="rows per export, comma-separated")
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario and size (median reported)")
+    parser.add_argument("--scenarios", default="features,per_member,batch")
+    parser.add_argument("--per-member-max-rows", type=int, default=100_000,
+                        help="skip per-member mode above this size (it is the slow baseline)")
+    parser.add_argument("--server-workers", type=int, default=2, help="uvicorn --workers")
+    parser.add_argument("--wrk-seconds", type=int, default=5)
+    parser.add_argument("--wrk-connections", type=int, default=16)
+    parser.add_argument("--beam-args", default="", help="extra pipeline options, e.g. '--direct_num_workers 2'")
+    args = parser.parse_args(argv)
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        sys.exit("the benchmark's in-memory reference needs pandas: pip install pandas")
+    if shutil.which("wrk") is None:
+        sys.exit("the endpoint capacity is measured with wrk: apt-get install -y wrk")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    scenarios = args.scenarios.split(",")
+    beam_args = args.beam_args.split()
+
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    print(f"# {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, memory {mem_gb:.1f} GiB, "
+          f"Python {platform.python_version()}, uvicorn workers {args.server_workers}, runs {args.runs}")
+    print(f"# command: python benchmarks/perf.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    rows_out = []
+    with reference_server(args.server_workers) as url, tempfile.TemporaryDirectory() as tmp:
+        limit = endpoint_limit(url, args.wrk_seconds, args.wrk_connections)
+        print(f"# endpoint capacity (wrk, {args.wrk_connections} connections): ats {limit['ats']:.0f}/s, "
+              f"resp {limit['resp']:.0f}/s, offer {limit['offer']:.0f}/s -> "
+              f"limit {limit['members_per_s']:.0f} members/s", flush=True)
+        for rows in sizes:
+            path = export(rows)
+            per_member_rate = None
+            for scenario in scenarios:
+                if scenario == "per_member" and rows > args.per_member_max_rows:
+                    continue
+                runs, refs = [], []
+                for i in range(args.runs):
+                    runs.append(pipeline_run(path, Path(tmp) / f"{scenario}-{rows}-{i}", url, scenario, beam_args))
+                    if scenario == "features":
+                        refs.append(pandas_features(path)[0])
+                r = median_run(runs)
+                rate = r["members"] / r["wall"]
+                if scenario == "features":
+                    ref = statistics.median(refs)
+                    versus = f"{r['wall'] / ref:.1f}x pandas ({ref:.2f} s)"
+                elif scenario == "per_member":
+                    per_member_rate = rate
+                    achieved = r["called"] / r["wall"]
+                    versus = f"{achieved / limit['members_per_s']:.0%} of limit ({achieved:.0f} called/s)"
+                else:
+                    versus = f"{rate / per_member_rate:.1f}x per-member" if per_member_rate else "-"
+                rows_out.append((scenario, rows, r["members"], r["wall"], rate, r["rss_mb"], versus))
+                print(f"  {scenario:10} {rows:>9,} rows: {r['wall']:7.2f} s, {rate:8.0f} members/s, "
+                      f"{r['rss_mb']} MB, {versus}", flush=True)
+    print()
+    print("| scenario | rows | members | wall s | members/s | peak RSS MB | vs limit |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for scenario, rows, members, wall, rate, rss, versus in rows_out:
+        print(f"| {scenario} | {rows:,} | {members:,} | {wall:.2f} | {rate:,.0f} | {rss} | {versus} |")
+
+
+if __name__ == "__main__":
+    main()
