@@ -197,6 +197,8 @@ def pipeline_run(path: Path, out: Path, url: str, scenario: str, beam_args: list
     cmd = [sys.executable, "-m", "beam_pipeline", "--input", str(path), "--output", str(out),
            "--as-of", AS_OF, "--endpoint-url", url, "--log-level", "WARNING", *mode, *beam_args]
     wall, rss, code = run_measured(cmd)
+    if code not in (0, 3):  # 3: some members FAILED, reported just below
+        sys.exit(f"{scenario}: the pipeline exited {code}")
     summary = json.loads((out / "run.json").read_text())
     acc = summary["accounting"]
     if acc["members_failed"]:
