@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from transforms import features
 from transforms.features import SPEC_FEATURES, Transaction
-from transforms.member_state import AccumulatorCoder, MemberMeta, MemberMetaCoder, MemberUpdatesFn
+from transforms.features import CompactAccumulatorCoder as AccumulatorCoder
+from transforms.member_state import MemberMeta, MemberMetaCoder, MemberUpdatesFn
 
 DAY_US = 86_400_000_000
 finite = st.floats(allow_nan=False, allow_infinity=False)

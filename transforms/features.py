@@ -160,9 +160,24 @@ def _unpack_sum(data: bytes, pos: int) -> tuple[int, int]:
     return int.from_bytes(data[pos:pos + size], "big", signed=True) << shift, pos + size
 
 
-class CompactAccumulatorCoder(coders.Coder):
+class StatelessCoder(coders.Coder):
+    """A coder with no parameters: deterministic, and equal to any other instance of its class."""
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
+
+
+class CompactAccumulatorCoder(StatelessCoder):
     """The accumulator in ~100 bytes (pickle takes ~400): what the shuffle between
-    the lifted partial combine and the final merge holds for every member."""
+    the lifted partial combine and the final merge holds for every member, and what
+    the streaming job keeps in state per member. The layout is fixed, so stored
+    state does not depend on Python's pickle format."""
 
     def encode(self, acc: list) -> bytes:
         last3 = acc[LAST3]
@@ -179,15 +194,6 @@ class CompactAccumulatorCoder(coders.Coder):
         revenue, pos = _unpack_sum(data, pos)
         last3 = tuple(_ENTRY.unpack_from(data, pos + i * _ENTRY.size) for i in range(count))
         return [n, points, revenue, n_buy, n_gift, n_redeem, last3]
-
-    def is_deterministic(self) -> bool:
-        return True
-
-    def __eq__(self, other):
-        return type(self) is type(other)
-
-    def __hash__(self):
-        return hash(type(self))
 
 
 class MemberFeaturesFn(beam.CombineFn):

@@ -26,72 +26,13 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam import coders
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import NAMESPACE
-from transforms.features import LAST3, N_BUY, N_GIFT, N_REDEEM, POINTS, REVENUE, MemberFeaturesFn, N, Transaction
-
-_COUNTS = struct.Struct(">qqqq")  # n, n_buy, n_gift, n_redeem
-_ENTRY = struct.Struct(">qddB")  # ts_us, points, revenue, type code
-_LENGTH = struct.Struct(">I")
-
-
-def _encode_int(value: int) -> bytes:
-    raw = value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True)
-    return _LENGTH.pack(len(raw)) + raw
-
-
-def _decode_int(data: bytes, pos: int) -> tuple[int, int]:
-    (size,) = _LENGTH.unpack_from(data, pos)
-    pos += _LENGTH.size
-    return int.from_bytes(data[pos:pos + size], "big", signed=True), pos + size
-
-
-class _StatelessCoder(coders.Coder):
-    """A coder with no parameters: deterministic, and equal to any other instance of its class."""
-
-    def is_deterministic(self) -> bool:
-        return True
-
-    def __eq__(self, other):
-        return type(self) is type(other)
-
-    def __hash__(self):
-        return hash(type(self))
-
-
-class AccumulatorCoder(_StatelessCoder):
-    """Encodes the ``features`` accumulator exactly: the sums are integers of ~2,100 bits.
-
-    Beam's integer coders stop at 64 bits, and pickling would tie stored state to
-    Python's pickle format; this layout is fixed and about 300 bytes per member.
-    """
-
-    def encode(self, acc: list) -> bytes:
-        last3 = acc[LAST3]
-        return b"".join([
-            _COUNTS.pack(acc[N], acc[N_BUY], acc[N_GIFT], acc[N_REDEEM]),
-            _encode_int(acc[POINTS]),
-            _encode_int(acc[REVENUE]),
-            bytes([len(last3)]),
-            *(_ENTRY.pack(*entry) for entry in last3),
-        ])
-
-    def decode(self, data: bytes) -> list:
-        n, n_buy, n_gift, n_redeem = _COUNTS.unpack_from(data, 0)
-        points, pos = _decode_int(data, _COUNTS.size)
-        revenue, pos = _decode_int(data, pos)
-        count = data[pos]
-        pos += 1
-        last3 = tuple(_ENTRY.unpack_from(data, pos + i * _ENTRY.size) for i in range(count))
-        acc = [0] * 7
-        acc[N], acc[POINTS], acc[REVENUE] = n, points, revenue
-        acc[N_BUY], acc[N_GIFT], acc[N_REDEEM], acc[LAST3] = n_buy, n_gift, n_redeem, last3
-        return acc
+from transforms.features import LAST3, CompactAccumulatorCoder, MemberFeaturesFn, StatelessCoder, Transaction
 
 
 class MemberMeta(NamedTuple):
@@ -102,7 +43,7 @@ class MemberMeta(NamedTuple):
     last_event_us: int  # latest transaction time seen: the idle timer is this + the idle timeout
 
 
-class MemberMetaCoder(_StatelessCoder):
+class MemberMetaCoder(StatelessCoder):
     _FORMAT = struct.Struct(">dqq")
 
     def encode(self, meta: MemberMeta) -> bytes:
@@ -131,7 +72,7 @@ class MemberUpdatesFn(beam.DoFn):
     TestStream, whose simulated processing time starts at 0, passes ``lambda: 0.0``.
     """
 
-    ACC = ReadModifyWriteStateSpec("features_accumulator", AccumulatorCoder())
+    ACC = ReadModifyWriteStateSpec("features_accumulator", CompactAccumulatorCoder())
     META = ReadModifyWriteStateSpec("meta", MemberMetaCoder())
     DEBOUNCE = TimerSpec("debounce", TimeDomain.REAL_TIME)
     IDLE = TimerSpec("idle", TimeDomain.WATERMARK)
