@@ -69,6 +69,15 @@ def _seq_and_n(kv):
     return member_id, summary["UPDATE_SEQ"], summary["N_TRANSACTIONS"]
 
 
+def _assert_updates(stream, expected) -> None:
+    """Run MemberUpdatesFn (30 idle days, 5 s debounce) over a TestStream; check (member, seq, n)."""
+    fn = MemberUpdatesFn(dt.date(2030, 1, 1), SPEC_FEATURES, debounce_s=5, idle_days=30,
+                         timer_clock=lambda: 0.0)
+    with beam.Pipeline(runner=BundleBasedDirectRunner(), options=PipelineOptions(["--streaming"])) as p:
+        updates = p | stream | beam.ParDo(fn).with_input_types(beam.typehints.KV[str, object]) | beam.Map(_seq_and_n)
+        assert_that(updates, equal_to(expected))
+
+
 def test_idle_members_are_cleared_and_start_afresh():
     """200 members go idle (watermark passes their last transaction + 30 days) and are cleared:
     their next transaction makes a first update with one transaction. A member that stays
@@ -85,12 +94,8 @@ def test_idle_members_are_cleared_and_start_afresh():
         .advance_processing_time(10)
         .advance_watermark_to_infinity()
     )
-    fn = MemberUpdatesFn(dt.date(2030, 1, 1), SPEC_FEATURES, debounce_s=5, idle_days=30,
-                         timer_clock=lambda: 0.0)
-    with beam.Pipeline(runner=BundleBasedDirectRunner(), options=PipelineOptions(["--streaming"])) as p:
-        updates = p | stream | beam.ParDo(fn).with_input_types(beam.typehints.KV[str, object]) | beam.Map(_seq_and_n)
-        expected = [(m, 1, 1) for m in idle] * 2 + [("active", 1, 1), ("active", 2, 2), ("active", 3, 3)]
-        assert_that(updates, equal_to(expected))
+    expected = [(m, 1, 1) for m in idle] * 2 + [("active", 1, 1), ("active", 2, 2), ("active", 3, 3)]
+    _assert_updates(stream, expected)
 
 
 def test_late_transactions_count_and_member_only_rows_follow_the_rule():
@@ -109,8 +114,4 @@ def test_late_transactions_count_and_member_only_rows_follow_the_rule():
         .advance_processing_time(10)
         .advance_watermark_to_infinity()
     )
-    fn = MemberUpdatesFn(dt.date(2030, 1, 1), SPEC_FEATURES, debounce_s=5, idle_days=30,
-                         timer_clock=lambda: 0.0)
-    with beam.Pipeline(runner=BundleBasedDirectRunner(), options=PipelineOptions(["--streaming"])) as p:
-        updates = p | stream | beam.ParDo(fn).with_input_types(beam.typehints.KV[str, object]) | beam.Map(_seq_and_n)
-        assert_that(updates, equal_to([("kept", 1, 1), ("late", 1, 1), ("late", 1, 1), ("only", 0, 0)]))
+    _assert_updates(stream, [("kept", 1, 1), ("late", 1, 1), ("late", 1, 1), ("only", 0, 0)])
