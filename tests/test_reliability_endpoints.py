@@ -169,7 +169,7 @@ def test_answers_that_are_not_overload_never_hold_calls_back(garbled_url, client
 
 
 def test_an_unexpected_error_fails_the_member_instead_of_the_bundle(server_url, client_for, monkeypatch):
-    def broken(partner, features):
+    def broken(partner, features, wire=None):
         raise KeyError("AVG_POINTS_BOUGHT")
 
     monkeypatch.setattr(E, "prediction_body", broken)

@@ -49,9 +49,13 @@ class BadResponse(ValueError):
     """The endpoint answered 2xx but the body is not what the partner file promises."""
 
 
-def prediction_body(partner: PartnerConfig, features: dict) -> dict:
-    """The ATS/RESP request body in the partner's shape (wire names, nesting, extras)."""
-    payload = {wire: features[name] for name, wire in partner.wire_names().items()}
+def prediction_body(partner: PartnerConfig, features: dict, wire: dict[str, str] | None = None) -> dict:
+    """The ATS/RESP request body in the partner's shape (wire names, nesting, extras).
+
+    ``wire`` is ``partner.wire_names()`` computed once by the caller: this runs per member.
+    """
+    wire = wire if wire is not None else partner.wire_names()
+    payload = {field: features[name] for name, field in wire.items()}
     shape = partner.endpoints.request
     body = {shape.nest_under: payload} if shape.nest_under else payload
     if shape.extra_fields:
@@ -161,6 +165,7 @@ class PartnerClient:
         self.session = make_session(partner, partner.calls.concurrency)
         self.timeout = (partner.calls.connect_timeout_s, partner.calls.read_timeout_s)
         self.urls = {kind: partner.url(kind) for kind in KINDS}
+        self.wire = partner.wire_names()
         self.batch_urls = {kind: partner.url(kind, batch=True) for kind in KINDS} if partner.endpoints.batch else {}
         self._throttlers = {
             kind: ReactiveThrottler(
@@ -322,7 +327,7 @@ def decide(client: PartnerClient, features: dict) -> dict:
     """
     try:
         partner = client.partner
-        body = prediction_body(partner, features)
+        body = prediction_body(partner, features, client.wire)
         ats = client.call("ats", body)
         resp = client.call("resp", body)
         offer = None
@@ -385,7 +390,7 @@ def decide_batch(client: PartnerClient, pool: ThreadPoolExecutor, features: list
 def _decide_batch(client: PartnerClient, pool: ThreadPoolExecutor, features: list[dict]) -> list[dict]:
     partner = client.partner
     size = partner.endpoints.max_batch_size
-    parts = chunks([prediction_body(partner, f) for f in features], size)
+    parts = chunks([prediction_body(partner, f, client.wire) for f in features], size)
     ats_jobs = [pool.submit(client.call_batch, "ats", part) for part in parts]
     resp_jobs = [pool.submit(client.call_batch, "resp", part) for part in parts]
     ats = [r for job in ats_jobs for r in job.result()]
