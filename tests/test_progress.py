@@ -59,3 +59,40 @@ def test_progress_counter_counts_in_beam_and_in_the_registry(local_runner):
     assert beam_total == 10 and progress.snapshot()["seen"] == 10
     progress.reset()
     assert progress.snapshot() == {}
+
+
+def test_tally_hands_counts_over_in_blocks_and_on_flush(local_runner):
+    class CountFn(beam.DoFn):
+        def __init__(self):
+            self.tally = progress.Tally(("lines", "chars"), live=("lines",), every=3)
+
+        def process(self, element):
+            self.tally.counts["lines"] += 1
+            self.tally.counts["chars"] += len(element)
+            self.tally.line()
+            yield element
+
+        def finish_bundle(self):
+            self.tally.flush()
+
+    progress.reset()
+    p = TestPipeline(runner=local_runner)
+    _ = p | beam.Create(["a", "bb", "ccc", "dddd", "eeeee"]) | beam.ParDo(CountFn())
+    result = p.run()
+    result.wait_until_finish()
+    totals = {r.key.metric.name: r.committed for r in result.metrics().query(
+        MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    assert totals == {"lines": 5, "chars": 15}
+    assert progress.snapshot() == {"lines": 5}  # only the live counts feed the heartbeat
+    progress.reset()
+
+
+def test_tally_flushes_every_n_lines_without_waiting_for_the_bundle():
+    progress.reset()
+    tally = progress.Tally(("lines",), live=("lines",), every=2)
+    for expected in (0, 2, 2, 4):
+        tally.counts["lines"] += 1
+        tally.line()
+        if expected:
+            assert progress.snapshot()["lines"] == expected
+    progress.reset()

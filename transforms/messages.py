@@ -12,11 +12,8 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 
-from apache_beam.metrics import Metrics
-
 from beam_pipeline.partner import Columns, ConfigError, InputConfig
-from transforms import NAMESPACE
-from transforms.parse import FileLayout, ParseLineFn, Rejected, end_of_day_us
+from transforms.parse import REASONS, FileLayout, ParseLineFn, Rejected, end_of_day_us
 
 MALFORMED_JSON = "MALFORMED_JSON"  # a message that starts with "{" but is not a JSON object
 FIELDS = ("member_id", "timestamp", "type", "points", "revenue")
@@ -74,9 +71,8 @@ class ParseMessageFn(ParseLineFn):
     ):
         self._fixed_as_of = as_of
         self._today = as_of or dt.datetime.now(dt.timezone.utc).date()
-        super().__init__(layouts, delimiter, timestamp_formats, self._today)
+        super().__init__(layouts, delimiter, timestamp_formats, self._today, reasons=(*REASONS, MALFORMED_JSON))
         self._columns = columns
-        self.by_reason[MALFORMED_JSON] = Metrics.counter(NAMESPACE, f"dead_letter_{MALFORMED_JSON}")
 
     def process(self, element: tuple[str, bytes]):
         if self._fixed_as_of is None:

@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
-from transforms import NAMESPACE, progress
+from transforms import progress
 from transforms.features import TYPE_CODES, Transaction
 from transforms.timing import TimedDoFn
 
@@ -42,6 +41,7 @@ REASONS = (
 )
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)
 _ONE_US = dt.timedelta(microseconds=1)
 BOM = b"\xef\xbb\xbf"
 
@@ -78,9 +78,8 @@ def parse_timestamp(text: str, formats: tuple[str, ...]) -> int:
             parsed = dt.datetime.fromisoformat(text) if fmt == "iso" else dt.datetime.strptime(text, fmt)
         except ValueError:
             continue
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=dt.timezone.utc)
-        return (parsed - _EPOCH) // _ONE_US
+        # Naive times are UTC: subtracting the naive epoch skips building an aware copy.
+        return (parsed - (_EPOCH if parsed.tzinfo else _NAIVE_EPOCH)) // _ONE_US
     raise Rejected(BAD_TIMESTAMP, f"cannot parse timestamp {text!r}")
 
 
@@ -107,13 +106,13 @@ def parse_fields(
     if len(fields) != layout.n_fields:
         raise Rejected(WRONG_FIELD_COUNT, f"expected {layout.n_fields} fields, got {len(fields)}")
     member_id = fields[layout.member_id].strip()
-    values = [fields[i].strip() for i in (layout.timestamp, layout.type, layout.points, layout.revenue)]
+    values = [fields[layout.timestamp].strip(), fields[layout.type].strip(),
+              fields[layout.points].strip(), fields[layout.revenue].strip()]
     if not member_id:
         raise Rejected(MISSING_MEMBER_ID, "member id is empty")
-    present = sum(1 for v in values if v)
-    if present == 0:
-        return member_id, None
-    if present < 4:
+    if not all(values):
+        if not any(values):
+            return member_id, None
         missing = [name for name, v in zip(("timestamp", "type", "points", "revenue"), values, strict=True) if not v]
         raise Rejected(PARTIAL_TRANSACTION, f"missing {', '.join(missing)}")
     ts_text, type_text, points_text, revenue_text = values
@@ -146,29 +145,39 @@ class ParseLineFn(TimedDoFn):
         delimiter: str,
         timestamp_formats: Iterable[str],
         as_of: dt.date,
+        reasons: Iterable[str] = REASONS,
     ):
         self._layouts = layouts
         self._delimiter = delimiter
         self._formats = tuple(timestamp_formats)
         self._last_day_us = end_of_day_us(as_of)
-        self.rows_read = progress.counter("rows_read")
-        self.bytes_read = progress.counter("bytes_read")  # with the input size: percent done
-        self.header_lines = Metrics.counter(NAMESPACE, "header_lines")
-        self.transactions = progress.counter("transactions")
-        self.member_only_rows = progress.counter("member_only_rows")
-        self.dead_letter_rows = progress.counter("dead_letter_rows")
-        self.by_reason = {r: Metrics.counter(NAMESPACE, f"dead_letter_{r}") for r in REASONS}
+        # Counted per line in plain integers, handed to Beam in blocks (progress.Tally).
+        # rows_read, bytes_read (with the input size: percent done) and the row kinds also
+        # feed the heartbeat.
+        live = ("rows_read", "bytes_read", "transactions", "member_only_rows", "dead_letter_rows")
+        self.by_reason = {r: f"dead_letter_{r}" for r in reasons}
+        self.tally = progress.Tally((*live, "header_lines", *self.by_reason.values()), live=live)
+
+    def start_bundle(self):
+        super().start_bundle()
+        self.tally.counts = dict.fromkeys(self.tally.counts, 0)  # nothing left from a failed bundle
+
+    def finish_bundle(self):
+        self.tally.flush()
+        super().finish_bundle()
 
     def process(self, element: tuple[str, bytes]):
         source, raw = element
-        self.bytes_read.inc(len(raw) + 1)
+        counts = self.tally.counts
+        self.tally.line()
+        counts["bytes_read"] += len(raw) + 1
         layout = self._layouts[source]
         line = raw[3:] if raw.startswith(BOM) else raw
         line = line.rstrip(b"\r\n")
         if line == layout.header:
-            self.header_lines.inc()
+            counts["header_lines"] += 1
             return
-        self.rows_read.inc()
+        counts["rows_read"] += 1
         try:
             if not line.strip():
                 raise Rejected(BLANK_LINE, "blank line")
@@ -179,16 +188,15 @@ class ParseLineFn(TimedDoFn):
             fields = self.fields(text, layout)
             member_id, txn = parse_fields(fields, layout, self._formats, self._last_day_us)
         except Rejected as rej:
-            self.dead_letter_rows.inc()
-            self.by_reason[rej.reason].inc()
+            counts["dead_letter_rows"] += 1
+            counts[self.by_reason[rej.reason]] += 1
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter_row(source, raw, rej.reason, rej.detail))
             return
         if txn is None:
-            self.member_only_rows.inc()
+            counts["member_only_rows"] += 1
         else:
-            self.transactions.inc()
+            counts["transactions"] += 1
         yield member_id, txn
-
 
     def fields(self, text: str, layout: FileLayout) -> list[str]:
         """One line's fields in the layout's column order (streaming also reads JSON here)."""

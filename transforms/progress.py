@@ -12,6 +12,7 @@ integers, harmless; the runner's own UI shows progress there.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from apache_beam.metrics import Metrics
 
@@ -62,3 +63,36 @@ class ProgressCounter:
 
 def counter(name: str) -> ProgressCounter:
     return ProgressCounter(name)
+
+
+class Tally:
+    """Per-line counts kept as plain integers, handed to Beam (and to this process's
+    registry) every ``every`` lines and when the bundle ends.
+
+    A Beam counter's ``inc`` costs about a microsecond, and a line's whole parse
+    about ten: counting each line five times directly would be a third of it.
+    Counts reach the heartbeat at most ``every`` lines late.
+    """
+
+    def __init__(self, names: Iterable[str], live: Iterable[str] = (), every: int = 10_000):
+        self.counts = dict.fromkeys(names, 0)
+        self._counters = {name: Metrics.counter(NAMESPACE, name) for name in self.counts}
+        self._live = frozenset(live)
+        self._every = every
+        self._lines = 0
+
+    def line(self) -> None:
+        """One more line done; flushes every ``every`` lines."""
+        self._lines += 1
+        if self._lines >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        self._lines = 0
+        counts = self.counts
+        for name, n in counts.items():
+            if n:
+                self._counters[name].inc(n)
+                if name in self._live:
+                    add(name, n)
+                counts[name] = 0
