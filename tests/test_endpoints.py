@@ -10,7 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from responses import matchers
 
-from beam_pipeline.partner import load_named
+from beam_pipeline.partner import Auth, load_named
 from transforms import endpoints as E
 
 BASE = "http://ml.test"
@@ -154,3 +154,50 @@ def test_request_shape_from_partner_file():
 def test_days_feature_type_is_int_in_json():
     text = json.dumps(E.prediction_body(PARTNER, FEATURES))
     assert '"DAYS_SINCE_LAST_TRANSACTION": 9}' in text
+
+
+@responses.activate
+def test_each_call_sends_what_session_post_would(monkeypatch):
+    # Calls go out from a request prepared once per URL: the headers, the auth header,
+    # a body length per call and cookies a server set must still be those of Session.post.
+    monkeypatch.setenv("ACME_KEY", "s3cret")
+    partner = FAST.model_copy(update={"auth": Auth(header="X-Api-Key", env="ACME_KEY")})
+    responses.post(ATS, json={"prediction": 1.0}, headers={"Set-Cookie": "lb=node-7; Path=/"})
+    responses.post(RESP, json={"prediction": 0.5})
+    responses.post(OFFER, json={"offer": "OFFER_1"})
+    client = E.PartnerClient(partner)
+    try:
+        assert E.decide(client, FEATURES)["STATUS"] == "OK"
+        short = E.decide(client, {**FEATURES, "DAYS_SINCE_LAST_TRANSACTION": 1234567})
+        assert short["STATUS"] == "OK"
+    finally:
+        client.close()
+    sent = [c.request for c in responses.calls]
+    assert [r.url for r in sent] == [ATS, RESP, OFFER] * 2
+    for request in sent:
+        assert request.method == "POST"
+        assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["X-Api-Key"] == "s3cret"
+        assert request.headers["Content-Length"] == str(len(request.body))
+    assert "Cookie" not in sent[0].headers
+    assert [r.headers.get("Cookie") for r in sent[1:]] == ["lb=node-7"] * 5
+    assert json.loads(sent[3].body)["DAYS_SINCE_LAST_TRANSACTION"] == 1234567
+
+
+@responses.activate
+def test_environment_is_read_once_when_the_client_is_made(monkeypatch):
+    # requests reads proxy variables and .netrc on every call while trust_env is on;
+    # the client reads them once per URL and keeps honouring them.
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
+    proxied = matchers.request_kwargs_matcher({"proxies": {"http": "http://proxy.test:3128"}})
+    responses.post(ATS, json={"prediction": 1.0}, match=[proxied])
+    client = E.PartnerClient(FAST)
+    try:
+        assert client.session.trust_env is False
+        monkeypatch.setenv("HTTP_PROXY", "http://elsewhere.test:1")
+        result = client.call("ats", FEATURES)
+    finally:
+        client.close()
+    assert result.error is None and result.value == 1.0

@@ -157,6 +157,14 @@ def make_session(partner: PartnerConfig, pool_size: int) -> requests.Session:
     return session
 
 
+def prepare_post(session: requests.Session, url: str) -> tuple[requests.PreparedRequest, dict]:
+    """A POST to ``url`` prepared as ``Session.request`` prepares it (session headers and
+    auth, ``.netrc``), without a body, and the send settings the environment gives that URL
+    (proxy variables and ``no_proxy``, CA bundle): done once per URL instead of once per call."""
+    template = session.prepare_request(requests.Request("POST", url))
+    return template, session.merge_environment_settings(url, {}, None, None, None)
+
+
 class PartnerClient:
     """One partner's three endpoints behind a shared session, thread-safe for a pool."""
 
@@ -167,6 +175,10 @@ class PartnerClient:
         self.urls = {kind: partner.url(kind) for kind in KINDS}
         self.wire = partner.wire_names()
         self.batch_urls = {kind: partner.url(kind, batch=True) for kind in KINDS} if partner.endpoints.batch else {}
+        self._posts = {url: prepare_post(self.session, url) for url in (*self.urls.values(), *self.batch_urls.values())}
+        # The environment was read just above, once per URL; reading it again for every call
+        # (proxy variables, no_proxy, .netrc) cost a third of the client's CPU per call.
+        self.session.trust_env = False
         self._throttlers = {
             kind: ReactiveThrottler(
                 window_ms=60_000, bucket_ms=1_000, overload_ratio=2,
@@ -242,7 +254,7 @@ class PartnerClient:
         t0 = time.perf_counter()
         _retry_count.value = 0
         try:
-            response = self.session.post(url, data=json.dumps(body), timeout=self.timeout)
+            response = self._send(url, json.dumps(body).encode())
         except requests.RequestException as exc:
             latency = (time.perf_counter() - t0) * 1000
             self.outcomes[kind, "exception"].inc()
@@ -269,6 +281,17 @@ class PartnerClient:
             self.outcomes[kind, "bad_response"].inc()
             return self._failed(kind, latency, attempts, f"bad response: body is not JSON: {response.text!r:.60}")
         return CallResult(payload, latency, attempts, None)
+
+    def _send(self, url: str, body: bytes) -> requests.Response:
+        """``session.post(url, data=body)``, from a request prepared once per URL: what
+        ``Session.request`` would send (headers, auth, proxies, cookies a server set)."""
+        template, settings = self._posts[url]
+        request = template.copy()
+        request.body = body
+        request.headers["Content-Length"] = str(len(body))
+        if self.session.cookies:
+            request.prepare_cookies(self.session.cookies)
+        return self.session.send(request, timeout=self.timeout, allow_redirects=True, **settings)
 
     def _value(self, kind: str, item: Any) -> Any:
         """One member's answer: a prediction number, or an offer among the partner's offers."""
