@@ -6,7 +6,6 @@ import datetime as dt
 
 import apache_beam as beam
 from apache_beam import coders
-from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.io.textio import ReadFromTextWithFilename
 from apache_beam.metrics import Metrics
 
@@ -15,6 +14,7 @@ from beam_pipeline.partner import PartnerConfig
 from transforms import NAMESPACE
 from transforms.endpoints import CallEndpoints
 from transforms.features import MemberFeaturesFn
+from transforms.parquet_rows import WriteParquetRows
 from transforms.parse import DEAD_LETTER, FileLayout, ParseExport
 from transforms.results import DEAD_LETTER_SCHEMA, NOT_CALLED, ToResultRowFn, feature_columns, results_schema
 
@@ -100,14 +100,9 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
         | "CountMembers" >> beam.ParDo(CountMembersFn())
         | "DecideOffers" >> DecideOffers(partner, job.features_only)
         | "ToResultRow" >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
-        | "WriteResults" >> WriteToParquet(
-            join(job.staging, "results", "part"), results_schema(partner.feature_names),
-            file_name_suffix=".parquet",
-        )
+        | "WriteResults" >> WriteParquetRows(join(job.staging, "results", "part"), results_schema(partner.feature_names))
     )
     (
         parsed[DEAD_LETTER]
-        | "WriteDeadLetters" >> WriteToParquet(
-            join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA, file_name_suffix=".parquet"
-        )
+        | "WriteDeadLetters" >> WriteParquetRows(join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA)
     )

@@ -9,7 +9,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms import NAMESPACE
+from transforms import NAMESPACE, progress
 from transforms.features import INTEGER_FEATURES, SPEC_FEATURES
 from transforms.timing import TimedDoFn
 
@@ -79,16 +79,27 @@ def result_row(
 
 
 class ToResultRowFn(TimedDoFn):
+    """Members -> results rows, counted by status in plain integers handed to Beam per bundle (progress.Tally)."""
+
     def __init__(self, columns: list[str], partner: str, as_of: dt.date):
         self._columns = columns
         self._partner = partner
         self._as_of = as_of
-        self.by_status = {s: Metrics.counter(NAMESPACE, f"members_{s.lower()}") for s in STATUSES}
+        self._status_counter = {s: f"members_{s.lower()}" for s in STATUSES}
+        self.tally = progress.Tally(self._status_counter.values())
+
+    def start_bundle(self):
+        super().start_bundle()
+        self.tally.counts = dict.fromkeys(self.tally.counts, 0)  # nothing left from a failed bundle
+
+    def finish_bundle(self):
+        self.tally.flush()
+        super().finish_bundle()
 
     def process(self, element):
         member_id, summary, decision = element
         row = result_row(member_id, summary, decision, self._columns, self._partner, self._as_of)
-        self.by_status[row["STATUS"]].inc()
+        self.tally.counts[self._status_counter[row["STATUS"]]] += 1
         yield row
 
 
@@ -130,7 +141,7 @@ class ToStreamResultRowFn(ToResultRowFn):
         member_id, summary, decision = element
         now = time.time()
         row = result_row(member_id, summary, decision, self._columns, self._partner, summary["AS_OF"])
-        self.by_status[row["STATUS"]].inc()
+        self.tally.counts[self._status_counter[row["STATUS"]]] += 1
         row["UPDATE_SEQ"] = summary["UPDATE_SEQ"]
         row["LAST_TRANSACTION_AT"] = summary["LAST_TRANSACTION_AT"]
         row["RECEIVED_AT"] = _utc(summary["RECEIVED_AT"])
