@@ -37,3 +37,25 @@ def test_extreme_sums_survive_and_real_data_is_small():
     for i in range(5):
         features.add(typical, Transaction(1_600_000_000_000_000 + i, i % 3, 1200.0 * i, 12.345 * i))
     assert len(coder.encode(typical)) < 160
+
+
+@given(transactions, transactions)
+def test_packed_accumulators_at_rest_work_in_every_combine_fn_method(first, second):
+    import datetime as dt
+
+    from transforms.features import MemberFeaturesFn, PackedAccumulatorCoder
+
+    fn = MemberFeaturesFn(dt.date(2026, 11, 24), ["N_TRANSACTIONS", "TOTAL_POINTS_BOUGHT", "AVG_REVENUE_USD"])
+    whole = fn.extract_output(fn.add_inputs(fn.create_accumulator(), first + second))
+    packed = fn.compact(fn.add_inputs(fn.create_accumulator(), first))
+    assert isinstance(packed, bytes) and fn.compact(packed) is packed
+    coder = PackedAccumulatorCoder()
+    assert coder.decode(coder.encode(packed)) == packed  # the shuffle keeps it packed
+    assert coder.encode(fn.create_accumulator()) == fn.compact(fn.create_accumulator())
+    # Resumed, merged with a live or a packed accumulator, or extracted as it is: same answer.
+    assert fn.extract_output(fn.add_inputs(packed, second)) == whole
+    other = fn.add_inputs(fn.create_accumulator(), second)
+    assert fn.extract_output(fn.merge_accumulators([packed, other])) == whole
+    assert fn.extract_output(fn.merge_accumulators([packed, fn.compact(other)])) == whole
+    if not second:
+        assert fn.extract_output(packed) == whole

@@ -137,3 +137,20 @@ def test_combine_per_key_in_beam(local_runner):
     with TestPipeline(runner=local_runner) as p:
         out = p | beam.Create(rows) | beam.CombinePerKey(F.MemberFeaturesFn(AS_OF))
         assert_that(out, equal_to(expected))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), max_size=12))
+def test_push_recent_keeps_the_three_largest_in_order(entries):
+    # Small ranges, so equal entries and ties on the first field are common.
+    last3: tuple = ()
+    for i, entry in enumerate(entries):
+        last3 = F.push_recent(last3, entry)
+        assert last3 == tuple(sorted(entries[:i + 1], reverse=True)[:3])
+
+
+def test_totals_past_the_float_range_are_infinite_not_an_error():
+    big = 1.7e308
+    txns = [Transaction(ts("2026-01-01 00:00:00"), BUY, big, -big), Transaction(ts("2026-01-02 00:00:00"), BUY, big, -big)]
+    out = F.compute(txns, AS_OF, ["TOTAL_POINTS_BOUGHT", "TOTAL_REVENUE_USD", "AVG_POINTS_BOUGHT"])
+    assert out == {"TOTAL_POINTS_BOUGHT": float("inf"), "TOTAL_REVENUE_USD": float("-inf"), "AVG_POINTS_BOUGHT": big}
