@@ -74,13 +74,12 @@ class DecideOffers(beam.PTransform):
         self._features_only = features_only
 
     def expand(self, members):
+        if self._features_only:  # one step per member: nothing to split, batch or call
+            return members | "NotCalled" >> beam.Map(lambda m: (m[0], m[1], NOT_CALLED if _has_transactions(m) else None))
         active, idle = members | "SplitByActivity" >> beam.Partition(
             lambda m, _: 0 if _has_transactions(m) else 1, 2
         )
-        if self._features_only:
-            decided = active | "NotCalled" >> beam.Map(lambda m: (m[0], m[1], NOT_CALLED))
-        else:
-            decided = active | "CallEndpoints" >> CallEndpoints(self._partner)
+        decided = active | "CallEndpoints" >> CallEndpoints(self._partner)
         skipped = idle | "NoCalls" >> beam.Map(lambda m: (m[0], m[1], None))
         return (decided, skipped) | "Merge" >> beam.Flatten()
 

@@ -285,6 +285,9 @@ class MemberFeaturesFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs: Iterable[list | bytes]) -> list:
+        accs = list(accs)
+        if len(accs) == 1:  # most members: one partial accumulator, nothing to merge
+            return live(accs[0])
         return merge(live(acc) for acc in accs)
 
     def compact(self, acc: list | bytes) -> bytes:
