@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     names = args.only.split(",") if args.only else list(CLIENTS)
     print(f"| client ({args.calls} sequential calls, best of {args.repeat}) | CPU ms/call | wall ms/call |")
     print("| --- | ---: | ---: |")
-    with reference_server(1) as url:
+    with reference_server(1) as (url, _):
         for name in names:
             call = CLIENTS[name](url)
             per = 3 if name.startswith("decide") else 1

@@ -17,6 +17,10 @@ Scenarios, medians of ``--runs`` runs each:
    endpoint capacity measured by wrk on the ATS, RESP and offer routes in the same
    run: limit (members/s) = 1 / (1/ats + 1/resp + 1/offer).
 3. ``batch``: the ``reference_batch`` partner, against scenario 2 at the same size.
+
+Each run also prints the CPU seconds the pipeline (its process tree) and the
+server used meanwhile, and the load average at its end: the pipeline and the
+server share the machine's cores, and other jobs on them move every figure.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,8 +64,8 @@ ROUTES = {
 
 # --- measuring a process tree ------------------------------------------------------------
 
-def _tree_rss_kb(root: int) -> int:
-    """Resident memory of a process and all its descendants (Beam may start worker processes)."""
+def _tree(root: int) -> list[int]:
+    """A process and all its descendants (Beam may start worker processes, uvicorn its workers)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -70,10 +75,17 @@ def _tree_rss_kb(root: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [root]
+    pids, todo = [], [root]
     while todo:
         pid = todo.pop()
+        pids.append(pid)
         todo.extend(children.get(pid, []))
+    return pids
+
+
+def _tree_rss_kb(root: int) -> int:
+    total = 0
+    for pid in _tree(root):
         try:
             with open(f"/proc/{pid}/status") as handle:
                 total += next((int(line.split()[1]) for line in handle if line.startswith("VmRSS:")), 0)
@@ -82,8 +94,22 @@ def _tree_rss_kb(root: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, int]:
-    """(wall seconds, peak RSS in MB of the process tree, exit code)."""
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) used so far by a running process tree."""
+    ticks = 0
+    for pid in _tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, int, float]:
+    """(wall seconds, peak RSS in MB of the process tree, exit code, CPU seconds of the tree)."""
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -95,15 +121,18 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, i
         peak = max(peak, _tree_rss_kb(proc.pid))
         time.sleep(0.05)
     wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     reader.join()
     if proc.returncode not in (0, 3):
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{''.join(stderr)[-3000:]}")
-    return wall, peak // 1024, proc.returncode
+    return wall, peak // 1024, proc.returncode, cpu
 
 
 @contextmanager
 def reference_server(workers: int):
-    """``benchmarks/serve.py`` (uvicorn, ``workers`` processes, TCP_NODELAY) on a free port."""
+    """``benchmarks/serve.py`` (uvicorn, ``workers`` processes, TCP_NODELAY) on a free port:
+    yields (base URL, the server's pid)."""
     url = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--port", url.rsplit(":", 1)[1],
                              "--workers", str(workers)], cwd=ROOT, stderr=subprocess.DEVNULL)
@@ -116,7 +145,7 @@ def reference_server(workers: int):
                 if proc.poll() is not None:
                     sys.exit("the reference server did not start")
                 time.sleep(0.1)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -191,12 +220,17 @@ def export(rows: int) -> Path:
     return path
 
 
-def pipeline_run(path: Path, out: Path, url: str, scenario: str, beam_args: list[str]) -> dict:
+def pipeline_run(path: Path, out: Path, server: tuple[str, int], scenario: str, beam_args: list[str]) -> dict:
+    """One timed run; also the CPU seconds the pipeline and the server used meanwhile, and
+    the machine's load average at the end (other jobs on the cores move every figure)."""
+    url, server_pid = server
     mode = {"features": ["--features-only"], "per_member": ["--partner", "default"],
             "batch": ["--partner", "reference_batch"]}[scenario]
     cmd = [sys.executable, "-m", "beam_pipeline", "--input", str(path), "--output", str(out),
            "--as-of", AS_OF, "--endpoint-url", url, "--log-level", "WARNING", *mode, *beam_args]
-    wall, rss, code = run_measured(cmd)
+    server_cpu = tree_cpu_s(server_pid)
+    wall, rss, code, cpu = run_measured(cmd)
+    server_cpu = tree_cpu_s(server_pid) - server_cpu
     if code not in (0, 3):  # 3: some members FAILED, reported just below
         sys.exit(f"{scenario}: the pipeline exited {code}")
     summary = json.loads((out / "run.json").read_text())
@@ -204,7 +238,8 @@ def pipeline_run(path: Path, out: Path, url: str, scenario: str, beam_args: list
     if acc["members_failed"]:
         sys.exit(f"{scenario}: {acc['members_failed']} members FAILED; the numbers would mean nothing")
     called = acc["members_ok"] + acc["members_features_only"]
-    return {"wall": wall, "rss_mb": rss, "members": acc["members"], "called": called}
+    return {"wall": wall, "rss_mb": rss, "members": acc["members"], "called": called,
+            "cpu": cpu, "server_cpu": server_cpu, "load": os.getloadavg()[0]}
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -219,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenarios", default="features,per_member,batch")
     parser.add_argument("--per-member-max-rows", type=int, default=100_000,
                         help="skip per-member mode above this size (it is the slow baseline)")
-    parser.add_argument("--server-workers", type=int, default=2, help="uvicorn --workers")
+    # One worker: on the 2-core machine the pipeline, which shares the cores with the server,
+    # then has a core of its own; with 2 workers both compete for both (README "Performance").
+    parser.add_argument("--server-workers", type=int, default=1, help="uvicorn --workers")
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-connections", type=int, default=16)
     parser.add_argument("--beam-args", default="", help="extra pipeline options, e.g. '--direct_num_workers 2'")
@@ -239,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
           f"Python {platform.python_version()}, uvicorn workers {args.server_workers}, runs {args.runs}")
     print(f"# command: python benchmarks/perf.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     rows_out = []
-    with reference_server(args.server_workers) as url, tempfile.TemporaryDirectory() as tmp:
+    with reference_server(args.server_workers) as server, tempfile.TemporaryDirectory() as tmp:
+        url = server[0]
         limit = endpoint_limit(url, args.wrk_seconds, args.wrk_connections)
         print(f"# endpoint capacity (wrk, {args.wrk_connections} connections): ats {limit['ats']:.0f}/s, "
               f"resp {limit['resp']:.0f}/s, offer {limit['offer']:.0f}/s -> "
@@ -252,7 +290,10 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 runs, refs = [], []
                 for i in range(args.runs):
-                    runs.append(pipeline_run(path, Path(tmp) / f"{scenario}-{rows}-{i}", url, scenario, beam_args))
+                    run = pipeline_run(path, Path(tmp) / f"{scenario}-{rows}-{i}", server, scenario, beam_args)
+                    runs.append(run)
+                    print(f"    run {i + 1}: {run['wall']:.2f} s, pipeline CPU {run['cpu']:.1f} s, "
+                          f"server CPU {run['server_cpu']:.1f} s, load average {run['load']:.1f}", flush=True)
                     if scenario == "features":
                         refs.append(pandas_features(path)[0])
                 r = median_run(runs)
