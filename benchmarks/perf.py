@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
           f"Python {platform.python_version()}, uvicorn workers {args.server_workers}, runs {args.runs}")
     print(f"# command: python benchmarks/perf.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     rows_out = []
+    per_member_called: list[tuple[int, float]] = []
     with reference_server(args.server_workers) as server, tempfile.TemporaryDirectory() as tmp:
         url = server[0]
         limit = endpoint_limit(url, args.wrk_seconds, args.wrk_connections)
@@ -304,12 +305,20 @@ def main(argv: list[str] | None = None) -> None:
                 elif scenario == "per_member":
                     per_member_rate = rate
                     achieved = r["called"] / r["wall"]
+                    per_member_called.append((rows, achieved))
                     versus = f"{achieved / limit['members_per_s']:.0%} of limit ({achieved:.0f} called/s)"
                 else:
                     versus = f"{rate / per_member_rate:.1f}x per-member" if per_member_rate else "-"
                 rows_out.append((scenario, rows, r["members"], r["wall"], rate, r["rss_mb"], versus))
                 print(f"  {scenario:10} {rows:>9,} rows: {r['wall']:7.2f} s, {rate:8.0f} members/s, "
                       f"{r['rss_mb']} MB, {versus}", flush=True)
+        if per_member_called:
+            # The capacity moves with the machine's load: measured again once the runs are done.
+            after = endpoint_limit(url, args.wrk_seconds, args.wrk_connections)
+            print(f"# endpoint capacity after the runs: ats {after['ats']:.0f}/s, resp {after['resp']:.0f}/s, "
+                  f"offer {after['offer']:.0f}/s -> limit {after['members_per_s']:.0f} members/s; per_member "
+                  + ", ".join(f"{rows:,} rows: {achieved / after['members_per_s']:.0%} of it"
+                              for rows, achieved in per_member_called))
     print()
     print("| scenario | rows | members | wall s | members/s | peak RSS MB | vs limit |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
