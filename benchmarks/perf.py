@@ -17,6 +17,9 @@ Scenarios, medians of ``--runs`` runs each:
    endpoint capacity measured by wrk on the ATS, RESP and offer routes in the same
    run: limit (members/s) = 1 / (1/ats + 1/resp + 1/offer).
 3. ``batch``: the ``reference_batch`` partner, against scenario 2 at the same size.
+4. ``features_2p`` (opt in with ``--scenarios``): scenario 1 with two SDK worker
+   processes (``--direct_num_workers 2 --direct_running_mode multi_processing``),
+   against pandas and against scenario 1 when both ran.
 
 Each run also prints the CPU seconds the pipeline (its process tree) and the
 server used meanwhile, and the load average at its end: the pipeline and the
@@ -207,6 +210,11 @@ def endpoint_limit(url: str, seconds: int, connections: int) -> dict:
     return {**rates, "members_per_s": 1 / sum(1 / r for r in rates.values())}
 
 
+# The local runner with one SDK worker process per core (2 here): the read's splits and the
+# members are shared between them, and the runner process holds the shuffle.
+TWO_PROCESSES = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+
+
 # --- the scenarios --------------------------------------------------------------------------
 
 def export(rows: int) -> Path:
@@ -224,8 +232,8 @@ def pipeline_run(path: Path, out: Path, server: tuple[str, int], scenario: str, 
     """One timed run; also the CPU seconds the pipeline and the server used meanwhile, and
     the machine's load average at the end (other jobs on the cores move every figure)."""
     url, server_pid = server
-    mode = {"features": ["--features-only"], "per_member": ["--partner", "default"],
-            "batch": ["--partner", "reference_batch"]}[scenario]
+    mode = {"features": ["--features-only"], "features_2p": ["--features-only", *TWO_PROCESSES],
+            "per_member": ["--partner", "default"], "batch": ["--partner", "reference_batch"]}[scenario]
     cmd = [sys.executable, "-m", "beam_pipeline", "--input", str(path), "--output", str(out),
            "--as-of", AS_OF, "--endpoint-url", url, "--log-level", "WARNING", *mode, *beam_args]
     server_cpu = tree_cpu_s(server_pid)
@@ -277,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# command: python benchmarks/perf.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     rows_out = []
     per_member_called: list[tuple[int, float]] = []
+    walls: dict[tuple[int, str], float] = {}
+    rss: dict[tuple[int, str], float] = {}
     with reference_server(args.server_workers) as server, tempfile.TemporaryDirectory() as tmp:
         url = server[0]
         limit = endpoint_limit(url, args.wrk_seconds, args.wrk_connections)
@@ -295,13 +305,15 @@ def main(argv: list[str] | None = None) -> None:
                     runs.append(run)
                     print(f"    run {i + 1}: {run['wall']:.2f} s, pipeline CPU {run['cpu']:.1f} s, "
                           f"server CPU {run['server_cpu']:.1f} s, load average {run['load']:.1f}", flush=True)
-                    if scenario == "features":
+                    if scenario.startswith("features"):
                         refs.append(pandas_features(path)[0])
                 r = median_run(runs)
                 rate = r["members"] / r["wall"]
-                if scenario == "features":
+                if scenario.startswith("features"):
                     ref = statistics.median(refs)
                     versus = f"{r['wall'] / ref:.1f}x pandas ({ref:.2f} s)"
+                    if scenario == "features_2p" and (rows, "features") in walls:
+                        versus += f", {walls[rows, 'features'] / r['wall']:.2f}x faster than 1 process"
                 elif scenario == "per_member":
                     per_member_rate = rate
                     achieved = r["called"] / r["wall"]
@@ -310,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     versus = f"{rate / per_member_rate:.1f}x per-member" if per_member_rate else "-"
                 rows_out.append((scenario, rows, r["members"], r["wall"], rate, r["rss_mb"], versus))
+                walls[rows, scenario] = r["wall"]
+                rss[rows, scenario] = r["rss_mb"]
                 print(f"  {scenario:10} {rows:>9,} rows: {r['wall']:7.2f} s, {rate:8.0f} members/s, "
                       f"{r['rss_mb']} MB, {versus}", flush=True)
         if per_member_called:
@@ -322,8 +336,14 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("| scenario | rows | members | wall s | members/s | peak RSS MB | vs limit |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
-    for scenario, rows, members, wall, rate, rss, versus in rows_out:
-        print(f"| {scenario} | {rows:,} | {members:,} | {wall:.2f} | {rate:,.0f} | {rss} | {versus} |")
+    for scenario, rows, members, wall, rate, peak, versus in rows_out:
+        print(f"| {scenario} | {rows:,} | {members:,} | {wall:.2f} | {rate:,.0f} | {peak} | {versus} |")
+    largest = max(sizes)
+    for scenario in scenarios:  # the memory target: peak RSS at the largest size over that at 100k rows
+        if (largest, scenario) in rss and (100_000, scenario) in rss and largest != 100_000:
+            print(f"# peak RSS {scenario}: {largest:,} rows / 100,000 rows = "
+                  f"{rss[largest, scenario]} / {rss[100_000, scenario]} MB = "
+                  f"{rss[largest, scenario] / rss[100_000, scenario]:.2f}x")
 
 
 if __name__ == "__main__":
