@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
                     ref = statistics.median(refs)
                     versus = f"{r['wall'] / ref:.1f}x pandas ({ref:.2f} s)"
                     if scenario == "features_2p" and (rows, "features") in walls:
-                        versus += f", {walls[rows, 'features'] / r['wall']:.2f}x faster than 1 process"
+                        versus += f", speed {walls[rows, 'features'] / r['wall']:.2f}x one process's"
                 elif scenario == "per_member":
                     per_member_rate = rate
                     achieved = r["called"] / r["wall"]
