@@ -17,7 +17,10 @@ Scenarios, medians of ``--runs`` runs each:
    endpoint capacity measured by wrk on the ATS, RESP and offer routes in the same
    run: limit (members/s) = 1 / (1/ats + 1/resp + 1/offer).
 3. ``batch``: the ``reference_batch`` partner, against scenario 2 at the same size.
-4. ``features_2p`` (opt in with ``--scenarios``): scenario 1 with two SDK worker
+4. ``beam_floor`` (opt in with ``--scenarios``): ``benchmarks/beam_floor.py``, the
+   same shape (read, key, CombinePerKey) with trivial steps on the same runner:
+   the framework's own cost, below which no features-only run can go.
+5. ``features_2p`` (opt in with ``--scenarios``): scenario 1 with two SDK worker
    processes (``--direct_num_workers 2 --direct_running_mode multi_processing``),
    against pandas and against scenario 1 when both ran.
 
@@ -228,10 +231,25 @@ def export(rows: int) -> Path:
     return path
 
 
+def generate_members(path: Path):
+    """The distinct member ids of an export (first field of each data line)."""
+    with open(path, "rb") as handle:
+        next(handle)
+        yield from {line.split(b",", 1)[0] for line in handle}
+
+
 def pipeline_run(path: Path, out: Path, server: tuple[str, int], scenario: str, beam_args: list[str]) -> dict:
     """One timed run; also the CPU seconds the pipeline and the server used meanwhile, and
     the machine's load average at the end (other jobs on the cores move every figure)."""
     url, server_pid = server
+    if scenario == "beam_floor":
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "beam_floor.py"), str(path), *beam_args]
+        wall, rss, code, cpu = run_measured(cmd)
+        if code != 0:
+            sys.exit(f"{scenario}: exited {code}")
+        members = sum(1 for _ in generate_members(path))
+        return {"wall": wall, "rss_mb": rss, "members": members, "called": 0, "cpu": cpu, "server_cpu": 0.0,
+                "load": os.getloadavg()[0]}
     mode = {"features": ["--features-only"], "features_2p": ["--features-only", *TWO_PROCESSES],
             "per_member": ["--partner", "default"], "batch": ["--partner", "reference_batch"]}[scenario]
     cmd = [sys.executable, "-m", "beam_pipeline", "--input", str(path), "--output", str(out),
@@ -305,11 +323,11 @@ def main(argv: list[str] | None = None) -> None:
                     runs.append(run)
                     print(f"    run {i + 1}: {run['wall']:.2f} s, pipeline CPU {run['cpu']:.1f} s, "
                           f"server CPU {run['server_cpu']:.1f} s, load average {run['load']:.1f}", flush=True)
-                    if scenario.startswith("features"):
+                    if scenario.startswith("features") or scenario == "beam_floor":
                         refs.append(pandas_features(path)[0])
                 r = median_run(runs)
                 rate = r["members"] / r["wall"]
-                if scenario.startswith("features"):
+                if scenario.startswith("features") or scenario == "beam_floor":
                     ref = statistics.median(refs)
                     versus = f"{r['wall'] / ref:.1f}x pandas ({ref:.2f} s)"
                     if scenario == "features_2p" and (rows, "features") in walls:
