@@ -89,28 +89,29 @@ def _tree(root: int) -> list[int]:
     return pids
 
 
-def _tree_rss_kb(root: int) -> int:
+def _sum_over_tree(root: int, name: str, read) -> int:
+    """``read(text of /proc/PID/name)`` summed over a process tree; processes that end meanwhile count 0."""
     total = 0
     for pid in _tree(root):
         try:
-            with open(f"/proc/{pid}/status") as handle:
-                total += next((int(line.split()[1]) for line in handle if line.startswith("VmRSS:")), 0)
-        except OSError:
+            with open(f"/proc/{pid}/{name}") as handle:
+                total += read(handle.read())
+        except (OSError, IndexError, ValueError, StopIteration):
             pass
     return total
 
 
+def _tree_rss_kb(root: int) -> int:
+    return _sum_over_tree(root, "status", lambda text: next(
+        int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS:")))
+
+
 def tree_cpu_s(root: int) -> float:
     """CPU seconds (user + system) used so far by a running process tree."""
-    ticks = 0
-    for pid in _tree(root):
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        except (OSError, IndexError, ValueError):
-            pass
-    return ticks / os.sysconf("SC_CLK_TCK")
+    def ticks(text: str) -> int:
+        fields = text.rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+    return _sum_over_tree(root, "stat", ticks) / os.sysconf("SC_CLK_TCK")
 
 
 def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, int, float]:

@@ -17,7 +17,6 @@ import apache_beam as beam
 
 from transforms import progress
 from transforms.features import TYPE_CODES, Transaction
-from transforms.timing import TimedDoFn
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def dead_letter_row(source: str, raw: bytes, reason: str, detail: str) -> dict:
     }
 
 
-class ParseLineFn(TimedDoFn):
+class ParseLineFn(progress.TalliedDoFn):
     """(file name, raw line) -> (member id, Transaction | None), or a dead-letter row."""
 
     def __init__(
@@ -157,14 +156,6 @@ class ParseLineFn(TimedDoFn):
         live = ("rows_read", "bytes_read", "transactions", "member_only_rows", "dead_letter_rows")
         self.by_reason = {r: f"dead_letter_{r}" for r in reasons}
         self.tally = progress.Tally((*live, "header_lines", *self.by_reason.values()), live=live)
-
-    def start_bundle(self):
-        super().start_bundle()
-        self.tally.counts = dict.fromkeys(self.tally.counts, 0)  # nothing left from a failed bundle
-
-    def finish_bundle(self):
-        self.tally.flush()
-        super().finish_bundle()
 
     def process(self, element: tuple[str, bytes]):
         source, raw = element

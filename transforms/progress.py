@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from apache_beam.metrics import Metrics
 
 from transforms import NAMESPACE
+from transforms.timing import TimedDoFn
 
 # Members whose endpoint calls are done, and their transactions: over all
 # transactions, the share of the member stage that is finished.
@@ -81,6 +82,11 @@ class Tally:
         self._every = every
         self._lines = 0
 
+    def reset(self) -> None:
+        """Drop counts not handed over yet (a bundle that failed): its retry counts them again."""
+        self.counts = dict.fromkeys(self.counts, 0)
+        self._lines = 0
+
     def line(self) -> None:
         """One more line done; flushes every ``every`` lines."""
         self._lines += 1
@@ -96,3 +102,18 @@ class Tally:
                 if name in self._live:
                     add(name, n)
                 counts[name] = 0
+
+
+class TalliedDoFn(TimedDoFn):
+    """A timed DoFn whose counts go through ``self.tally`` (set in ``__init__``):
+    started afresh with each bundle, handed to Beam when it ends."""
+
+    tally: Tally
+
+    def start_bundle(self):
+        super().start_bundle()
+        self.tally.reset()
+
+    def finish_bundle(self):
+        self.tally.flush()
+        super().finish_bundle()

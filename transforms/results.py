@@ -11,7 +11,6 @@ from apache_beam.metrics import Metrics
 
 from transforms import NAMESPACE, progress
 from transforms.features import INTEGER_FEATURES, SPEC_FEATURES
-from transforms.timing import TimedDoFn
 
 OK, NO_TRANSACTIONS, FAILED = "OK", "NO_TRANSACTIONS", "FAILED"
 # A member with transactions in a --features-only run: features filled, no calls made.
@@ -78,7 +77,7 @@ def result_row(
     return row
 
 
-class ToResultRowFn(TimedDoFn):
+class ToResultRowFn(progress.TalliedDoFn):
     """Members -> results rows, counted by status in plain integers handed to Beam per bundle (progress.Tally)."""
 
     def __init__(self, columns: list[str], partner: str, as_of: dt.date):
@@ -87,14 +86,6 @@ class ToResultRowFn(TimedDoFn):
         self._as_of = as_of
         self._status_counter = {s: f"members_{s.lower()}" for s in STATUSES}
         self.tally = progress.Tally(self._status_counter.values())
-
-    def start_bundle(self):
-        super().start_bundle()
-        self.tally.counts = dict.fromkeys(self.tally.counts, 0)  # nothing left from a failed bundle
-
-    def finish_bundle(self):
-        self.tally.flush()
-        super().finish_bundle()
 
     def process(self, element):
         member_id, summary, decision = element
