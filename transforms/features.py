@@ -83,7 +83,7 @@ def push_recent(last3: tuple, entry: tuple) -> tuple:
     """``last3`` (most recent first) with ``entry`` in its place, three at most.
 
     Runs once per transaction: comparisons only, no sort (a sort of four tuples
-    was a tenth of a features-only run).
+    was ~6% of a features-only run's profile samples).
     """
     if len(last3) == 3:
         a, b, c = last3
