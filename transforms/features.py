@@ -225,6 +225,11 @@ def unpack(data: bytes) -> list:
     return [n, points, revenue, n_buy, n_gift, n_redeem, last3]
 
 
+def at_rest(acc: list | bytes) -> bytes:
+    """An accumulator as it crosses the shuffle: packed, once."""
+    return acc if isinstance(acc, bytes) else pack(acc)
+
+
 def live(acc: list | bytes) -> list:
     """An accumulator to work on: packed ones (at rest, see ``MemberFeaturesFn.compact``) unpacked."""
     return unpack(acc) if isinstance(acc, bytes) else acc
@@ -251,7 +256,7 @@ class PackedAccumulatorCoder(StatelessCoder):
     """
 
     def encode(self, acc: list | bytes) -> bytes:
-        return acc if isinstance(acc, bytes) else pack(acc)
+        return at_rest(acc)
 
     def decode(self, data: bytes) -> bytes:
         return data
@@ -292,7 +297,7 @@ class MemberFeaturesFn(beam.CombineFn):
 
     def compact(self, acc: list | bytes) -> bytes:
         # Called on every accumulator that leaves the partial combine for the shuffle.
-        return acc if isinstance(acc, bytes) else pack(acc)
+        return at_rest(acc)
 
     def get_accumulator_coder(self) -> coders.Coder:
         return PackedAccumulatorCoder()
