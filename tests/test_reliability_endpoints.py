@@ -1,10 +1,8 @@
 """The endpoint client against the real reference service with faults injected (``faults.py``).
 
-No mocks here: every request goes through requests, urllib3's Retry and uvicorn.
+No mocks here: every request goes through aiohttp, the client's retries and uvicorn.
 """
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -58,9 +56,13 @@ def client_for(tmp_path):
 
 @pytest.fixture
 def sleeps(monkeypatch):
-    """Every time.sleep of the test (urllib3 backoff, Retry-After, throttling), recorded, not slept."""
+    """Every wait of the client (backoff, Retry-After, rate limit), recorded, not waited."""
     recorded = []
-    monkeypatch.setattr(time, "sleep", lambda seconds: recorded.append(seconds))
+
+    async def record(seconds):
+        recorded.append(seconds)
+
+    monkeypatch.setattr(E, "pause", record)
     return recorded
 
 
