@@ -165,6 +165,7 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
         "steps": summary.steps(rows, acc),
         "latency_ms": summary.latency_percentiles(results),
         "requests": summary.requests(rows),
+        "concurrency_limit": summary.concurrency_limits(rows),
         "inputs": [{"path": f.path, "size_bytes": f.size_bytes} for f in files],
         "output": output,
         "options": {

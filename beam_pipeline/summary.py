@@ -7,6 +7,7 @@ up fails loudly instead of publishing.
 from __future__ import annotations
 
 import logging
+import math
 import platform
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -240,6 +241,24 @@ def requests(rows: list[dict]) -> dict:
         elif name.startswith("retries_"):
             out.setdefault(name[len("retries_"):], {})["retries"] = value
     return dict(sorted(out.items()))
+
+
+LIMIT_PREFIX = "concurrency_limit_"
+
+
+def concurrency_limits(rows: list[dict]) -> dict:
+    """Per endpoint: the adaptive limit on calls in flight over the run (mean, min, max of the
+    values sampled about twice a second per worker), from the ``concurrency_limit_*`` distributions."""
+    totals: dict[str, list] = {}
+    for row in rows:
+        name = row["NAME"]
+        if row["KIND"] == "distribution" and row["NAMESPACE"] == NAMESPACE and name.startswith(LIMIT_PREFIX) \
+                and row["COUNT"]:
+            count, total, low, high = totals.get(name[len(LIMIT_PREFIX):], (0, 0.0, math.inf, -math.inf))
+            totals[name[len(LIMIT_PREFIX):]] = (count + row["COUNT"], total + row["SUM"],
+                                                min(low, row["MIN"]), max(high, row["MAX"]))
+    return {kind: {"mean": round(total / count, 1), "min": int(low), "max": int(high), "samples": count}
+            for kind, (count, total, low, high) in sorted(totals.items())}
 
 
 _SECRET_WORDS = ("token", "secret", "password", "passwd", "credential", "api_key", "apikey", "auth", "private")

@@ -6,8 +6,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from tests.scripted_server import ScriptedServer
-from tests.test_endpoints import FEATURES
 from tests.test_endpoints import FAST as ENDPOINT_TEST_PARTNER
+from tests.test_endpoints import FEATURES
 from transforms import NAMESPACE, progress
 from transforms import endpoints as E
 

@@ -115,7 +115,7 @@ class AdaptiveLimit:
 class Slots:
     """At most ``limit.limit`` holders at once, for the tasks of one asyncio event loop.
 
-    ``acquire`` waits its turn (first come, first served); ``release`` reports the
+    ``acquire`` waits its turn (first come, first served, retries first); ``release`` reports the
     attempt's latency and outcome to the limit and lets waiters in as far as the
     (possibly new) limit allows. Not thread-safe: use it from its loop only.
     """
@@ -125,13 +125,17 @@ class Slots:
         self.in_flight = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
-    async def acquire(self) -> int:
-        """Take a slot; returns the calls in flight counting this one."""
+    async def acquire(self, first: bool = True) -> int:
+        """Take a slot; returns the calls in flight counting this one. A retry (``first``
+        false) goes before the calls not yet sent: a call already started finishes first."""
         if self.in_flight < self.limit.limit and not self._waiters:
             self.in_flight += 1
             return self.in_flight
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        if first:
+            self._waiters.append(waiter)
+        else:
+            self._waiters.appendleft(waiter)
         try:
             await waiter  # the slot is handed over by release (in_flight already counts it)
         except asyncio.CancelledError:
@@ -144,6 +148,10 @@ class Slots:
 
     def release(self, latency_s: float, in_flight: int, dropped: bool) -> None:
         self.limit.sample(latency_s, in_flight, dropped)
+        self._hand_back()
+
+    def give_back(self) -> None:
+        """Release a slot that was not used for a call (nothing to report to the limit)."""
         self._hand_back()
 
     def _hand_back(self) -> None:

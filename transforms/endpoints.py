@@ -282,11 +282,18 @@ class PartnerClient:
             with self._lock:
                 throttler.successful_request(start * 1000)
 
-    async def _attempt(self, kind: str, url: str, data: bytes) -> tuple[_Answer | None, str | None, bool, float]:
+    async def _attempt(self, kind: str, url: str, data: bytes, first: bool) -> tuple:
         """One attempt inside one of the endpoint's slots: (answer or None, transport failure,
-        whether it was a connect failure, the Retry-After seconds asked for)."""
+        whether it was a connect failure, the Retry-After seconds asked for), or a held-back
+        CallResult when the throttler refuses the call (decided once a slot is free, so calls
+        queued behind failing ones are held back too)."""
         slots = self.slots[kind]
-        in_flight = await slots.acquire()
+        in_flight = await slots.acquire(first)
+        if first:
+            held_back = self._held_back(kind)
+            if held_back is not None:
+                slots.give_back()
+                return held_back, None, False, None
         t0 = time.perf_counter()
         try:
             async with self.session.post(url, data=data, timeout=self._timeout, proxy=self._proxies[url]) as response:
@@ -313,9 +320,6 @@ class PartnerClient:
             wait = self._rate_limiter.reserve()
             if wait:
                 await pause(wait)
-        held_back = self._held_back(kind)
-        if held_back is not None:
-            return held_back
         start = time.time()
         t0 = time.perf_counter()
         attempts = 0
@@ -323,7 +327,9 @@ class PartnerClient:
         retries_left = policy.retries
         while True:
             attempts += 1
-            answer, failure, connect, retry_after = await self._attempt(kind, url, data)
+            answer, failure, connect, retry_after = await self._attempt(kind, url, data, first=attempts == 1)
+            if isinstance(answer, CallResult):
+                return answer
             retry = answer is None or answer.status in RETRY_STATUSES
             if retry and retries_left > 0 and not (connect and connect_left <= 0):
                 retries_left -= 1
@@ -570,6 +576,7 @@ class CallEndpointsFn(TimedDoFn):
             for output in outputs:
                 progress.member_called(output.value[1]["N_TRANSACTIONS"])
                 yield output
+            self._maybe_flush()
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
