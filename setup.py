@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Lantern: member exports -> features -> predictions -> offers, on Apache Beam",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms", "transforms.*"]),
+    packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms", "transforms.*", "lantern", "lantern.*"]),
     py_modules=["app", "prediction", "faults"],
     package_data={"beam_pipeline": ["schemas/*.json"]},
     install_requires=[
