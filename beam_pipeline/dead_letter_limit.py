@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.outputs import RUN_JSON, join, write_json
-from beam_pipeline.partner import ConfigError, PartnerConfig
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
 
 OFF = 1.0
 TOP_REASONS = 3

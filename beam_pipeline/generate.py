@@ -95,7 +95,8 @@ def write(out: TextIO, n_rows: int, seed: int, rows_per_member: float = 5.0, par
 
 
 def main(argv: list[str] | None = None) -> int:
-    from beam_pipeline.partner import ConfigError, load, load_named
+    from lantern.errors import ConfigError
+    from lantern.partner import load, load_named
 
     parser = argparse.ArgumentParser(prog="python -m beam_pipeline.generate", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5000)

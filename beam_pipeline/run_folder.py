@@ -18,8 +18,8 @@ import shutil
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.outputs import PARTS, RUN_JSON, is_remote, join
-from beam_pipeline.partner import ConfigError
 from beam_pipeline.report import REPORT_HTML
+from lantern.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

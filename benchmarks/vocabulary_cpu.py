@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from beam_pipeline import generate  # noqa: E402
-from beam_pipeline.partner import InputConfig  # noqa: E402
+from lantern.partner import InputConfig  # noqa: E402
 from transforms import parse  # noqa: E402
 
 AS_OF = dt.date(2026, 11, 24)

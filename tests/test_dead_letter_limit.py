@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import dead_letter_limit as D
-from beam_pipeline.partner import ConfigError, PartnerConfig
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
 
 
 def acc(rows: int, dead: int) -> dict:

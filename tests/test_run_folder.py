@@ -13,7 +13,7 @@ from apache_beam.io.filesystem import FileMetadata, FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import run_folder
-from beam_pipeline.partner import ConfigError
+from lantern.errors import ConfigError
 
 
 class MemStore(FileSystem):

@@ -6,7 +6,8 @@ import datetime as dt
 import apache_beam as beam
 import pytest
 
-from beam_pipeline.partner import ConfigError, InputConfig, load
+from lantern.errors import ConfigError
+from lantern.partner import InputConfig, load
 from transforms import parse as P
 from transforms.features import BUY, GIFT, REDEEM, TYPE_CODES
 
