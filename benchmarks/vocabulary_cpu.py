@@ -8,7 +8,8 @@ times ``ParseLineFn.process`` on every line with ``time.process_time``, the case
 interleaved run by run so that the machine's load moves them alike. With
 ``--baseline-rev``, ``transforms/parse.py`` of that git revision is timed on the
 default export too (the parser before a change). Prints a table of medians and
-ratios, and saves the runs to ``benchmarks/data/vocabulary_cpu.json``.
+ratios, saves every run to ``benchmarks/results/`` and regenerates its table in
+``docs/performance.md``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import argparse
 import datetime as dt
 import importlib.util
 import io
-import json
 import os
 import statistics
 import subprocess
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from beam_pipeline import generate  # noqa: E402
+from benchmarks.results import DOC, Recorder, render  # noqa: E402
 from lantern.partner import InputConfig  # noqa: E402
 from transforms import parse  # noqa: E402
 
@@ -103,16 +104,20 @@ def main(argv: list[str] | None = None) -> None:
         for name, (make, lines) in cases.items():
             timings[name].append(us_per_line(make(), lines))
 
+    recorder = Recorder("vocabulary_cpu", argv if argv is not None else sys.argv[1:],
+                        columns=["case", "lines", "runs", "cpu_us_per_line", "ratio"])
     first = statistics.median(next(iter(timings.values())))
     print(f"| ParseLineFn.process ({len(plain):,} lines, median of {args.runs}) | CPU us/line | ratio |")
     print("| --- | ---: | ---: |")
     for name, runs in timings.items():
         median = statistics.median(runs)
         print(f"| {name} | {median:.2f} | {median / first:.3f} |")
+        recorder.row(case=name, lines=len(plain), runs=args.runs, cpu_us_per_line=median,
+                     ratio=round(median / first, 3), every_run_us=runs)
     print(f"load average: {os.getloadavg()[0]:.2f}")
-    out = ROOT / "benchmarks" / "data" / "vocabulary_cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": len(plain), "runs": timings, "loadavg": os.getloadavg()}, indent=2))
+    path = recorder.save()
+    DOC.write_text(render(DOC.read_text()))
+    print(f"# saved {path.relative_to(ROOT)}; regenerated {DOC.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
