@@ -45,7 +45,10 @@ def run_marker(output: str) -> str | None:
 
 def check(output: str, overwrite: bool) -> None:
     """Refuse, before anything runs, an output folder that holds a run, unless ``--overwrite``."""
-    marker = run_marker(output)
+    try:
+        marker = run_marker(output)
+    except Exception as exc:  # noqa: BLE001 - any filesystem's listing error (auth, bucket) is the user's to fix
+        raise ConfigError(f"output {output}: cannot list it: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     if marker is None:
         return
     if overwrite:

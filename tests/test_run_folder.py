@@ -108,3 +108,14 @@ def test_an_object_store_folder_is_checked_and_cleared_the_same_way(store):
     assert set(store) == {f"{out}/_staging-new/results/part-0.parquet",
                           "memstore://bucket/runs/2026-11-24-other/run.json"}
     assert FileSystems.exists(f"{out}/_staging-new/results/part-0.parquet")
+
+
+def test_an_output_that_cannot_be_listed_is_one_line(monkeypatch):
+    def denied(self, patterns, limits=None):
+        raise PermissionError("403 storage.objects.list denied\nmore detail")
+
+    monkeypatch.setattr(MemStore, "match", denied)
+    with pytest.raises(ConfigError) as err:
+        run_folder.check("memstore://bucket/out", overwrite=False)
+    assert str(err.value) == ("output memstore://bucket/out: cannot list it: PermissionError: "
+                              "403 storage.objects.list denied")
