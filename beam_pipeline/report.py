@@ -362,6 +362,9 @@ def _section_members(summary: dict, results: pa.Table, images: dict) -> str:
     )
 
 
+ENDPOINT_COLUMNS = ["endpoint", "calls", "p50", "p95", "p99", "max", "ok", "errors", "retries", "throttled", "limit"]
+
+
 def _section_time(summary: dict, images: dict) -> str:
     step_rows = [[_e(s["name"]), _num(s["elements"]), _e(s["unit"]),
                   _num(s["seconds"], 3) if s["seconds"] is not None else NONE, _num(s["per_second"])]
@@ -387,7 +390,7 @@ def _section_time(summary: dict, images: dict) -> str:
         "<h2>Endpoints</h2><p>Latency is the wall time of one call to the endpoint, retries included (ms), "
         "over the members that were called. The limit is the number of calls each worker let be in flight "
         "at once, learnt from latency and errors (mean over the run, and its range).</p>"
-        f"{_table(['endpoint', 'calls', 'p50', 'p95', 'p99', 'max', 'ok', 'errors', 'retries', 'throttled', 'limit'], endpoint_rows)}"
+        f"{_table(ENDPOINT_COLUMNS, endpoint_rows)}"
         f"{_img(images, 'latency.png')}"
     )
 

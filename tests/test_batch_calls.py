@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from beam_pipeline.partner import ConfigError, load, load_named
+from lantern.errors import ConfigError
+from lantern.partner import load, load_named
 from tests.conftest import free_port
 from tests.scripted_server import ScriptedServer
 from transforms.endpoints import PartnerClient, decide_batch

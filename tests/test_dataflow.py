@@ -19,9 +19,9 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 from beam_pipeline import cli, dataflow
 from beam_pipeline.inputs import layout_for
-from beam_pipeline.partner import load_named
 from beam_pipeline.pipeline import JobConfig, build_pipeline
 from beam_pipeline.runners import local_runner
+from lantern.partner import load_named
 
 pytestmark = pytest.mark.usefixtures("dataflow_extra")
 
@@ -149,6 +149,14 @@ def test_dockerfile_gives_the_image_its_name():
     assert re.search(r"^ARG LANTERN_IMAGE", text, re.M)
     assert re.search(r"ENV LANTERN_IMAGE=\$\{LANTERN_IMAGE\}", text)
     assert "FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py" in text
+
+
+def test_dockerfile_copies_every_installed_package():
+    """The image installs the package from its own copy: a package missing there fails on workers only."""
+    text = (ROOT / "Dockerfile").read_text()
+    packages = re.search(r'find_packages\(include=\[(.*?)\]', (ROOT / "setup.py").read_text()).group(1)
+    for name in re.findall(r'"(\w+)"', packages):
+        assert f"COPY {name}/ {name}/" in text, f"Dockerfile does not copy {name}/"
 
 
 def launcher_argv(export: Path, output: Path) -> list[str]:

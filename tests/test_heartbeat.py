@@ -38,7 +38,7 @@ def test_members_phase_shows_each_endpoints_limit_on_calls_in_flight():
             "concurrency_limit_ats": 48, "concurrency_limit_resp": 52, "concurrency_limit_offer": 7}
     beat = describe(snap, {}, elapsed_s=10, interval_s=10, phase_s=5, total_bytes=None)
     assert beat.fields["concurrency_limit"] == {"ats": 48, "offer": 7, "resp": 52}
-    assert beat.message.endswith("calls in flight limit ats 48, offer 7, resp 52")
+    assert ", calls in flight limit ats 48, offer 7, resp 52," in beat.message
 
 
 def test_unknown_size_gives_no_percent():

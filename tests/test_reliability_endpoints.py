@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from beam_pipeline.partner import load
+from lantern.partner import load
 from tests.broken_server import BrokenServer
 from tests.conftest import free_port, uvicorn_server, write_partner
 from tests.scripted_server import ScriptedServer

@@ -33,7 +33,7 @@ from apache_beam.io.components.adaptive_throttler import ReactiveThrottler
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_pipeline.partner import PartnerConfig
+from lantern.partner import PartnerConfig
 from transforms import NAMESPACE, progress
 from transforms.concurrency_limit import AdaptiveLimit, Slots
 from transforms.event_loop import LoopThread
