@@ -282,7 +282,7 @@ def redact(options: dict) -> dict:
 
 
 def package_versions() -> dict:
-    names = ("offer-pipeline", "apache-beam", "pyarrow", "numpy", "requests", "urllib3", "pydantic",
+    names = ("offer-pipeline", "apache-beam", "pyarrow", "numpy", "requests", "urllib3", "aiohttp", "pydantic",
              "fastapi", "uvicorn", "pyyaml")
     out = {"python": platform.python_version()}
     for name in names:

@@ -16,13 +16,13 @@ export and the same server (ratios are within one invocation):
   OK, and its adaptive limits (the ``concurrency_limit_*`` metrics) are set
   beside those of the last healthy ``remote`` run.
 
-Prints a table and saves the runs and medians as JSON under ``benchmarks/results/``.
-The machine's load average is printed with each run: other jobs move every figure.
+Prints a table and saves every run and the medians under ``benchmarks/results/``
+(``benchmarks/results.py``; ``docs/performance.md`` shows the newest). The
+machine's load average is printed with each run: other jobs move every figure.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -41,10 +41,12 @@ sys.path.insert(0, str(ROOT))
 import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.perf import AS_OF, export  # noqa: E402
+from benchmarks.results import Recorder  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 KINDS = ("ats", "resp", "offer")
+COLUMNS = ["scenario", "rows", "members", "pipeline_s", "asyncio_s", "wall_ratio", "pipeline_call_members_per_s",
+           "asyncio_call_members_per_s", "call_rate_ratio", "failed", "mean_limit_ats_resp_offer"]
 
 
 def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
@@ -120,10 +122,8 @@ def median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def run_scenarios(rows: int, runs: int, scenarios: list[str]) -> dict:
+def run_scenarios(rows: int, runs: int, scenarios: list[str], recorder: Recorder) -> None:
     path = export(rows)
-    results: dict = {"rows": rows, "runs": runs, "nproc": os.cpu_count(),
-                     "at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "scenarios": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in scenarios:
             env, server_cpu, client_cpu, contenders = SCENARIOS[name]
@@ -140,44 +140,39 @@ def run_scenarios(rows: int, runs: int, scenarios: list[str]) -> dict:
                               f"calls {run['call_members_per_s']:8.0f} members/s, failed {run['failed']}, "
                               f"load {run['load']:.1f}" + (f", limits {run['limits']}" if run.get("limits") else ""),
                               flush=True)
-            summary = {c: {"wall_s": median(r, "wall_s"), "call_members_per_s": median(r, "call_members_per_s"),
-                           "failed": max(x["failed"] for x in r), "runs": r} for c, r in measured.items()}
-            if "asyncio" in summary:
-                pipe, base = summary["pipeline"], summary["asyncio"]
-                summary["wall_ratio"] = round(pipe["wall_s"] / base["wall_s"], 3)
-                summary["call_rate_ratio"] = round(pipe["call_members_per_s"] / base["call_members_per_s"], 3)
-            summary["mean_limits"] = {k: statistics.median(r["limits"].get(k, {}).get("mean", 0)
-                                                           for r in measured["pipeline"]) for k in KINDS}
-            results["scenarios"][name] = summary
-    return results
+            pipe, base = measured["pipeline"], measured.get("asyncio")
+            limits = {k: statistics.median(r["limits"].get(k, {}).get("mean", 0) for r in pipe) for k in KINDS}
+            row = {"scenario": name, "rows": rows, "members": pipe[0]["members"],
+                   "pipeline_s": median(pipe, "wall_s"), "pipeline_call_members_per_s": median(pipe, "call_members_per_s"),
+                   "failed": max(r["failed"] for r in pipe),
+                   "mean_limit_ats_resp_offer": "/".join(f"{limits[k]:.0f}" for k in KINDS),
+                   "pipeline_runs": pipe}
+            if base:
+                row.update(asyncio_s=median(base, "wall_s"), asyncio_call_members_per_s=median(base, "call_members_per_s"),
+                           asyncio_runs=base)
+                row["wall_ratio"] = round(row["pipeline_s"] / row["asyncio_s"], 3)
+                row["call_rate_ratio"] = round(row["pipeline_call_members_per_s"] / row["asyncio_call_members_per_s"], 3)
+            recorder.row(**row)
 
 
-def print_table(results: dict) -> None:
-    print(f"\n# {results['at']}, {results['rows']:,} rows, nproc {results['nproc']}, median of {results['runs']} runs")
-    print("| scenario | pipeline s | asyncio s | wall ratio | pipeline call members/s | asyncio members/s "
-          "| rate ratio | failed | mean limit ats/resp/offer |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-    for name, s in results["scenarios"].items():
-        pipe, base = s["pipeline"], s.get("asyncio")
-        limits = "/".join(f"{s['mean_limits'][k]:.0f}" for k in KINDS)
-        print(f"| {name} | {pipe['wall_s']:.2f} | {base['wall_s'] if base else '-'} | {s.get('wall_ratio', '-')} "
-              f"| {pipe['call_members_per_s']:.0f} | {base['call_members_per_s'] if base else '-'} "
-              f"| {s.get('call_rate_ratio', '-')} | {pipe['failed']} | {limits} |")
+def print_table(recorder: Recorder) -> None:
+    print(f"\n# {recorder.data['started_at']}, nproc {os.cpu_count()}, medians of each scenario's runs")
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("| " + " | ".join("---" for _ in COLUMNS) + " |")
+    for row in recorder.data["rows"]:
+        print("| " + " | ".join(str(row.get(c, "-")) for c in COLUMNS) + " |")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--scenarios", default="remote,local,fragile")
     args = parser.parse_args(argv)
-    results = run_scenarios(args.rows, args.runs, args.scenarios.split(","))
-    print_table(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"remote-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(results, indent=1))
-    print(f"# saved {out.relative_to(ROOT)}")
-    return results
+    recorder = Recorder("remote", argv if argv is not None else sys.argv[1:], COLUMNS)
+    run_scenarios(args.rows, args.runs, args.scenarios.split(","), recorder)
+    print_table(recorder)
+    print(f"# saved {recorder.save().relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -137,3 +137,25 @@ def test_a_cancelled_waiter_gives_its_place_up():
         return again, slots.in_flight
 
     assert asyncio.run(main()) == (1, 1)
+
+
+def test_a_retry_waits_ahead_of_calls_not_yet_sent():
+    async def main():
+        slots = Slots(AdaptiveLimit(initial=1, max_limit=1, fixed=True))
+        held = await slots.acquire()
+        order = []
+
+        async def wait(name, first):
+            await slots.acquire(first)
+            order.append(name)
+            slots.give_back()
+
+        tasks = [asyncio.ensure_future(wait(f"new{i}", True)) for i in range(3)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.ensure_future(wait("retry", False)))
+        await asyncio.sleep(0)
+        slots.release(0.001, held, dropped=True)
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(main()) == ["retry", "new0", "new1", "new2"]
