@@ -1,6 +1,6 @@
 """Per-member calls against a remote-like endpoint: this project against the bare asyncio approach.
 
-    python benchmarks/remote.py                        # 20k rows, 25 ms per call, 3 runs
+    python benchmarks/remote.py                        # 20k rows (about 12k members), 25 ms per call, 3 runs
     python benchmarks/remote.py --rows 5000 --runs 1   # a quick look
     python benchmarks/remote.py --scenarios remote,local,fragile
 
@@ -40,13 +40,26 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from benchmarks.perf import AS_OF, export  # noqa: E402
+from beam_pipeline import generate  # noqa: E402
+from benchmarks.perf import AS_OF, DATA  # noqa: E402
 from benchmarks.results import Recorder  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 KINDS = ("ats", "resp", "offer")
 COLUMNS = ["scenario", "rows", "members", "pipeline_s", "asyncio_s", "wall_ratio", "pipeline_call_members_per_s",
            "asyncio_call_members_per_s", "call_rate_ratio", "failed", "mean_limit_ats_resp_offer"]
+
+
+def export(rows: int, rows_per_member: float) -> Path:
+    """A generated SPEC-format export in ``benchmarks/data/`` (made once, then reused)."""
+    path = DATA / f"export-{rows}-rpm{rows_per_member:g}.csv"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8", newline="") as out:
+            generate.write(out, rows, seed=rows, rows_per_member=rows_per_member)
+        tmp.rename(path)
+    return path
 
 
 def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
@@ -122,8 +135,8 @@ def median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def run_scenarios(rows: int, runs: int, scenarios: list[str], recorder: Recorder) -> None:
-    path = export(rows)
+def run_scenarios(rows: int, rows_per_member: float, runs: int, scenarios: list[str], recorder: Recorder) -> None:
+    path = export(rows, rows_per_member)
     with tempfile.TemporaryDirectory() as tmp:
         for name in scenarios:
             env, server_cpu, client_cpu, contenders = SCENARIOS[name]
@@ -166,11 +179,13 @@ def print_table(recorder: Recorder) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--rows-per-member", type=float, default=1.6,
+                        help="1.6: 20k rows hold about 12k members, the shape of a real export")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--scenarios", default="remote,local,fragile")
     args = parser.parse_args(argv)
     recorder = Recorder("remote", argv if argv is not None else sys.argv[1:], COLUMNS)
-    run_scenarios(args.rows, args.runs, args.scenarios.split(","), recorder)
+    run_scenarios(args.rows, args.rows_per_member, args.runs, args.scenarios.split(","), recorder)
     print_table(recorder)
     print(f"# saved {recorder.save().relative_to(ROOT)}")
 

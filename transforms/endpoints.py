@@ -430,7 +430,11 @@ async def decide_async(client: PartnerClient, features: dict) -> dict:
     try:
         partner = client.partner
         data = json.dumps(prediction_body(partner, features, client.wire)).encode()  # one body, sent twice
-        ats, resp = await asyncio.gather(client.call_async("ats", data), client.call_async("resp", data))
+        resp_call = asyncio.ensure_future(client.call_async("resp", data))  # in flight while ATS is
+        try:
+            ats = await client.call_async("ats", data)
+        finally:
+            resp = await resp_call
         offer = None
         if ats.error is None and resp.error is None:
             offer = await client.call_async("offer", offer_body(partner, ats.value, resp.value))
