@@ -43,7 +43,7 @@ class AdaptiveLimit:
     def __init__(self, initial: int = 8, min_limit: int = 1, max_limit: int = 256, *, fixed: bool = False,
                  tolerance: float = 2.0, slack_s: float = 0.005, drop_backoff: float = 0.8,
                  latency_backoff: float = 0.9, floor_window_s: float = 5.0, calm_s: float = 2.0,
-                 smoothing: float = 0.1, clock: Callable[[], float] = time.monotonic):
+                 smoothing: float | None = None, clock: Callable[[], float] = time.monotonic):
         if not 1 <= min_limit <= max_limit:
             raise ValueError(f"need 1 <= min_limit <= max_limit, got {min_limit}, {max_limit}")
         self.min_limit, self.max_limit, self.fixed = min_limit, max_limit, fixed
@@ -88,20 +88,23 @@ class AdaptiveLimit:
             self._window_end = now + self.floor_window_s
         if not dropped:  # a refused connection or an instant 503 says nothing about the floor
             self._min_now = min(self._min_now, latency_s)
+            # By default averaged over about two round trips' worth of answers (2 x limit
+            # samples): one slow answer among many does not read as queueing.
+            alpha = self.smoothing or 1.0 / (1.0 + 2.0 * self._limit)
             self._smoothed = latency_s if self._smoothed is None else (
-                self._smoothed + self.smoothing * (latency_s - self._smoothed))
+                self._smoothed + alpha * (latency_s - self._smoothed))
         target = self.target_s()
         if dropped:
-            self._decrease(now, self.drop_backoff)
+            self._decrease(now, self.drop_backoff, latency_s)
         elif target is not None and self._smoothed is not None and self._smoothed > target:
-            self._decrease(now, self.latency_backoff)
+            self._decrease(now, self.latency_backoff, latency_s)
         elif 2 * in_flight >= self._limit:  # only grow a limit that is being used
             if not self._slow_start and now - self._last_congestion >= self.calm_s:
                 self._slow_start = True
             self._limit = min(self.max_limit, self._limit + (1.0 if self._slow_start else 1.0 / self._limit))
         return self.limit
 
-    def _decrease(self, now: float, factor: float) -> None:
+    def _decrease(self, now: float, factor: float, latency_s: float) -> None:
         self._slow_start = False
         self._last_congestion = now
         if now < self._next_decrease:
@@ -109,7 +112,7 @@ class AdaptiveLimit:
         self._limit = max(float(self.min_limit), self._limit * factor)
         self.decreases += 1
         # One cut per round trip: the calls already in flight were sent under the old limit.
-        self._next_decrease = now + (self._smoothed if self._smoothed is not None else 0.0)
+        self._next_decrease = now + max(latency_s, self._smoothed or 0.0)
 
 
 class Slots:
