@@ -212,13 +212,16 @@ def test_the_limit_shrinks_while_an_endpoint_is_slow_and_grows_back_when_it_is_f
 
     def answer(request):
         if slow.is_set():
-            time.sleep(0.05)
+            time.sleep(0.3)
         return 200, {}, '{"prediction": 1.0}'
 
     with ScriptedServer() as server:
         server.post("/ml/ats/predict", callback=answer)
         client = client_for(server.url, retries=0, concurrency=64)
         limit = client.limits["ats"]
+        # The server shares this process (and its GIL) with the client: allow it 50 ms of
+        # jitter when fast, far below the 300 ms of its slow phase.
+        limit.slack_s = 0.05
 
         async def calls(n):
             return await asyncio.gather(*(client.call_async("ats", FEATURES) for _ in range(n)))
@@ -228,7 +231,7 @@ def test_the_limit_shrinks_while_an_endpoint_is_slow_and_grows_back_when_it_is_f
         slow.clear()
         assert all(r.error is None for r in client.loop.run(calls(200)))
         slow.set()
-        assert all(r.error is None for r in client.loop.run(calls(300)))
+        assert all(r.error is None for r in client.loop.run(calls(100)))
         assert limit.decreases > 0
         cut = limit.limit
         slow.clear()
