@@ -17,7 +17,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from beam_pipeline import dataflow, inputs, logs, outputs, preflight, streaming, summary
+from beam_pipeline import dataflow, inputs, logs, outputs, preflight, retry, streaming, summary
 from beam_pipeline.heartbeat import Heartbeat
 from beam_pipeline.partner import ConfigError, PartnerConfig, load, load_named
 from beam_pipeline.pipeline import JobConfig, build_pipeline
@@ -59,9 +59,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help="text, or json: one JSON object per line (Cloud Logging reads these)")
     parser.add_argument("--heartbeat-seconds", type=float, default=10.0,
                         help="log progress every N seconds during a local run (0: never; default 10)")
+    parser.add_argument("--retry-failed", "--retry_failed", metavar="PREVIOUS_OUTPUT",
+                        help="call the endpoints again for the FAILED members of this published run only "
+                             "and write a complete new output (docs/day-two.md)")
     streaming.add_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
-    if not args.input and not args.streaming:
+    if not args.input and not args.streaming and not args.retry_failed:
         parser.error("the following arguments are required: --input")
     return args, beam_args
 
@@ -99,8 +102,11 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     t0 = time.monotonic()
     args, beam_args = parse_args(argv)
     # Logs reach stderr only once the checks have passed: a usage or input error is one line (SPEC §5).
+    previous = retry.apply_previous(args) if args.retry_failed else None
     partner, partner_source = resolve_partner(args)
     as_of = parse_as_of(args.as_of)
+    if previous is not None:
+        return retry.run(args, beam_args, previous, partner, partner_source, started, t0)
     if args.streaming:
         logs.configure(args.log_level, args.log_format)
         return streaming.run(args, beam_args, partner, partner_source, as_of if args.as_of else None)
@@ -153,6 +159,7 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
         "run_id": run_id,
         "partner": partner.name,
         "partner_source": partner_source,
+        "partner_features": list(partner.feature_names),
         "as_of": as_of.isoformat(),
         "runner": runner,
         "started_at": started.isoformat(),
@@ -204,6 +211,7 @@ def format_summary(s: dict) -> str:
         return streaming.format_summary(s)
     acc = s["accounting"]
     offers = ", ".join(f"{k} {v}" for k, v in s["offers"].items()) or "none"
+    retried = f"\n{retry.format_line(s)}" if s.get("retry_of") else ""
     return (
         f"outputs: {s['output']} (results/, dead_letter/, metrics/, run.json)\n"
         f"rows read {acc['rows_read']}: {acc['transactions']} transactions, {acc['member_only_rows']} "
@@ -211,7 +219,7 @@ def format_summary(s: dict) -> str:
         f"members {acc['members']}: {acc['members_ok']} OK, {acc['members_no_transactions']} "
         f"NO_TRANSACTIONS, {acc['members_failed']} FAILED\n"
         f"offers: {offers}\n"
-        f"wall time: {s['wall_seconds']:.1f}s"
+        f"wall time: {s['wall_seconds']:.1f}s{retried}"
     )
 
 
