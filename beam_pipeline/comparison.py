@@ -29,6 +29,10 @@ PSI_MAJOR = 0.25
 # The share given to a bin that one run leaves empty: ln(0) would make PSI infinite, and one
 # empty bin out of ten is a real shift, which this floor keeps large but finite.
 PSI_FLOOR = 1e-4
+# The offer mix is "stable" only if its PSI is not flagged and no offer's share of the members
+# with an offer moved this many percentage points: with two or three offers, PSI alone lets an
+# offer go from 12% to 22% of members unflagged, which is exactly what an operator must see.
+OFFER_SHARE_POINTS = 5.0
 PREDICTIONS = ("ATS_PREDICTION", "RESP_PREDICTION")
 ENDPOINTS = ("ats", "resp", "offer")
 MODERATE, MAJOR = "moderate", "major"
@@ -151,10 +155,26 @@ def offer_mix(results: pa.Table) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def largest_share_change(then: dict[str, int], now: dict[str, int]) -> dict | None:
+    """The offer whose share of the members with an offer moved most (percentage points)."""
+    total_then, total_now = sum(then.values()), sum(now.values())
+    if not total_then or not total_now:
+        return None
+    moves = [{"offer": o, "then_pct": round(100 * then.get(o, 0) / total_then, 3),
+              "now_pct": round(100 * now.get(o, 0) / total_now, 3)} for o in sorted(set(then) | set(now))]
+    # With two offers both move by the same points: name the one that moved most relative to its size.
+    return max(moves, key=lambda m: (round(abs(m["now_pct"] - m["then_pct"]), 6),
+                                     abs(m["now_pct"] - m["then_pct"]) / max(m["then_pct"], 1e-9)))
+
+
 def offers(baseline: pa.Table, current: pa.Table) -> dict:
     then, now = offer_mix(baseline), offer_mix(current)
     value = categorical_psi(then, now)
-    return {"then": then, "now": now, "psi": _round(value), "flag": flag(value)}
+    largest = largest_share_change(then, now)
+    moved = flag(value) is not None or (
+        largest is not None and abs(largest["now_pct"] - largest["then_pct"]) >= OFFER_SHARE_POINTS)
+    return {"then": then, "now": now, "psi": _round(value), "flag": flag(value), "largest_share_change": largest,
+            "moved": moved}
 
 
 def dead_letters(baseline_summary: dict, current_summary: dict) -> dict:
@@ -202,10 +222,12 @@ def headline(comparison: dict) -> str:
     mix = comparison["offers"]
     if mix["psi"] is None:
         parts.append("no offers to compare")
-    elif mix["flag"] is None:
+    elif not mix["moved"]:
         parts.append("offer mix stable")
     else:
-        parts.append(f"offer mix moved (PSI {mix['psi']:.2f})")
+        big = mix["largest_share_change"]
+        parts.append(f"offer mix moved ({big['offer']} {big['then_pct']:.1f}% -> {big['now_pct']:.1f}% "
+                     f"of offers, PSI {mix['psi']:.2f})")
     if m["kept_changed_outcome"]:
         parts.append(f"{m['kept_changed_outcome']:,} kept members changed offer")
     drifted = sorted((c for c in comparison["columns"] if c["flag"]), key=lambda c: -c["psi"])
