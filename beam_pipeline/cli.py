@@ -19,9 +19,10 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from beam_pipeline import dataflow, inputs, logs, outputs, preflight, retry, streaming, summary
 from beam_pipeline.heartbeat import Heartbeat
-from beam_pipeline.partner import ConfigError, PartnerConfig, load, load_named
 from beam_pipeline.pipeline import JobConfig, build_pipeline
 from beam_pipeline.runners import make_runner, runner_name
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig, load, load_named
 from transforms import progress
 
 log = logging.getLogger(__name__)

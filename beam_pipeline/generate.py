@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     partner = None
     if args.partner:
-        from beam_pipeline.partner import load_named
+        from lantern.partner import load_named
 
         partner = load_named(args.partner)
     with open(args.out, "w", encoding="utf-8", newline="") as out:

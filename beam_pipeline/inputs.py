@@ -13,7 +13,8 @@ from typing import NamedTuple
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline.partner import ConfigError, PartnerConfig
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
 from transforms.parse import BOM, FileLayout
 
 log = logging.getLogger(__name__)

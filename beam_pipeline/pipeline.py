@@ -10,7 +10,7 @@ from apache_beam.io.textio import ReadFromTextWithFilename
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.outputs import join
-from beam_pipeline.partner import PartnerConfig
+from lantern.partner import PartnerConfig
 from transforms import NAMESPACE
 from transforms.endpoints import CallEndpoints
 from transforms.features import MemberFeaturesFn

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from beam_pipeline.partner import ConfigError, PartnerConfig
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
 
 log = logging.getLogger(__name__)
 

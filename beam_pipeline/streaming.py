@@ -25,9 +25,10 @@ from apache_beam.utils.timestamp import Timestamp
 
 from beam_pipeline import dataflow, inputs, outputs, preflight, summary
 from beam_pipeline.outputs import join
-from beam_pipeline.partner import ConfigError, PartnerConfig
 from beam_pipeline.pipeline import DecideOffers
 from beam_pipeline.runners import LOCAL_NAMES, runner_name, streaming_local_runner
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
 from transforms.features import Transaction
 from transforms.member_state import MemberUpdatesFn
 from transforms.messages import ParseMessageFn, message_layout

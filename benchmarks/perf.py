@@ -31,10 +31,8 @@ server share the machine's cores, and other jobs on them move every figure.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -52,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from beam_pipeline import generate  # noqa: E402
+from benchmarks.results import DOC, Recorder, render  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 AS_OF = "2026-11-24"
@@ -269,6 +268,9 @@ def pipeline_run(path: Path, out: Path, server: tuple[str, int], scenario: str, 
             "cpu": cpu, "server_cpu": server_cpu, "load": os.getloadavg()[0]}
 
 
+COLUMNS = ("scenario", "rows", "members", "wall_s", "members_per_s", "peak_rss_mb", "vs_limit")
+
+
 def median_run(runs: list[dict]) -> dict:
     mid = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
     return {**mid, "rss_mb": statistics.median(r["rss_mb"] for r in runs)}
@@ -287,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-connections", type=int, default=16)
     parser.add_argument("--beam-args", default="", help="extra pipeline options, e.g. '--direct_num_workers 2'")
+    parser.add_argument("--no-docs", action="store_true", help="save the results, leave docs/performance.md alone")
     args = parser.parse_args(argv)
     try:
         import pandas  # noqa: F401
@@ -298,10 +301,11 @@ def main(argv: list[str] | None = None) -> None:
     scenarios = args.scenarios.split(",")
     beam_args = args.beam_args.split()
 
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    print(f"# {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, memory {mem_gb:.1f} GiB, "
-          f"Python {platform.python_version()}, uvicorn workers {args.server_workers}, runs {args.runs}")
-    print(f"# command: python benchmarks/perf.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    recorder = Recorder("perf", argv if argv is not None else sys.argv[1:], columns=list(COLUMNS))
+    facts = recorder.data["machine"]
+    print(f"# {recorder.started:%Y-%m-%d %H:%M} UTC, nproc {facts['nproc']}, memory {facts['memory_gib']} GiB, "
+          f"Python {facts['python']}, uvicorn workers {args.server_workers}, runs {args.runs}")
+    print(f"# command: {recorder.data['command']}")
     rows_out = []
     per_member_called: list[tuple[int, float]] = []
     walls: dict[tuple[int, str], float] = {}
@@ -309,9 +313,11 @@ def main(argv: list[str] | None = None) -> None:
     with reference_server(args.server_workers) as server, tempfile.TemporaryDirectory() as tmp:
         url = server[0]
         limit = endpoint_limit(url, args.wrk_seconds, args.wrk_connections)
-        print(f"# endpoint capacity (wrk, {args.wrk_connections} connections): ats {limit['ats']:.0f}/s, "
-              f"resp {limit['resp']:.0f}/s, offer {limit['offer']:.0f}/s -> "
-              f"limit {limit['members_per_s']:.0f} members/s", flush=True)
+        capacity = (f"endpoint capacity (wrk, {args.wrk_connections} connections): ats {limit['ats']:.0f}/s, "
+                    f"resp {limit['resp']:.0f}/s, offer {limit['offer']:.0f}/s -> "
+                    f"limit {limit['members_per_s']:.0f} members/s")
+        print(f"# {capacity}", flush=True)
+        recorder.note(capacity)
         for rows in sizes:
             path = export(rows)
             per_member_rate = None
@@ -341,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     versus = f"{rate / per_member_rate:.1f}x per-member" if per_member_rate else "-"
                 rows_out.append((scenario, rows, r["members"], r["wall"], rate, r["rss_mb"], versus))
+                recorder.row(**dict(zip(COLUMNS, rows_out[-1], strict=True)), runs=runs)
                 walls[rows, scenario] = r["wall"]
                 rss[rows, scenario] = r["rss_mb"]
                 print(f"  {scenario:10} {rows:>9,} rows: {r['wall']:7.2f} s, {rate:8.0f} members/s, "
@@ -348,10 +355,12 @@ def main(argv: list[str] | None = None) -> None:
         if per_member_called:
             # The capacity moves with the machine's load: measured again once the runs are done.
             after = endpoint_limit(url, args.wrk_seconds, args.wrk_connections)
-            print(f"# endpoint capacity after the runs: ats {after['ats']:.0f}/s, resp {after['resp']:.0f}/s, "
-                  f"offer {after['offer']:.0f}/s -> limit {after['members_per_s']:.0f} members/s; per_member "
-                  + ", ".join(f"{rows:,} rows: {achieved / after['members_per_s']:.0%} of it"
-                              for rows, achieved in per_member_called))
+            again = (f"endpoint capacity after the runs: ats {after['ats']:.0f}/s, resp {after['resp']:.0f}/s, "
+                     f"offer {after['offer']:.0f}/s -> limit {after['members_per_s']:.0f} members/s; per_member "
+                     + ", ".join(f"{rows:,} rows: {achieved / after['members_per_s']:.0%} of it"
+                                 for rows, achieved in per_member_called))
+            print(f"# {again}")
+            recorder.note(again)
     print()
     print("| scenario | rows | members | wall s | members/s | peak RSS MB | vs limit |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -360,9 +369,16 @@ def main(argv: list[str] | None = None) -> None:
     largest = max(sizes)
     for scenario in scenarios:  # the memory target: peak RSS at the largest size over that at 100k rows
         if (largest, scenario) in rss and (100_000, scenario) in rss and largest != 100_000:
-            print(f"# peak RSS {scenario}: {largest:,} rows / 100,000 rows = "
-                  f"{rss[largest, scenario]} / {rss[100_000, scenario]} MB = "
-                  f"{rss[largest, scenario] / rss[100_000, scenario]:.2f}x")
+            ratio = (f"peak RSS {scenario}: {largest:,} rows / 100,000 rows = "
+                     f"{rss[largest, scenario]} / {rss[100_000, scenario]} MB = "
+                     f"{rss[largest, scenario] / rss[100_000, scenario]:.2f}x")
+            print(f"# {ratio}")
+            recorder.note(ratio)
+    path = recorder.save()
+    print(f"# saved {path.relative_to(ROOT)}")
+    if not args.no_docs:
+        DOC.write_text(render(DOC.read_text()))
+        print(f"# regenerated {DOC.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 from beam_pipeline import cli, dataflow
 from beam_pipeline.inputs import layout_for
-from beam_pipeline.partner import load_named
 from beam_pipeline.pipeline import JobConfig, build_pipeline
 from beam_pipeline.runners import local_runner
+from lantern.partner import load_named
 
 pytestmark = pytest.mark.usefixtures("dataflow_extra")
 

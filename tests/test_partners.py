@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import cli, generate
-from beam_pipeline.partner import PARTNER_DIR, ConfigError, available, load, load_named, schema_markdown
+from lantern.errors import ConfigError
+from lantern.partner import PARTNER_DIR, available, load, load_named, schema_markdown
 from tests.conftest import ROOT, uvicorn_server
 from transforms.rate_limit import RateLimiter
 
@@ -186,9 +187,9 @@ def test_bad_partner_file_is_one_line_naming_file_and_field(text, message, tmp_p
     assert code == 2 and len(lines) == 1 and message in lines[0]
 
 
-def test_readme_holds_the_generated_partner_schema():
-    readme = (ROOT / "README.md").read_text()
-    assert schema_markdown() in readme, "run `python -m beam_pipeline.partner` and paste its table into the README"
+def test_partner_docs_hold_the_generated_partner_schema():
+    readme = (ROOT / "docs" / "partners.md").read_text()
+    assert schema_markdown() in readme, "run `python -m lantern.partner` and paste its table into docs/partners.md"
 
 
 def test_headerless_partner(server_url, tmp_path):

@@ -12,7 +12,8 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 
-from beam_pipeline.partner import Columns, ConfigError, InputConfig
+from lantern.errors import ConfigError
+from lantern.partner import Columns, InputConfig
 from transforms.parse import REASONS, FileLayout, ParseLineFn, Rejected, end_of_day_us
 
 MALFORMED_JSON = "MALFORMED_JSON"  # a message that starts with "{" but is not a JSON object

@@ -16,13 +16,10 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lantern.errors import ConfigError
 from transforms.features import REGISTRY, SPEC_FEATURES
 
 PARTNER_DIR = Path(__file__).resolve().parent.parent / "partner_options"
-
-
-class ConfigError(Exception):
-    """A start-up problem the user can fix; the CLI prints it as one line and exits 2."""
 
 
 class _Strict(BaseModel):
@@ -257,7 +254,7 @@ class PartnerConfig(_Strict):
             return {}
         secret = os.environ.get(self.auth.env)
         if not secret and self.auth.secret:
-            from beam_pipeline import secret_manager
+            from lantern import secret_manager
 
             secret = secret_manager.access(self.auth.secret)
         if not secret:
@@ -356,5 +353,5 @@ def schema_markdown() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m beam_pipeline.partner: print the schema table for the README
+if __name__ == "__main__":  # python -m lantern.partner: print the schema table for the README
     print(schema_markdown())  # noqa: T201 - a command-line entry point
