@@ -325,7 +325,7 @@ def _hist_edges(then, now):
 
 
 def fig_baseline_drift(comparison: dict, baseline: pa.Table, results: pa.Table):
-    from beam_pipeline.comparison import finite, with_transactions
+    from lantern.comparison import finite, with_transactions
 
     columns = comparison["columns"]
     ncols = 3
@@ -660,7 +660,7 @@ def build_report(output: str, baseline: str | None = None) -> str:
     summary, results, dead, metrics = load_run(output)
     comparison = None
     if baseline is not None:  # first: a bad baseline fails before anything is drawn
-        from beam_pipeline.comparison import compare
+        from lantern.comparison import compare
 
         baseline_summary, baseline_results, _, _ = load_run(baseline)
         comparison = compare(baseline_summary, baseline_results, summary, results, feature_names(results))

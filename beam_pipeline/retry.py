@@ -30,8 +30,9 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import dataflow, logs, outputs, preflight, summary
-from beam_pipeline.partner import ConfigError, PartnerConfig
 from beam_pipeline.runners import make_runner, runner_name
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
 from transforms import progress
 from transforms.endpoints import CallEndpoints
 from transforms.parquet_rows import RowsToTablesFn

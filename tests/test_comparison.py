@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from beam_pipeline import comparison
+from lantern import comparison
 from transforms.features import SPEC_FEATURES
 
 FEATURES = list(SPEC_FEATURES)

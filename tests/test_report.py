@@ -147,7 +147,7 @@ def shifted(small_run, tmp_path_factory):
 
 
 def test_a_run_against_itself_has_psi_0_and_no_flags(small_run):
-    from beam_pipeline.comparison import compare
+    from lantern.comparison import compare
 
     _, _, output = small_run
     summary, results, _, _ = report.load_run(str(output))

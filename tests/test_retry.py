@@ -21,7 +21,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import cli, generate, retry, summary
-from beam_pipeline.partner import ConfigError, load
+from lantern.errors import ConfigError
+from lantern.partner import load
 from tests.conftest import free_port, uvicorn_server, write_partner
 from transforms.features import SPEC_FEATURES
 from transforms.previous_results import RETRY, SplitPreviousResultsFn
