@@ -91,7 +91,8 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     parsed = (
         p
         | "ReadExports" >> ReadExports(job.input_patterns)
-        | "Parse" >> ParseExport(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of)
+        | "Parse" >> ParseExport(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of,
+                                 type_codes=partner.input.type_codes())
     )
     (
         parsed.transactions

@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import dataflow, logs, outputs, preflight, summary
+from beam_pipeline import dataflow, logs, outputs, preflight, run_folder, summary
 from beam_pipeline.runners import make_runner, runner_name
 from lantern.errors import ConfigError
 from lantern.partner import PartnerConfig
@@ -302,6 +302,8 @@ def run(args: argparse.Namespace, beam_args: list[str], previous: PreviousRun, p
     check_partner(previous, partner, partner_source)
     as_of = dt.date.fromisoformat(previous.summary["as_of"])
     outputs.check_writable(args.output)
+    if not dataflow.is_template_launch(PipelineOptions(beam_args)):
+        run_folder.check(args.output, args.overwrite)
     if previous.members_failed and not args.skip_preflight:
         preflight.check_endpoints(partner)
     logs.configure(args.log_level, args.log_format)
@@ -374,6 +376,8 @@ def run(args: argparse.Namespace, beam_args: list[str], previous: PreviousRun, p
     for step in run_summary["steps"]:
         log.info("%s", summary.step_line(step), extra={"step": step})
     outputs.write_json(outputs.join(staging, outputs.RUN_JSON), run_summary)
+    if args.overwrite:
+        run_folder.clear(output, keep=staging)
     outputs.publish(staging, output)
     log.info("run %s finished in %.1fs: %s", run_id, run_summary["wall_seconds"], format_line(run_summary),
              extra={"accounting": acc})

@@ -110,7 +110,8 @@ def build_stream(messages, layouts: dict[str, FileLayout], cfg: StreamConfig):
     """(source, raw message) pairs -> windowed result and dead-letter files; returns the result rows."""
     partner = cfg.partner
     parse = ParseMessageFn(
-        layouts, partner.input.columns, partner.input.delimiter, partner.input.timestamp_formats, cfg.as_of
+        layouts, partner.input.columns, partner.input.delimiter, partner.input.timestamp_formats, cfg.as_of,
+        type_codes=partner.input.type_codes(),
     )
     parsed = messages | "Parse" >> beam.ParDo(parse).with_outputs(DEAD_LETTER, main="transactions")
     schema = stream_results_schema(partner.feature_names)

@@ -151,6 +151,14 @@ def test_dockerfile_gives_the_image_its_name():
     assert "FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py" in text
 
 
+def test_dockerfile_copies_every_installed_package():
+    """The image installs the package from its own copy: a package missing there fails on workers only."""
+    text = (ROOT / "Dockerfile").read_text()
+    packages = re.search(r'find_packages\(include=\[(.*?)\]', (ROOT / "setup.py").read_text()).group(1)
+    for name in re.findall(r'"(\w+)"', packages):
+        assert f"COPY {name}/ {name}/" in text, f"Dockerfile does not copy {name}/"
+
+
 def launcher_argv(export: Path, output: Path) -> list[str]:
     """What the Flex Template launcher runs main.py with: the template parameters and --template_location."""
     return [

@@ -169,6 +169,7 @@ def _bad_partner(folder: Path, server_url: str) -> Path:
     ("other_as_of", "the run is as of 2026-11-24; a retry keeps its date (--as-of 2026-11-25)"),
     ("with_input", "--retry-failed reads the previous run's results; it takes no --input"),
     ("same_output", "--output must be a new folder, not the run being retried"),
+    ("output_holds_a_run", "already holds a run (run.json); give a new folder, or --overwrite"),
 ])
 def test_a_bad_previous_folder_is_one_line_and_exit_2(case, message, clean_run, export, server_url, tmp_path, capsys):
     previous, extra = tmp_path / "previous", []
@@ -189,11 +190,13 @@ def test_a_bad_previous_folder_is_one_line_and_exit_2(case, message, clean_run, 
         extra = ["--input", str(export)]
     elif case == "same_output":
         output = previous
+    elif case == "output_holds_a_run":
+        shutil.copytree(clean_run, output)
     code = main("--retry-failed", str(previous), "--output", str(output), "--endpoint-url", server_url, *extra)
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
-    assert case == "same_output" or not output.exists()
+    assert case in ("same_output", "output_holds_a_run") or not output.exists()
 
 
 def test_the_features_check_names_what_differs(clean_run, server_url, tmp_path):
