@@ -13,6 +13,7 @@ import random
 from collections import Counter, defaultdict
 
 import apache_beam as beam
+import jsonschema
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -24,6 +25,7 @@ from beam_pipeline import cli, generate, summary
 from beam_pipeline.runners import streaming_local_runner
 from beam_pipeline.streaming import StreamConfig, build_stream, read_lines, replay_events, simulated_clock
 from lantern.partner import load_named
+from tests.test_run_summary import SCHEMA as RUN_SCHEMA
 from transforms.features import SPEC_FEATURES
 from transforms.messages import ParseMessageFn, message_layout
 
@@ -158,6 +160,7 @@ def test_cli_replay_publishes_a_streaming_run(export, batch, server_url, tmp_pat
     assert code == 0
     saved = json.loads((out / "run.json").read_text())
     assert saved["streaming"] is True and saved["accounting"]["members"] == len(expected)
+    jsonschema.Draft202012Validator(RUN_SCHEMA).validate(saved)
     assert saved["accounting"]["dead_letter_rows"] == sum(batch_dead.values())
     assert saved["accounting"]["rows_replayed"] == len(read_lines([str(path)])) - 1
     rows = pq.read_table(out / "results").to_pylist()
