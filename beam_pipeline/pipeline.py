@@ -20,6 +20,15 @@ from transforms.results import DEAD_LETTER_SCHEMA, NOT_CALLED, ToResultRowFn, fe
 
 MEMBERS_WITH_FEATURES = "members_with_features"
 
+# The top-level steps' labels: run.json times each one by its label (beam_pipeline/summary.py).
+READ_EXPORTS = "ReadExports"
+PARSE = "Parse"
+MEMBER_FEATURES = "MemberFeatures"
+DECIDE_OFFERS = "DecideOffers"
+TO_RESULT_ROW = "ToResultRow"
+WRITE_RESULTS = "WriteResults"
+WRITE_DEAD_LETTERS = "WriteDeadLetters"
+
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
@@ -90,19 +99,19 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
 
     parsed = (
         p
-        | "ReadExports" >> ReadExports(job.input_patterns)
-        | "Parse" >> ParseExport(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of,
+        | READ_EXPORTS >> ReadExports(job.input_patterns)
+        | PARSE >> ParseExport(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of,
                                  type_codes=partner.input.type_codes())
     )
     (
         parsed.transactions
-        | "MemberFeatures" >> beam.CombinePerKey(MemberFeaturesFn(job.as_of, partner.feature_names))
+        | MEMBER_FEATURES >> beam.CombinePerKey(MemberFeaturesFn(job.as_of, partner.feature_names))
         | "CountMembers" >> beam.ParDo(CountMembersFn())
-        | "DecideOffers" >> DecideOffers(partner, job.features_only)
-        | "ToResultRow" >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
-        | "WriteResults" >> WriteParquetRows(join(job.staging, "results", "part"), results_schema(partner.feature_names))
+        | DECIDE_OFFERS >> DecideOffers(partner, job.features_only)
+        | TO_RESULT_ROW >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
+        | WRITE_RESULTS >> WriteParquetRows(join(job.staging, "results", "part"), results_schema(partner.feature_names))
     )
     (
         parsed[DEAD_LETTER]
-        | "WriteDeadLetters" >> WriteParquetRows(join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA)
+        | WRITE_DEAD_LETTERS >> WriteParquetRows(join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA)
     )

@@ -17,8 +17,6 @@ import datetime as dt
 import json
 import logging
 import os
-import time
-import uuid
 from collections import Counter
 
 import apache_beam as beam
@@ -29,8 +27,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import dataflow, logs, outputs, preflight, run_folder, summary
-from beam_pipeline.runners import make_runner, runner_name
+from beam_pipeline import launch, logs, outputs, preflight, summary
+from beam_pipeline.pipeline import TO_RESULT_ROW, WRITE_DEAD_LETTERS, WRITE_RESULTS
+from beam_pipeline.runners import make_runner
 from lantern.errors import ConfigError
 from lantern.partner import PartnerConfig
 from transforms import progress
@@ -55,8 +54,10 @@ from transforms.results import (
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED_MEMBERS = 0, 3
-NAMED_SOURCE = ("partner_options/", ".yaml")  # how run.json names a partner chosen with --partner
+NAMED_SOURCE = ("partner_options/", ".yaml")
+# The retry pipeline's own top-level steps (the others are the batch job's: pipeline.py).
+READ_PREVIOUS = "ReadPrevious"
+CALL_ENDPOINTS = "CallEndpoints"  # how run.json names a partner chosen with --partner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +138,7 @@ def apply_previous(args: argparse.Namespace) -> PreviousRun:
     if args.features_only or getattr(args, "streaming", False):
         raise ConfigError("usage: --retry-failed cannot be combined with --features-only or --streaming")
     previous = load_previous(args.retry_failed)
-    output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
+    output = launch.absolute(args.output)
     if output.rstrip("/") == previous.output.rstrip("/"):
         raise _refuse(args.retry_failed, "--output must be a new folder, not the run being retried")
     as_of = previous.summary["as_of"]
@@ -190,36 +191,36 @@ def build_retry_pipeline(p: beam.Pipeline, job: RetryJob) -> None:
     partner = job.partner
     schema = results_schema(partner.feature_names)
     previous = job.previous
-    split = p | "ReadPrevious" >> ReadPreviousResults(
+    split = p | READ_PREVIOUS >> ReadPreviousResults(
         outputs.join(previous.output, "results", "*.parquet"), schema, partner.feature_names)
     retried = (
         split[RETRY]
-        | "CallEndpoints" >> CallEndpoints(partner)
-        | "ToResultRow" >> beam.ParDo(ToResultRowFn(feature_columns(partner.feature_names), partner.name, job.as_of))
+        | CALL_ENDPOINTS >> CallEndpoints(partner)
+        | TO_RESULT_ROW >> beam.ParDo(ToResultRowFn(feature_columns(partner.feature_names), partner.name, job.as_of))
         | "ToArrow" >> beam.ParDo(RowsToTablesFn(schema))
     )
     (
         (split.kept, retried)
         | "Merge" >> beam.Flatten()
-        | "WriteResults" >> WriteToParquetBatched(outputs.join(job.staging, "results", "part"), schema,
+        | WRITE_RESULTS >> WriteToParquetBatched(outputs.join(job.staging, "results", "part"), schema,
                                                   file_name_suffix=".parquet")
     )
     (
         p
         | "CopyDeadLetters" >> CopyParquetRows(outputs.join(previous.output, "dead_letter", "*.parquet"),
                                                DEAD_LETTER_SCHEMA)
-        | "WriteDeadLetters" >> WriteToParquetBatched(outputs.join(job.staging, "dead_letter", "part"),
+        | WRITE_DEAD_LETTERS >> WriteToParquetBatched(outputs.join(job.staging, "dead_letter", "part"),
                                                       DEAD_LETTER_SCHEMA, file_name_suffix=".parquet")
     )
 
 
 # What run.json's steps report for a retry: (label, transform, unit, element count from the accounting).
 STEPS = (
-    summary.Step("read_previous", "ReadPrevious", "members", lambda a: a["members"]),
-    summary.Step("call_endpoints", "CallEndpoints", "members", lambda a: a["members_retried"]),
-    summary.Step("result_rows", "ToResultRow", "members", lambda a: a["members_retried"]),
-    summary.Step("write_results", "WriteResults", "rows", lambda a: a["members"]),
-    summary.Step("write_dead_letters", "WriteDeadLetters", "rows", lambda a: a["dead_letter_rows"]),
+    summary.Step("read_previous", READ_PREVIOUS, "members", lambda a: a["members"]),
+    summary.Step("call_endpoints", CALL_ENDPOINTS, "members", lambda a: a["members_retried"]),
+    summary.Step("result_rows", TO_RESULT_ROW, "members", lambda a: a["members_retried"]),
+    summary.Step("write_results", WRITE_RESULTS, "rows", lambda a: a["members"]),
+    summary.Step("write_dead_letters", WRITE_DEAD_LETTERS, "rows", lambda a: a["dead_letter_rows"]),
 )
 ROW_KEYS = ("rows_read", "header_lines", "transactions", "member_only_rows")
 
@@ -281,104 +282,46 @@ def accounting(previous_acc: dict, previous: pa.Table, counters: Counter, result
     return acc
 
 
-def _value_counts(values: list) -> dict:
-    return dict(sorted(Counter(v for v in values if v is not None).items(), key=lambda kv: str(kv[0])))
-
-
-def format_line(run_summary: dict) -> str:
-    """What the retry did, in one line for the console."""
-    acc = run_summary["accounting"]
-    if not acc["members_retried"]:
-        return (f"retry of {run_summary['retry_of']}: nothing to retry (no FAILED member); "
-                f"{acc['members_carried_over']:,} members carried over")
-    return (f"retry of {run_summary['retry_of']}: {acc['members_carried_over']:,} members carried over, "
-            f"{acc['members_retried']:,} retried: {acc['members_retried_ok']:,} OK, "
-            f"{acc['members_still_failed']:,} still FAILED")
-
-
 def run(args: argparse.Namespace, beam_args: list[str], previous: PreviousRun, partner: PartnerConfig,
-        partner_source: str, started: dt.datetime, t0: float) -> tuple[int, dict | None]:
+        partner_source: str, start: launch.Start) -> tuple[int, dict | None]:
     """Run the retry job and publish its outputs; returns the exit code and the run summary."""
     check_partner(previous, partner, partner_source)
     as_of = dt.date.fromisoformat(previous.summary["as_of"])
-    outputs.check_writable(args.output)
-    if not dataflow.is_template_launch(PipelineOptions(beam_args)):
-        run_folder.check(args.output, args.overwrite)
+    launch.check_output(args.output, args.overwrite, beam_args)
     if previous.members_failed and not args.skip_preflight:
         preflight.check_endpoints(partner)
     logs.configure(args.log_level, args.log_format)
 
-    options = PipelineOptions(beam_args)
-    run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    dataflow.prepare(options, partner.name, run_id)
-    runner = runner_name(options)
-    output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
-    template = dataflow.is_template_launch(options)
-    if template:
-        outputs.check_fresh(output)
-    staging = output if template else outputs.staging_dir(output, run_id)
+    launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start)
     if previous.members_failed:
         log.info("run %s: retrying the %d FAILED member(s) of run %s (%s), partner=%s as_of=%s runner=%s output=%s",
-                 run_id, previous.members_failed, previous.run_id, previous.output, partner.name, as_of, runner, output)
+                 launched.run_id, previous.members_failed, previous.run_id, previous.output, partner.name, as_of,
+                 launched.runner, launched.output)
     else:
         log.info("run %s: nothing to retry: run %s (%s) has no FAILED member; its rows are carried over to %s",
-                 run_id, previous.run_id, previous.output, output)
+                 launched.run_id, previous.run_id, previous.output, launched.output)
 
-    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-    build_retry_pipeline(pipeline, RetryJob(previous, partner, as_of, staging))
+    pipeline = beam.Pipeline(runner=make_runner(launched.options), options=launched.options)
+    build_retry_pipeline(pipeline, RetryJob(previous, partner, as_of, launched.staging))
     progress.reset()
     result = pipeline.run()
-    if template:
-        log.info("run %s: retry job submitted from a Flex Template; its outputs appear in %s when it finishes",
-                 run_id, output)
-        return EXIT_OK, None
+    if launched.template:
+        launch.log_submitted(launched, "retry job")
+        return launch.EXIT_OK, None
     result.wait_until_finish()
 
-    rows = summary.metric_rows(result)
-    summary.write_metrics(rows, staging)
-    results = summary.read_parts(outputs.join(staging, "results"))
-    dead = summary.read_parts(outputs.join(staging, "dead_letter"), columns=["REASON"])
+    written = summary.collect(result, launched.staging)
     before = summary.read_parts(outputs.join(previous.output, "results"), columns=["MEMBER_ID", "STATUS"])
-    acc = accounting(previous.summary["accounting"], before, summary.counter_totals(rows), results, dead)
+    acc = accounting(previous.summary["accounting"], before, summary.counter_totals(written.rows), written.results,
+                     written.dead_letters)
     retried_ids = pc.filter(before.column("MEMBER_ID"), pc.equal(before.column("STATUS"), FAILED))
-    called = results.filter(pc.is_in(results.column("MEMBER_ID"), value_set=retried_ids.combine_chunks()))
-    exit_code = EXIT_FAILED_MEMBERS if acc["members_failed"] else EXIT_OK
-    finished = dt.datetime.now(dt.timezone.utc)
-    run_summary = {
-        "run_id": run_id,
-        "retry_of": previous.run_id,
-        "retry_of_output": previous.output,
-        "partner": partner.name,
-        "partner_source": partner_source,
-        "partner_features": list(partner.feature_names),
-        "as_of": as_of.isoformat(),
-        "runner": runner,
-        "started_at": started.isoformat(),
-        "finished_at": finished.isoformat(),
-        "wall_seconds": round(time.monotonic() - t0, 3),
-        "exit_code": exit_code,
-        "accounting": acc,
-        "offers": _value_counts(results.column("OFFER").to_pylist()),
-        "dead_letter_reasons": _value_counts(dead.column("REASON").to_pylist()),
-        "steps": summary.steps(rows, acc, STEPS),
-        "latency_ms": summary.latency_percentiles(called),  # this run's calls, not the carried-over rows'
-        "requests": summary.requests(rows),
-        "inputs": [{"path": path, "size_bytes": size}
-                   for path, size in (*previous.results_files, *previous.dead_letter_files)],
-        "output": output,
-        "options": {
-            "endpoint_base_url": summary.redact({"url": partner.endpoints.base_url})["url"],
-            "cli": summary.redact(vars(args)),
-            "pipeline": summary.redact(options.get_all_options(drop_default=True, retain_unknown_options=True)),
-        },
-        "versions": summary.package_versions(),
-    }
-    for step in run_summary["steps"]:
-        log.info("%s", summary.step_line(step), extra={"step": step})
-    outputs.write_json(outputs.join(staging, outputs.RUN_JSON), run_summary)
-    if args.overwrite:
-        run_folder.clear(output, keep=staging)
-    outputs.publish(staging, output)
-    log.info("run %s finished in %.1fs: %s", run_id, run_summary["wall_seconds"], format_line(run_summary),
-             extra={"accounting": acc})
-    return exit_code, run_summary
+    called = written.results.filter(pc.is_in(written.results.column("MEMBER_ID"),
+                                              value_set=retried_ids.combine_chunks()))
+    code = launch.exit_code(acc["members_failed"])
+    record = summary.run_record(
+        launched, partner, partner_source, as_of.isoformat(), code, acc, written.rows, written.results,
+        written.dead_letters, (*previous.results_files, *previous.dead_letter_files), vars(args), STEPS,
+        called=called,  # this run's calls, not the carried-over rows'
+        retry_of=(previous.run_id, previous.output),
+    )
+    return launch.finish(launched, record, code, args.overwrite)
