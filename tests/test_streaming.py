@@ -195,3 +195,13 @@ def test_streaming_usage_errors_exit_2_with_one_line(args, message, tmp_path, ca
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_replay_refuses_a_folder_that_holds_a_run(export, tmp_path, capsys):
+    _, path, _ = export
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    assert cli.main(["--streaming", "--input", str(path), "--output", str(out), "--skip-preflight"]) == 2
+    assert "already holds a run (run.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
