@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from beam_pipeline import dataflow, inputs, logs, outputs, preflight, streaming, summary
 from beam_pipeline.heartbeat import Heartbeat
 from beam_pipeline.partner import ConfigError, PartnerConfig, load, load_named
-from beam_pipeline.pipeline import JobConfig, build_pipeline
+from beam_pipeline.pipeline import BLOCKS, READERS, JobConfig, build_pipeline
 from beam_pipeline.runners import make_runner, runner_name
 from transforms import progress
 
@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                              "read where the partner file's env var is unset (Dataflow workers)")
     parser.add_argument("--features-only", "--features_only", action="store_true",
                         help="compute features, call no endpoint (status FEATURES_ONLY)")
+    parser.add_argument("--reader", default=BLOCKS, choices=READERS,
+                        help="blocks (default): read, parse and fold exports in blocks of lines; "
+                             "lines: one element per line (ReadFromText), the reference path")
     parser.add_argument("--skip-preflight", "--skip_preflight", action="store_true",
                         help="do not check that endpoint hosts answer before the run")
     parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
@@ -121,7 +124,8 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
         staging = output
     else:
         staging = outputs.staging_dir(output, run_id)
-    job = JobConfig(tuple(patterns), layouts, partner, as_of, staging, features_only=args.features_only)
+    job = JobConfig(tuple(patterns), layouts, partner, as_of, staging, features_only=args.features_only,
+                    reader=args.reader)
     total_bytes = sum(f.size_bytes for f in files)
     log.info("run %s: partner=%s input=%s (%d file(s), %s bytes) output=%s as_of=%s runner=%s",
              run_id, partner.name, ",".join(patterns), len(files), f"{total_bytes:,}", output, as_of, runner)
