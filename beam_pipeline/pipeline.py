@@ -80,11 +80,12 @@ class ExportBlockSource(FileBasedSource):
                     eof = not more
                     buffer += more
                 end = buffer.rfind(b"\n") + 1
-                while not end and not eof:  # a line longer than a block
-                    more = handle.read(size)
+                while not end and not eof:  # a line longer than a block: read on, doubling
+                    more = handle.read(max(size, len(buffer)))
                     eof = not more
+                    cut = more.rfind(b"\n")
+                    end = len(buffer) + cut + 1 if cut >= 0 else 0
                     buffer += more
-                    end = buffer.rfind(b"\n") + 1
                 if eof:
                     end = len(buffer)
                 block, buffer = buffer[:end], buffer[end:]
