@@ -14,9 +14,10 @@ FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
 COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
 
 WORKDIR /template
-COPY setup.py main.py app.py prediction.py faults.py ./
+COPY setup.py main.py ./
 COPY beam_pipeline/ beam_pipeline/
 COPY transforms/ transforms/
+COPY lantern/ lantern/
 COPY partner_options/ partner_options/
 
 # Editable install: partner_options/ stays beside the package, where partner.py looks for it.

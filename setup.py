@@ -6,8 +6,7 @@ setup(
     version="0.1.0",
     description="Lantern: member exports -> features -> predictions -> offers, on Apache Beam",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms", "transforms.*"]),
-    py_modules=["app", "prediction", "faults"],
+    packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms", "transforms.*", "lantern", "lantern.*"]),
     package_data={"beam_pipeline": ["schemas/*.json"]},
     install_requires=[
         "apache-beam==2.77.0",
@@ -20,9 +19,10 @@ setup(
         "uvicorn>=0.30",
     ],
     extras_require={
-        "report": ["matplotlib>=3.8"],  # python -m beam_pipeline.report
-        "test": ["pytest>=8", "responses>=0.25", "hypothesis>=6.100", "httpx>=0.27",
-                 "matplotlib>=3.8", "jsonschema>=4.18"],
+        # python -m beam_pipeline.report; scipy for the KS statistic of --baseline (docs/decisions.md)
+        "report": ["matplotlib>=3.8", "scipy>=1.11"],
+        "test": ["pytest>=8", "responses>=0.25", "hypothesis>=6.100", "httpx2>=2",
+                 "matplotlib>=3.8", "scipy>=1.11", "jsonschema>=4.18"],
         # Google Cloud: gs:// paths, the DataflowRunner, Secret Manager (installed in the image too).
         "dataflow": ["apache-beam[gcp]==2.77.0", "google-cloud-secret-manager>=2.20,<3"],
         # benchmarks/perf.py's in-memory references (never pipeline dependencies); wrk comes from apt.

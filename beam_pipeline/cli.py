@@ -2,7 +2,9 @@
 
 Exit codes (SPEC §5): 0 all members OK or NO_TRANSACTIONS; 2 a usage, partner
 or input error found before the run (one line on stderr, nothing written);
-3 the run finished but some members FAILED; 1 anything unexpected.
+3 the run finished but some members FAILED; 4 the dead letters passed
+--max-dead-letter-ratio (one line on stderr, the outputs staged, not published);
+1 anything unexpected.
 """
 from __future__ import annotations
 
@@ -17,16 +19,28 @@ import uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from beam_pipeline import dataflow, inputs, logs, outputs, preflight, streaming, summary
+from beam_pipeline import (
+    dataflow,
+    dead_letter_limit,
+    inputs,
+    logs,
+    outputs,
+    preflight,
+    retry,
+    run_folder,
+    streaming,
+    summary,
+)
 from beam_pipeline.heartbeat import Heartbeat
-from beam_pipeline.partner import ConfigError, PartnerConfig, load, load_named
 from beam_pipeline.pipeline import BLOCKS, READERS, JobConfig, build_pipeline
 from beam_pipeline.runners import make_runner, runner_name
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig, load, load_named
 from transforms import progress
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_FAILED_MEMBERS = 0, 1, 2, 3
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_FAILED_MEMBERS, EXIT_TOO_MANY_DEAD_LETTERS = 0, 1, 2, 3, 4
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -42,6 +56,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--input", action="append",
                         help="export file or glob (local or gs://); repeat for several")
     parser.add_argument("--output", required=True, help="output directory (local or gs://)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run the output folder holds, and everything else in it "
+                             "(without it such a folder is refused)")
+    parser.add_argument("--max-dead-letter-ratio", "--max_dead_letter_ratio", type=float, metavar="R",
+                        help="exit 4, unpublished, when dead letters / rows read exceed R "
+                             "(default: the partner's input.max_dead_letter_ratio, 0.05; 1 turns it off)")
     who = parser.add_mutually_exclusive_group()
     who.add_argument("--partner", help="partner name: loads partner_options/NAME.yaml (default: default)")
     who.add_argument("--partner-config", "--partner_config", help="path to a partner YAML file")
@@ -62,9 +82,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help="text, or json: one JSON object per line (Cloud Logging reads these)")
     parser.add_argument("--heartbeat-seconds", type=float, default=10.0,
                         help="log progress every N seconds during a local run (0: never; default 10)")
+    parser.add_argument("--retry-failed", "--retry_failed", metavar="PREVIOUS_OUTPUT",
+                        help="call the endpoints again for the FAILED members of this published run only "
+                             "and write a complete new output (docs/day-two.md)")
     streaming.add_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
-    if not args.input and not args.streaming:
+    if not args.input and not args.streaming and not args.retry_failed:
         parser.error("the following arguments are required: --input")
     return args, beam_args
 
@@ -102,14 +125,20 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     t0 = time.monotonic()
     args, beam_args = parse_args(argv)
     # Logs reach stderr only once the checks have passed: a usage or input error is one line (SPEC §5).
+    previous = retry.apply_previous(args) if args.retry_failed else None
     partner, partner_source = resolve_partner(args)
     as_of = parse_as_of(args.as_of)
+    if previous is not None:
+        return retry.run(args, beam_args, previous, partner, partner_source, started, t0)
     if args.streaming:
         logs.configure(args.log_level, args.log_format)
         return streaming.run(args, beam_args, partner, partner_source, as_of if args.as_of else None)
     patterns = [_local(p) for p in args.input]
     files, layouts = inputs.inspect_inputs(patterns, partner, partner_source)
     outputs.check_writable(args.output)
+    dead_letter_max = dead_letter_limit.limit_for(args.max_dead_letter_ratio, partner)
+    if not dataflow.is_template_launch(PipelineOptions(beam_args)):
+        run_folder.check(args.output, args.overwrite)
     if not (args.skip_preflight or args.features_only):
         preflight.check_endpoints(partner)
     logs.configure(args.log_level, args.log_format)
@@ -151,12 +180,16 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     results = summary.read_parts(outputs.join(staging, "results"))
     dead = summary.read_parts(outputs.join(staging, "dead_letter"), columns=["REASON"])
     acc = summary.accounting(summary.counter_totals(rows), results, dead)
+    verdict = dead_letter_limit.judge(acc, dead_letter_max)
     exit_code = EXIT_FAILED_MEMBERS if acc["members_failed"] else EXIT_OK
+    if verdict.exceeded:
+        exit_code = EXIT_TOO_MANY_DEAD_LETTERS
     finished = dt.datetime.now(dt.timezone.utc)
     run_summary = {
         "run_id": run_id,
         "partner": partner.name,
         "partner_source": partner_source,
+        "partner_features": list(partner.feature_names),
         "as_of": as_of.isoformat(),
         "runner": runner,
         "started_at": started.isoformat(),
@@ -166,6 +199,7 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
         "accounting": acc,
         "offers": _offer_counts(results),
         "dead_letter_reasons": _value_counts(dead, "REASON"),
+        "dead_letter_limit": verdict.as_json(),
         "steps": summary.steps(rows, acc),
         "latency_ms": summary.latency_percentiles(results),
         "requests": summary.requests(rows),
@@ -180,7 +214,11 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     }
     for step in run_summary["steps"]:
         log.info("%s", summary.step_line(step), extra={"step": step})
+    if verdict.exceeded:
+        return exit_code, dead_letter_limit.hold_back(run_summary, verdict, staging)
     outputs.write_json(outputs.join(staging, outputs.RUN_JSON), run_summary)
+    if args.overwrite:
+        run_folder.clear(output, keep=staging)
     outputs.publish(staging, output)
     log.info("run %s finished in %.1fs: %s", run_id, run_summary["wall_seconds"],
              format_summary(run_summary).replace("\n", "; "), extra={"accounting": acc})
@@ -208,14 +246,18 @@ def format_summary(s: dict) -> str:
         return streaming.format_summary(s)
     acc = s["accounting"]
     offers = ", ".join(f"{k} {v}" for k, v in s["offers"].items()) or "none"
+    where = s["output"] if s.get("published", True) else f"{s['staging']} (NOT published: too many dead letters)"
+    limit = s.get("dead_letter_limit")
+    warning = limit and dead_letter_limit.warning(dead_letter_limit.Verdict(**limit))
+    retried = f"\n{retry.format_line(s)}" if s.get("retry_of") else ""
     return (
-        f"outputs: {s['output']} (results/, dead_letter/, metrics/, run.json)\n"
+        f"outputs: {where} (results/, dead_letter/, metrics/, run.json)\n"
         f"rows read {acc['rows_read']}: {acc['transactions']} transactions, {acc['member_only_rows']} "
-        f"member-only, {acc['dead_letter_rows']} dead letters\n"
+        f"member-only, {acc['dead_letter_rows']} dead letters{f' ({warning})' if warning else ''}\n"
         f"members {acc['members']}: {acc['members_ok']} OK, {acc['members_no_transactions']} "
         f"NO_TRANSACTIONS, {acc['members_failed']} FAILED\n"
         f"offers: {offers}\n"
-        f"wall time: {s['wall_seconds']:.1f}s"
+        f"wall time: {s['wall_seconds']:.1f}s{retried}"
     )
 
 
@@ -233,4 +275,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNEXPECTED
     if run_summary is not None:
         print(format_summary(run_summary))
+        if code == EXIT_TOO_MANY_DEAD_LETTERS:
+            print(f"error: {run_summary['error']}", file=sys.stderr)
     return code

@@ -16,7 +16,8 @@ import re
 import sys
 from pathlib import Path
 
-from beam_pipeline.partner import VERSION_NAME_PATTERN, ConfigError, load_named
+from lantern.errors import ConfigError
+from lantern.partner import VERSION_NAME_PATTERN, load_named
 
 GCS_PATH = r"^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](/[^\r\n]*)?$"
 DATE = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import datetime as dt
 import random
+import sys
 from collections.abc import Iterator
 from typing import TextIO
 
@@ -71,13 +72,16 @@ def rows(n_rows: int, seed: int, rows_per_member: float = 5.0) -> Iterator[str]:
 
 
 def write(out: TextIO, n_rows: int, seed: int, rows_per_member: float = 5.0, partner=None) -> None:
-    """Write an export; with a partner config, in that partner's columns, delimiter and time format."""
-    header, delimiter, ts_format = HEADER, ",", None
+    """Write an export; with a partner config, in that partner's columns, delimiter, time format and type
+    spellings."""
+    header, delimiter, ts_format, kinds = HEADER, ",", None, {}
     if partner is not None:
         cols = partner.input.columns
         header = [cols.member_id, cols.timestamp, cols.type, cols.points, cols.revenue]
         delimiter = partner.input.delimiter
         ts_format = next((f for f in partner.input.timestamp_formats if f != "iso"), None)
+        values = partner.input.type_values
+        kinds = {kind: getattr(values, kind)[0] for kind in ("buy", "gift", "redeem")}
     if partner is None or partner.input.header:
         out.write(delimiter.join(header) + "\n")
     for line in rows(n_rows, seed, rows_per_member):
@@ -85,25 +89,40 @@ def write(out: TextIO, n_rows: int, seed: int, rows_per_member: float = 5.0, par
         if ts_format and len(fields) > 1:
             with contextlib.suppress(ValueError):  # malformed on purpose: keep it malformed
                 fields[1] = dt.datetime.strptime(fields[1], "%Y-%m-%d %H:%M:%S").strftime(ts_format)
+        if len(fields) > 2:
+            fields[2] = kinds.get(fields[2], fields[2])  # the partner's first spelling of each type
         out.write(delimiter.join(fields) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    from lantern.errors import ConfigError
+    from lantern.partner import load, load_named
+
+    parser = argparse.ArgumentParser(prog="python -m beam_pipeline.generate", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rows-per-member", type=float, default=5.0)
-    parser.add_argument("--partner", help="write in this partner's layout (partner_options/NAME.yaml)")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--partner", help="write in this partner's layout (partner_options/NAME.yaml)")
+    who.add_argument("--partner-config", help="write in the layout of this partner file (a path)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    partner = None
-    if args.partner:
-        from beam_pipeline.partner import load_named
-
-        partner = load_named(args.partner)
-    with open(args.out, "w", encoding="utf-8", newline="") as out:
-        write(out, args.rows, args.seed, args.rows_per_member, partner)
+    try:
+        partner = None
+        if args.partner_config:
+            partner = load(args.partner_config)
+        elif args.partner:
+            partner = load_named(args.partner)
+        with open(args.out, "w", encoding="utf-8", newline="") as out:
+            write(out, args.rows, args.seed, args.rows_per_member, partner)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,12 +14,16 @@ from typing import NamedTuple
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline.partner import ConfigError, PartnerConfig
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
 from transforms.parse import BOM, FileLayout
 
 log = logging.getLogger(__name__)
 
 _HEAD_BYTES = 1 << 20
+FIELDS = ("member_id", "timestamp", "type", "points", "revenue")
+# Tried, in this order, to tell a user whose header does not split that another delimiter would split it.
+DELIMITERS = (",", ";", "|", "\t")
 
 
 class InputFile(NamedTuple):
@@ -85,16 +89,33 @@ def layout_for(path: str, partner: PartnerConfig, partner_source: str) -> FileLa
         names, header = list(partner.input.header_columns or ()), None
     cols = partner.input.columns
     index = {}
-    for field in ("member_id", "timestamp", "type", "points", "revenue"):
+    for field in FIELDS:
         column = getattr(cols, field)
         if column not in names:
             where = "header" if partner.input.header else "input.header_columns"
             raise ConfigError(
                 f"input {path}: {where} has no column {column!r} "
-                f"(input.columns.{field} in {partner_source}); columns are: {','.join(names)[:200]}"
+                f"(input.columns.{field} in {partner_source}); columns are: {','.join(names)[:200]}; "
+                + header_hint(first if partner.input.header else None, names, partner, field, partner_source)
             )
         index[field] = names.index(column)
     return FileLayout(header=header, n_fields=len(names), **index)
+
+
+def header_hint(first: bytes | None, names: list[str], partner: PartnerConfig, field: str, source: str) -> str:
+    """How to fix a missing column: another delimiter when the header splits on one, else the column names."""
+    wanted = [getattr(partner.input.columns, f) for f in FIELDS]
+    if first is not None:
+        text = first.decode("utf-8", errors="replace")
+        for delimiter in DELIMITERS:
+            if delimiter == partner.input.delimiter:
+                continue
+            split = [n.strip() for n in text.split(delimiter)]
+            if len(split) > len(names) and len(split) > 1:
+                also = "" if set(wanted) <= set(split) else " and input.columns to those names"
+                return (f"the header splits on {delimiter!r} into {len(split)} columns: "
+                        f"set input.delimiter: {delimiter!r}{also} in {source}")
+    return f"set input.columns.{field} in {source} to the name this export uses (one of the columns above)"
 
 
 def inspect_inputs(

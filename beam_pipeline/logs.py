@@ -40,6 +40,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Logged by ``import apache_beam`` itself (apache_beam.io imports its BigQuery module) on every
+# install without the GCP extra, although nothing of BigQuery is used unless a GCP feature is.
+_UNUSED_GCP_CLIENTS = "apitools not found, and bigquery client libraries are not available"
+
+
+class UnusedGcpClientsFilter(logging.Filter):
+    """Drops Beam's import-time warning about BigQuery clients a local install does not have."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and str(record.msg).startswith(_UNUSED_GCP_CLIENTS))
+
+
+def hide_unused_gcp_client_warning() -> None:
+    """Install the filter on the root logger, before Beam is imported: the warning is logged
+    through ``logging.warning``, the root logger's own record, so a filter there sees it."""
+    root = logging.getLogger()
+    if not any(isinstance(f, UnusedGcpClientsFilter) for f in root.filters):
+        root.addFilter(UnusedGcpClientsFilter())
+
+
 def _is_default_console(handler: logging.Handler) -> bool:
     return type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.stdout)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline.partner import ConfigError
+from lantern.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

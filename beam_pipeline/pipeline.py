@@ -12,7 +12,7 @@ from apache_beam.io.textio import ReadFromTextWithFilename
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.outputs import join
-from beam_pipeline.partner import PartnerConfig
+from lantern.partner import PartnerConfig
 from transforms import NAMESPACE
 from transforms.endpoints import CallEndpoints
 from transforms.features import MemberFeaturesFn
@@ -164,7 +164,8 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     parsed = (
         p
         | "ReadExports" >> ReadExports(job.input_patterns, job.reader)
-        | "Parse" >> parse(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of)
+        | "Parse" >> parse(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of,
+                           type_codes=partner.input.type_codes())
     )
     (
         parsed.transactions

@@ -10,9 +10,13 @@ from urllib.parse import urlsplit
 
 import requests
 
-from beam_pipeline.partner import ConfigError, PartnerConfig
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
 
 log = logging.getLogger(__name__)
+
+HOW_TO_FIX = ("point the run at a service that is up with --endpoint-url http://HOST:PORT, or start the "
+              "reference service from the repository root: uvicorn app:app --port 8000")
 
 
 def _reason(exc: requests.RequestException) -> str:
@@ -38,6 +42,6 @@ def check_endpoints(partner: PartnerConfig, timeout_s: float = 5.0) -> None:
         try:
             requests.get(root, timeout=timeout_s)
         except requests.RequestException as exc:
-            raise ConfigError(f"cannot reach {kind.upper()} endpoint {url}: {_reason(exc)}") from None
+            raise ConfigError(f"cannot reach {kind.upper()} endpoint {url}: {_reason(exc)}; {HOW_TO_FIX}") from None
         checked.add(root)
         log.info("endpoint host %s answers", root)

@@ -25,9 +25,10 @@ from apache_beam.utils.timestamp import Timestamp
 
 from beam_pipeline import dataflow, inputs, outputs, preflight, summary
 from beam_pipeline.outputs import join
-from beam_pipeline.partner import ConfigError, PartnerConfig
 from beam_pipeline.pipeline import DecideOffers
 from beam_pipeline.runners import LOCAL_NAMES, runner_name, streaming_local_runner
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
 from transforms.features import Transaction
 from transforms.member_state import MemberUpdatesFn
 from transforms.messages import ParseMessageFn, message_layout
@@ -109,7 +110,8 @@ def build_stream(messages, layouts: dict[str, FileLayout], cfg: StreamConfig):
     """(source, raw message) pairs -> windowed result and dead-letter files; returns the result rows."""
     partner = cfg.partner
     parse = ParseMessageFn(
-        layouts, partner.input.columns, partner.input.delimiter, partner.input.timestamp_formats, cfg.as_of
+        layouts, partner.input.columns, partner.input.delimiter, partner.input.timestamp_formats, cfg.as_of,
+        type_codes=partner.input.type_codes(),
     )
     parsed = messages | "Parse" >> beam.ParDo(parse).with_outputs(DEAD_LETTER, main="transactions")
     schema = stream_results_schema(partner.feature_names)

@@ -199,7 +199,7 @@ def _under(step: str, transform: str) -> bool:
     return step == transform or step.startswith(transform + "/")
 
 
-def steps(rows: list[dict], acc: dict) -> list[dict]:
+def steps(rows: list[dict], acc: dict, table: tuple[Step, ...] = STEPS) -> list[dict]:
     """Elements, seconds and throughput per step.
 
     Seconds are Beam's execution time of the step's transforms when the runner
@@ -211,7 +211,7 @@ def steps(rows: list[dict], acc: dict) -> list[dict]:
     bundles = [r for r in rows if r["KIND"] == "distribution" and r["NAME"] == BUNDLE_MS and r["SUM"] is not None]
     source = "execution_time" if execution else BUNDLE_MS
     out = []
-    for step in STEPS:
+    for step in table:
         timed = [r["VALUE"] for r in execution if _under(r["STEP"], step.transform)] if execution else [
             r["SUM"] for r in bundles if _under(r["STEP"], step.transform)]
         secs = round(sum(timed) / 1000, 3) if timed else None

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 import urllib3  # noqa: E402
 
-from beam_pipeline import partner as partners  # noqa: E402
 from benchmarks.perf import SAMPLE_FEATURES, reference_server  # noqa: E402
+from lantern import partner as partners  # noqa: E402
 from transforms.endpoints import PartnerClient, decide  # noqa: E402
 
 ATS = "/ml/ats/predict"

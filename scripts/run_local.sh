@@ -2,6 +2,7 @@
 # Command 1 of the README: install, start the reference ML service on a free loopback
 # port, run the pipeline on member_data.csv, stop the server (even on failure), and
 # write OUTPUT/report.html. Extra arguments go to the pipeline, e.g. --as-of 2026-11-24.
+# The demo replaces the run already in its output folder (--overwrite); a plain run refuses to.
 EXTRAS=report source "$(dirname "$0")/venv.sh"
 OUTPUT="${OUTPUT:-out/local}"
 ARGS=("$@")
@@ -32,7 +33,7 @@ for _ in $(seq 1 100); do
 done
 echo "reference ML service on http://127.0.0.1:$PORT (pid $SERVER)"
 set +e
-python -m beam_pipeline --input member_data.csv --output "$OUTPUT" \
+python -m beam_pipeline --input member_data.csv --output "$OUTPUT" --overwrite \
   --endpoint-url "http://127.0.0.1:$PORT" "$@"
 CODE=$?
 set -e

@@ -13,6 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+
+# Beam's TestPipeline is a pipeline, not a test class: tests import it by that name.
+TestPipeline.__test__ = False
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,6 +70,7 @@ def uvicorn_process(app: str = "app:app", env: dict | None = None, workers: int 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        proc.stderr.close()
         if access_log:
             stdout.close()
 

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import responses
 
-from beam_pipeline.partner import ConfigError, load, load_named
+from lantern.errors import ConfigError
+from lantern.partner import load, load_named
 from transforms.endpoints import PartnerClient, decide_batch
 
 BASE = "http://partner.test"

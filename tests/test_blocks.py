@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from beam_pipeline import cli, inputs
-from beam_pipeline.partner import load_named
 from beam_pipeline.pipeline import ExportBlockSource
+from lantern.partner import load_named
 from tests.test_inputs import FILES
 from transforms import features as F
 from transforms.parse import FileLayout, ParseBlocksFn, ParseLineFn, parse_block

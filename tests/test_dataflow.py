@@ -19,9 +19,9 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 from beam_pipeline import cli, dataflow
 from beam_pipeline.inputs import layout_for
-from beam_pipeline.partner import load_named
 from beam_pipeline.pipeline import JobConfig, build_pipeline
 from beam_pipeline.runners import local_runner
+from lantern.partner import load_named
 
 pytestmark = pytest.mark.usefixtures("dataflow_extra")
 
@@ -115,7 +115,7 @@ def test_the_whole_graph_reaches_dataflow(translated, tmp_path):
     assert expected - got == set()
     # our DoFns and CombineFn travel pickled; they load back as the same steps
     assert user_functions(job.proto_pipeline) == user_functions(local_proto)
-    assert {"ParseLineFn", "MemberFeaturesFn", "CallEndpointsFn", "ToResultRowFn"} <= set(
+    assert {"ParseBlocksFn", "MemberFeaturesFn", "CallEndpointsFn", "ToResultRowFn"} <= set(
         user_functions(job.proto_pipeline).values())
     for step in ("ReadExports", "Parse", "MemberFeatures", "DecideOffers/CallEndpoints/Call", "ToResultRow",
                  "WriteResults", "WriteDeadLetters"):
@@ -149,6 +149,14 @@ def test_dockerfile_gives_the_image_its_name():
     assert re.search(r"^ARG LANTERN_IMAGE", text, re.M)
     assert re.search(r"ENV LANTERN_IMAGE=\$\{LANTERN_IMAGE\}", text)
     assert "FLEX_TEMPLATE_PYTHON_PY_FILE=/template/main.py" in text
+
+
+def test_dockerfile_copies_every_installed_package():
+    """The image installs the package from its own copy: a package missing there fails on workers only."""
+    text = (ROOT / "Dockerfile").read_text()
+    packages = re.search(r'find_packages\(include=\[(.*?)\]', (ROOT / "setup.py").read_text()).group(1)
+    for name in re.findall(r'"(\w+)"', packages):
+        assert f"COPY {name}/ {name}/" in text, f"Dockerfile does not copy {name}/"
 
 
 def launcher_argv(export: Path, output: Path) -> list[str]:

@@ -10,7 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from responses import matchers
 
-from beam_pipeline.partner import Auth, load_named
+from lantern.partner import Auth, load_named
 from transforms import endpoints as E
 
 BASE = "http://ml.test"
@@ -139,7 +139,7 @@ def test_call_endpoints_transform_keeps_every_member(local_runner):
 
 
 def test_request_shape_from_partner_file():
-    from beam_pipeline.partner import PartnerConfig
+    from lantern.partner import PartnerConfig
 
     partner = PartnerConfig.model_validate({
         "name": "shaped",

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from beam_pipeline import cli, flex_template
-from beam_pipeline.partner import ConfigError, available
+from lantern.errors import ConfigError
+from lantern.partner import available
 
 VALID = {
     "input": ["gs://acme-exports/2026-11-24/*.csv", "gs://acme_exports/member_data.csv"],
@@ -54,7 +55,7 @@ def test_every_parameter_is_an_option_of_the_cli(partner):
 def acme(tmp_path, monkeypatch) -> str:
     """A partner that sends an auth header, so its template has every parameter."""
     (tmp_path / "acme.yaml").write_text("name: acme\nauth: {header: X-Api-Key, env: ACME_ML_TOKEN}\n")
-    monkeypatch.setattr("beam_pipeline.partner.PARTNER_DIR", tmp_path)
+    monkeypatch.setattr("lantern.partner.PARTNER_DIR", tmp_path)
     return "acme"
 
 

@@ -96,7 +96,8 @@ def messy_run(tmp_path_factory, server_url):
     out = work / "out"
     code = cli.main(["--input", str(work / "in" / "*.csv"), "--input", str(work / "more" / "repeated_header.csv"),
                      "--output", str(out), "--partner-config", str(write_partner(work, server_url)),
-                     "--as-of", AS_OF, "--log-level", "WARNING"])
+                     "--as-of", AS_OF, "--log-level", "WARNING",
+                     "--max-dead-letter-ratio", "1"])  # mostly bad rows on purpose
     results = {r["MEMBER_ID"]: r for r in pq.read_table(out / "results").to_pylist()}
     dead = pq.read_table(out / "dead_letter").to_pylist()
     return code, json.loads((out / "run.json").read_text()), results, dead

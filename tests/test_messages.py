@@ -7,7 +7,7 @@ import json
 import pytest
 from apache_beam.pvalue import TaggedOutput
 
-from beam_pipeline.partner import load_named
+from lantern.partner import load_named
 from transforms import features
 from transforms.features import Transaction
 from transforms.messages import ParseMessageFn, message_layout
@@ -82,7 +82,8 @@ def test_without_as_of_the_cutoff_is_today_utc():
 
 
 def test_headerless_partner_messages_follow_its_header_columns():
-    from beam_pipeline.partner import ConfigError, InputConfig
+    from lantern.errors import ConfigError
+    from lantern.partner import InputConfig
 
     config = InputConfig(header=False, header_columns=[
         "LAST_TRANSACTION_TYPE", "MEMBER_ID", "EXTRA", "LAST_TRANSACTION_TS",

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import cli, generate
-from beam_pipeline.partner import PARTNER_DIR, ConfigError, available, load, load_named, schema_markdown
+from lantern.errors import ConfigError
+from lantern.partner import PARTNER_DIR, available, load, load_named, schema_markdown
 from tests.conftest import ROOT, uvicorn_server
 from transforms.rate_limit import RateLimiter
 
@@ -188,7 +189,7 @@ def test_bad_partner_file_is_one_line_naming_file_and_field(text, message, tmp_p
 
 def test_partner_docs_hold_the_generated_partner_schema():
     readme = (ROOT / "docs" / "partners.md").read_text()
-    assert schema_markdown() in readme, "run `python -m beam_pipeline.partner` and paste its table into docs/partners.md"
+    assert schema_markdown() in readme, "run `python -m lantern.partner` and paste its table into docs/partners.md"
 
 
 def test_headerless_partner(server_url, tmp_path):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from beam_pipeline.partner import load
+from lantern.partner import load
 from tests.conftest import free_port, uvicorn_server, write_partner
 from transforms import endpoints as E
 

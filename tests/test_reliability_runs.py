@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline import cli, generate, summary
+from beam_pipeline import cli, generate, preflight, summary
 from tests.conftest import free_port, uvicorn_process, uvicorn_server, write_partner
 
 AS_OF = "2026-11-24"
@@ -195,7 +195,7 @@ def test_unreachable_endpoint_stops_before_the_run(export, tmp_path, capsys):
     code, run_summary, _ = run(export, tmp_path / "out", write_partner(tmp_path, url))
     assert code == 2
     assert capsys.readouterr().err == (
-        f"error: cannot reach ATS endpoint {url}/ml/ats/predict: connection refused\n"
+        f"error: cannot reach ATS endpoint {url}/ml/ats/predict: connection refused; {preflight.HOW_TO_FIX}\n"
     )
     assert not (tmp_path / "out").exists()
 
@@ -213,7 +213,7 @@ def test_a_crashed_run_publishes_nothing_and_keeps_the_previous_outputs(
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(results, "result_row", broken)
-    code, after, rows = run(export, out, write_partner(tmp_path, server_url))
+    code, after, rows = run(export, out, write_partner(tmp_path, server_url), "--overwrite")
     assert code == 1
     assert after["run_id"] == first["run_id"]  # the previous run's outputs are untouched
     assert stable(rows) == stable(baseline)

@@ -6,8 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from beam_pipeline import cli, secret_manager
-from beam_pipeline.partner import ConfigError, PartnerConfig
+from beam_pipeline import cli
+from lantern import secret_manager
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
 from transforms.endpoints import CallEndpointsFn
 
 VERSION = "projects/acme-prod/secrets/acme-ml-token/versions/3"

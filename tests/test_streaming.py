@@ -21,9 +21,9 @@ from apache_beam.testing import test_stream
 from apache_beam.transforms.window import TimestampedValue
 
 from beam_pipeline import cli, generate, summary
-from beam_pipeline.partner import load_named
 from beam_pipeline.runners import streaming_local_runner
 from beam_pipeline.streaming import StreamConfig, build_stream, read_lines, replay_events, simulated_clock
+from lantern.partner import load_named
 from transforms.features import SPEC_FEATURES
 from transforms.messages import ParseMessageFn, message_layout
 

@@ -23,7 +23,7 @@ from apache_beam.metrics import Metrics
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from beam_pipeline.partner import PartnerConfig
+from lantern.partner import PartnerConfig
 from transforms import NAMESPACE, progress
 from transforms.rate_limit import RateLimiter
 from transforms.thread_metrics import PooledMetrics

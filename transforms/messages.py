@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from beam_pipeline.partner import Columns, ConfigError, InputConfig
+from lantern.errors import ConfigError
+from lantern.partner import Columns, InputConfig
 from transforms.parse import REASONS, FileLayout, ParseLineFn, Rejected, end_of_day_us
 
 MALFORMED_JSON = "MALFORMED_JSON"  # a message that starts with "{" but is not a JSON object
@@ -68,10 +69,12 @@ class ParseMessageFn(ParseLineFn):
         delimiter: str,
         timestamp_formats: Iterable[str],
         as_of: dt.date | None,
+        type_codes: Mapping[str, int] | None = None,
     ):
         self._fixed_as_of = as_of
         self._today = as_of or dt.datetime.now(dt.timezone.utc).date()
-        super().__init__(layouts, delimiter, timestamp_formats, self._today, reasons=(*REASONS, MALFORMED_JSON))
+        super().__init__(layouts, delimiter, timestamp_formats, self._today, reasons=(*REASONS, MALFORMED_JSON),
+                         type_codes=type_codes)
         self._columns = columns
 
     def process(self, element: tuple[str, bytes]):

@@ -10,7 +10,7 @@ import csv
 import datetime as dt
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -105,10 +105,22 @@ def parse_number(text: str, column: str) -> float:
     return value
 
 
+def unknown_type(type_text: str, type_codes: Mapping[str, int]) -> Rejected:
+    """The UNKNOWN_TYPE rejection, naming the spellings this partner accepts."""
+    accepted = ", ".join(type_codes)
+    return Rejected(UNKNOWN_TYPE, f"unknown transaction type {type_text!r}; accepted (any case): {accepted} "
+                                  "(input.type_values)")
+
+
 def parse_fields(
-    fields: list[str], layout: FileLayout, formats: tuple[str, ...], last_day_us: int
+    fields: list[str], layout: FileLayout, formats: tuple[str, ...], last_day_us: int,
+    type_codes: Mapping[str, int] = TYPE_CODES,
 ) -> tuple[str, Transaction | None]:
-    """One row's fields -> (member id, transaction or None for a member-only row)."""
+    """One row's fields -> (member id, transaction or None for a member-only row).
+
+    ``type_codes`` is the partner's vocabulary (``InputConfig.type_codes``): trimmed,
+    lower-cased spelling -> type code, so a type costs one dict lookup.
+    """
     if len(fields) != layout.n_fields:
         raise Rejected(WRONG_FIELD_COUNT, f"expected {layout.n_fields} fields, got {len(fields)}")
     member_id = fields[layout.member_id].strip()
@@ -123,9 +135,9 @@ def parse_fields(
         raise Rejected(PARTIAL_TRANSACTION, f"missing {', '.join(missing)}")
     ts_text, type_text, points_text, revenue_text = values
     ts_us = parse_timestamp(ts_text, formats)
-    type_code = TYPE_CODES.get(type_text.lower())
+    type_code = type_codes.get(type_text.lower())
     if type_code is None:
-        raise Rejected(UNKNOWN_TYPE, f"unknown transaction type {type_text!r}")
+        raise unknown_type(type_text, type_codes)
     points = parse_number(points_text, "points")
     revenue = parse_number(revenue_text, "revenue")
     if ts_us >= last_day_us:
@@ -152,8 +164,10 @@ class ParseLineFn(progress.TalliedDoFn):
         timestamp_formats: Iterable[str],
         as_of: dt.date,
         reasons: Iterable[str] = REASONS,
+        type_codes: Mapping[str, int] | None = None,
     ):
         self._layouts = layouts
+        self._type_codes = dict(TYPE_CODES if type_codes is None else type_codes)
         self._delimiter = delimiter
         self._formats = tuple(timestamp_formats)
         self._last_day_us = end_of_day_us(as_of)
@@ -188,7 +202,7 @@ class ParseLineFn(progress.TalliedDoFn):
             except UnicodeDecodeError as exc:
                 raise Rejected(NOT_UTF8, f"invalid UTF-8 at byte {exc.start}") from None
             fields = self.fields(text, layout)
-            member_id, txn = parse_fields(fields, layout, self._formats, self._last_day_us)
+            member_id, txn = parse_fields(fields, layout, self._formats, self._last_day_us, self._type_codes)
         except Rejected as rej:
             counts["dead_letter_rows"] += 1
             counts[self.by_reason[rej.reason]] += 1
@@ -211,9 +225,9 @@ class ParseLineFn(progress.TalliedDoFn):
 class ParseExport(beam.PTransform):
     """Raw (file, line) pairs -> keyed transactions, with dead letters as a tagged output."""
 
-    def __init__(self, layouts, delimiter, timestamp_formats, as_of):
+    def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None):
         super().__init__()
-        self._fn = ParseLineFn(layouts, delimiter, timestamp_formats, as_of)
+        self._fn = ParseLineFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes)
 
     def expand(self, lines):
         return lines | "ParseLine" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="transactions")
@@ -330,7 +344,7 @@ def _all_slow(block: bytes, lines: Lines) -> BlockRows:
 
 def parse_block(
     block: bytes, layout: FileLayout, delimiter: str, formats: tuple[str, ...], last_day_us: int,
-    type_codes: dict[str, int] = TYPE_CODES,
+    type_codes: Mapping[str, int] = TYPE_CODES,
 ) -> BlockRows:
     """Whole lines of one file -> the rows the fast path vouches for, and the other lines, raw."""
     data = np.frombuffer(block, dtype=np.uint8)
@@ -424,8 +438,9 @@ class ParseBlocksFn(ParseLineFn):
     per bundle goes to ``CombinePerKey(MemberFeaturesFn)``, not one value per row.
     """
 
-    def __init__(self, layouts, delimiter, timestamp_formats, as_of, max_members: int = 4_000_000):
-        super().__init__(layouts, delimiter, timestamp_formats, as_of)
+    def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None,
+                 max_members: int = 4_000_000):
+        super().__init__(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes)
         self._max_members = max_members
 
     def start_bundle(self):
@@ -436,7 +451,8 @@ class ParseBlocksFn(ParseLineFn):
         source, block = element
         counts = self.tally.counts
         counts["bytes_read"] += len(block)
-        rows = parse_block(block, self._layouts[source], self._delimiter, self._formats, self._last_day_us)
+        rows = parse_block(block, self._layouts[source], self._delimiter, self._formats, self._last_day_us,
+                           self._type_codes)
         table = self._table
         n_txn, n_idle = len(rows.codes), len(rows.member_only)
         counts["rows_read"] += n_txn + n_idle
@@ -477,9 +493,9 @@ class ParseBlocksFn(ParseLineFn):
 class ParseExportBlocks(beam.PTransform):
     """(file, block) pairs -> (member id, packed partial accumulator), with dead letters as a tagged output."""
 
-    def __init__(self, layouts, delimiter, timestamp_formats, as_of):
+    def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None):
         super().__init__()
-        self._fn = ParseBlocksFn(layouts, delimiter, timestamp_formats, as_of)
+        self._fn = ParseBlocksFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes)
 
     def expand(self, blocks):
         return blocks | "ParseBlock" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="transactions")

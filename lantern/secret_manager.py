@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from beam_pipeline.partner import ConfigError
+from lantern.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,10 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from transforms.features import REGISTRY, SPEC_FEATURES
+from lantern.errors import ConfigError
+from transforms.features import REGISTRY, SPEC_FEATURES, TYPE_CODES
 
 PARTNER_DIR = Path(__file__).resolve().parent.parent / "partner_options"
-
-
-class ConfigError(Exception):
-    """A start-up problem the user can fix; the CLI prints it as one line and exits 2."""
 
 
 class _Strict(BaseModel):
@@ -39,6 +36,46 @@ class Columns(_Strict):
     revenue: str = Field("LAST_TRANSACTION_REVENUE_USD", description="column holding the revenue in USD")
 
 
+def _spellings(value):
+    return [value] if isinstance(value, str) else value
+
+
+def _normal(spelling: str) -> str:
+    """How a type value is compared: trimmed and lower-cased, as the parser reads it."""
+    return spelling.strip().lower()
+
+
+class TypeValues(_Strict):
+    """The partner's spellings of the three transaction types, matched case-insensitively after trimming."""
+
+    buy: list[str] = Field(default_factory=lambda: ["buy"], min_length=1,
+                           description="spellings of a buy, e.g. `[Purchase, P]`")
+    gift: list[str] = Field(default_factory=lambda: ["gift"], min_length=1, description="spellings of a gift")
+    redeem: list[str] = Field(default_factory=lambda: ["redeem"], min_length=1,
+                              description="spellings of a redemption")
+
+    _lists = field_validator("buy", "gift", "redeem", mode="before")(_spellings)
+
+    @model_validator(mode="after")
+    def _each_spelling_once(self) -> TypeValues:
+        seen: dict[str, str] = {}
+        for kind in TYPE_CODES:
+            for spelling in getattr(self, kind):
+                key = _normal(spelling)
+                if not key:
+                    raise ValueError(f"{kind}: an empty spelling")
+                if key in seen:
+                    where = "twice" if seen[key] == kind else f"to both {seen[key]} and {kind}"
+                    raise ValueError(f"{spelling!r} is mapped {where} (spellings are compared "
+                                     "case-insensitively after trimming)")
+                seen[key] = kind
+        return self
+
+    def codes(self) -> dict[str, int]:
+        """Normalised spelling -> type code (transforms.features.TYPE_CODES values)."""
+        return {_normal(s): code for kind, code in TYPE_CODES.items() for s in getattr(self, kind)}
+
+
 class InputConfig(_Strict):
     columns: Columns = Field(Columns(), description="column names of the five fields")
     delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field delimiter, one character")
@@ -52,11 +89,23 @@ class InputConfig(_Strict):
         None, description="with `header: false`: the column names of the headerless files, in order",
     )
 
+    type_values: TypeValues = Field(
+        TypeValues(), description="the spellings of buy, gift and redeem in the type column (each a list)",
+    )
+    max_dead_letter_ratio: float = Field(
+        0.05, ge=0, le=1, description="dead letters / rows read above which the run exits 4 unpublished "
+        "(`--max-dead-letter-ratio` overrides; 1.0: no limit)",
+    )
+
     @model_validator(mode="after")
     def _headerless_needs_columns(self) -> InputConfig:
         if not self.header and not self.header_columns:
             raise ValueError("header_columns is required when header is false")
         return self
+
+    def type_codes(self) -> dict[str, int]:
+        """The type vocabulary as the parser reads it: trimmed lower-case spelling -> type code."""
+        return self.type_values.codes()
 
 
 class FeatureSpec(_Strict):
@@ -257,7 +306,7 @@ class PartnerConfig(_Strict):
             return {}
         secret = os.environ.get(self.auth.env)
         if not secret and self.auth.secret:
-            from beam_pipeline import secret_manager
+            from lantern import secret_manager
 
             secret = secret_manager.access(self.auth.secret)
         if not secret:
@@ -277,7 +326,8 @@ def load(path: str | os.PathLike) -> PartnerConfig:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"partner file {path} does not exist") from None
+        raise ConfigError(f"partner file {path} does not exist (shipped partners, for --partner NAME: "
+                          f"{', '.join(available())})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"partner file {path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
@@ -298,8 +348,8 @@ def load(path: str | os.PathLike) -> PartnerConfig:
 def load_named(name: str) -> PartnerConfig:
     path = PARTNER_DIR / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PARTNER_DIR.glob("*.yaml")))
-        raise ConfigError(f"unknown partner {name!r}: no {path}; known partners: {known}")
+        raise ConfigError(f"unknown partner {name!r}: no {path}; available partners: {', '.join(available())} "
+                          "(or give any partner file with --partner-config FILE)")
     return load(path)
 
 
@@ -356,5 +406,5 @@ def schema_markdown() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m beam_pipeline.partner: print the schema table for the README
+if __name__ == "__main__":  # python -m lantern.partner: print the schema table for the README
     print(schema_markdown())  # noqa: T201 - a command-line entry point
