@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from beam_pipeline import dead_letter_limit, inputs, launch, logs, preflight, retry, streaming, summary
 from beam_pipeline.console import format_summary
 from beam_pipeline.heartbeat import Heartbeat
-from beam_pipeline.pipeline import JobConfig, build_pipeline
+from beam_pipeline.pipeline import BLOCKS, READERS, JobConfig, build_pipeline
 from beam_pipeline.runners import make_runner
 from lantern.errors import ConfigError
 from lantern.partner import PartnerConfig, load, load_named
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                              "read where the partner file's env var is unset (Dataflow workers)")
     parser.add_argument("--features-only", "--features_only", action="store_true",
                         help="compute features, call no endpoint (status FEATURES_ONLY)")
+    parser.add_argument("--reader", default=BLOCKS, choices=READERS,
+                        help="blocks (default): read, parse and fold exports in blocks of lines; "
+                             "lines: one element per line (ReadFromText), the reference path")
     parser.add_argument("--skip-preflight", "--skip_preflight", action="store_true",
                         help="do not check that endpoint hosts answer before the run")
     parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
@@ -130,7 +133,8 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     logs.configure(args.log_level, args.log_format)
 
     launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start)
-    job = JobConfig(tuple(patterns), layouts, partner, as_of, launched.staging, features_only=args.features_only)
+    job = JobConfig(tuple(patterns), layouts, partner, as_of, launched.staging, features_only=args.features_only,
+                    reader=args.reader)
     total_bytes = sum(f.size_bytes for f in files)
     log.info("run %s: partner=%s input=%s (%d file(s), %s bytes) output=%s as_of=%s runner=%s",
              launched.run_id, partner.name, ",".join(patterns), len(files), f"{total_bytes:,}", launched.output,
