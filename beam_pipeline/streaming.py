@@ -27,9 +27,9 @@ from beam_pipeline.outputs import join
 from beam_pipeline.pipeline import DECIDE_OFFERS, PARSE, TO_RESULT_ROW, WRITE_DEAD_LETTERS, WRITE_RESULTS, DecideOffers
 from beam_pipeline.runners import LOCAL_NAMES, streaming_local_runner
 from lantern.errors import ConfigError
+from lantern.features import Transaction
 from lantern.partner import PartnerConfig
 from lantern.run_record import ReplaySummary
-from transforms.features import Transaction
 from transforms.member_state import MemberUpdatesFn
 from transforms.messages import ParseMessageFn, message_layout
 from transforms.parse import BOM, DEAD_LETTER, FileLayout

@@ -32,8 +32,8 @@ from scipy import stats  # noqa: E402
 from beam_pipeline import cli, generate  # noqa: E402
 from benchmarks.results import Recorder  # noqa: E402
 from lantern import comparison  # noqa: E402
+from lantern.features import SPEC_FEATURES  # noqa: E402
 from tests.conftest import uvicorn_server, write_partner  # noqa: E402
-from transforms.features import SPEC_FEATURES  # noqa: E402
 
 AS_OF = "2026-11-24"
 COLUMNS = ["scenario", "members", "failed", "repeat", "retry_s", "full_rerun_s", "speedup", "retry_requests",

@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 
 from beam_pipeline import cli, inputs
 from beam_pipeline.pipeline import ExportBlockSource
+from lantern import features as F
 from lantern.partner import load_named
 from tests.test_inputs import FILES
-from transforms import features as F
+from transforms.features import MemberFeaturesFn
 from transforms.parse import FileLayout, ParseBlocksFn, ParseLineFn, parse_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ def _fold_lines(fn, element, accs, dead):
             accs[member] = COMBINE.add_input(accs.get(member, COMBINE.create_accumulator()), value)
 
 
-COMBINE = F.MemberFeaturesFn(AS_OF, (*F.SPEC_FEATURES, "N_TRANSACTIONS", "TOTAL_REVENUE_USD", "TOTAL_POINTS_BOUGHT"))
+COMBINE = MemberFeaturesFn(AS_OF, (*F.SPEC_FEATURES, "N_TRANSACTIONS", "TOTAL_REVENUE_USD", "TOTAL_POINTS_BOUGHT"))
 
 
 def line_path(paths: list[str], layouts, delimiter=",", formats=("iso",)):

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from lantern import comparison
-from transforms.features import SPEC_FEATURES
+from lantern.features import SPEC_FEATURES
 
 FEATURES = list(SPEC_FEATURES)
 

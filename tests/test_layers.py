@@ -10,9 +10,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("beam_pipeline", "transforms", "lantern")  # each may import only those after it
-# Known wrong-way imports, each to be removed, never added to: the partner model reads the feature
-# registry (REGISTRY, SPEC_FEATURES) from transforms.features until the feature math moves into lantern/.
-ALLOWED = {("lantern.partner", "transforms.features")}
 
 
 def _module(path: Path) -> str:
@@ -43,14 +40,8 @@ def test_imports_point_one_way():
     for module, deps in _graph().items():
         rank = LAYERS.index(module.split(".")[0])
         wrong += [f"{module} imports {dep}" for dep in deps
-                  if LAYERS.index(dep.split(".")[0]) < rank and (module, dep) not in ALLOWED]
+                  if LAYERS.index(dep.split(".")[0]) < rank]
     assert not wrong, "; ".join(sorted(wrong))
-
-
-def test_allowed_exceptions_still_exist():
-    """An exception that is gone comes off the list, so it cannot quietly cover a new import."""
-    graph = _graph()
-    assert {(m, d) for m, d in ALLOWED if d not in graph.get(m, set())} == set()
 
 
 def test_no_import_cycles():

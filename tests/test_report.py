@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import report
-from transforms.features import SPEC_FEATURES
+from lantern.features import SPEC_FEATURES
 from transforms.results import DEAD_LETTER_SCHEMA, feature_columns, result_row, results_schema
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -22,9 +22,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import cli, generate, retry, summary
 from lantern.errors import ConfigError
+from lantern.features import SPEC_FEATURES
 from lantern.partner import load
 from tests.conftest import free_port, uvicorn_server, write_partner
-from transforms.features import SPEC_FEATURES
 from transforms.previous_results import RETRY, SplitPreviousResultsFn
 from transforms.results import feature_columns, result_row, results_schema
 

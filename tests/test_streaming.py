@@ -24,9 +24,9 @@ from apache_beam.transforms.window import TimestampedValue
 from beam_pipeline import cli, generate, summary
 from beam_pipeline.runners import streaming_local_runner
 from beam_pipeline.streaming import StreamConfig, build_stream, read_lines, replay_events, simulated_clock
+from lantern.features import SPEC_FEATURES
 from lantern.partner import load_named
 from tests.test_run_summary import SCHEMA as RUN_SCHEMA
-from transforms.features import SPEC_FEATURES
 from transforms.messages import ParseMessageFn, message_layout
 
 AS_OF = dt.date(2026, 11, 24)

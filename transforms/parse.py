@@ -22,8 +22,9 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from lantern.features import TYPE_CODES, Transaction
+from lantern.member_table import MemberTable
 from transforms import progress
-from transforms.features import TYPE_CODES, MemberTable, Transaction
 
 log = logging.getLogger(__name__)
 
