@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 OFFER_1 = "OFFER_1"
 OFFER_2 = "OFFER_2"
-OFFERS = (OFFER_1, OFFER_2)
 OFFER_2_THRESHOLD = 200.0
 RESP_CAP = 0.9
 # Largest {"instances": [...]} a batch route accepts; past it the request gets a 422.

@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline.outputs import RUN_JSON, join, write_json
 from lantern.errors import ConfigError
 from lantern.partner import PartnerConfig
+from lantern.run_record import RunSummary, to_json
 
 OFF = 1.0
 TOP_REASONS = 3
@@ -95,13 +96,13 @@ def warning(verdict: Verdict) -> str | None:
     return f"warning: dead-letter ratio {verdict.ratio:.3g} ({limit})"
 
 
-def hold_back(run_summary: dict, verdict: Verdict, staging: str) -> dict:
-    """Leave the run in its staging folder with its run.json, and put the one-line reason in the summary."""
-    reasons = run_summary["dead_letter_reasons"]
+def hold_back(record: RunSummary, verdict: Verdict, staging: str) -> RunSummary:
+    """Leave the run in its staging folder with its run.json, and put the one-line reason in the record."""
+    reasons = record.dead_letter_reasons
     example = None
     if reasons:
         example = first_example(join(staging, "dead_letter"), top_reasons(reasons, 1)[0][0])
-    line = failure_line(verdict, run_summary["accounting"], reasons, example, staging)
-    run_summary.update(published=False, staging=staging, error=line)
-    write_json(join(staging, RUN_JSON), run_summary)  # the CLI prints the line itself, on stderr
-    return run_summary
+    line = failure_line(verdict, record.accounting.model_dump(), reasons, example, staging)
+    held = record.model_copy(update={"published": False, "staging": staging, "error": line})
+    write_json(join(staging, RUN_JSON), to_json(held))  # the CLI prints the line itself, on stderr
+    return held

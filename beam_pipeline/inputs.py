@@ -8,9 +8,10 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import zlib
 from typing import NamedTuple
 
-from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from lantern.errors import ConfigError
@@ -55,9 +56,16 @@ def match_inputs(patterns: list[str]) -> list[InputFile]:
 
 
 def read_header(path: str) -> tuple[bytes, bytes | None]:
-    """The first line (BOM and line ending removed) and whether a second line exists."""
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        head = handle.read(_HEAD_BYTES)
+    """The first line (BOM and line ending removed) and whether a second line exists.
+
+    Compressed exports (``.gz``, ``.bz2``: whatever ``CompressionTypes.AUTO`` detects from the
+    name) are read decompressed, as both readers of the pipeline read them.
+    """
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+            head = handle.read(_HEAD_BYTES)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ConfigError(f"input {path}: cannot decompress: {exc}") from None
     if not head.strip():
         raise ConfigError(f"input {path} is empty")
     if head.startswith(BOM):

@@ -6,6 +6,8 @@ import datetime as dt
 
 import apache_beam as beam
 from apache_beam import coders
+from apache_beam.io.filebasedsource import FileBasedSource
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.textio import ReadFromTextWithFilename
 from apache_beam.metrics import Metrics
 
@@ -15,10 +17,21 @@ from transforms import NAMESPACE
 from transforms.endpoints import CallEndpoints
 from transforms.features import MemberFeaturesFn
 from transforms.parquet_rows import WriteParquetRows
-from transforms.parse import DEAD_LETTER, FileLayout, ParseExport
+from transforms.parse import DEAD_LETTER, FileLayout, ParseExport, ParseExportBlocks
 from transforms.results import DEAD_LETTER_SCHEMA, NOT_CALLED, ToResultRowFn, feature_columns, results_schema
 
 MEMBERS_WITH_FEATURES = "members_with_features"
+READERS = (BLOCKS, LINES) = ("blocks", "lines")
+BLOCK_BYTES = 4 << 20
+
+# The top-level steps' labels: run.json times each one by its label (beam_pipeline/summary.py).
+READ_EXPORTS = "ReadExports"
+PARSE = "Parse"
+MEMBER_FEATURES = "MemberFeatures"
+DECIDE_OFFERS = "DecideOffers"
+TO_RESULT_ROW = "ToResultRow"
+WRITE_RESULTS = "WriteResults"
+WRITE_DEAD_LETTERS = "WriteDeadLetters"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,22 +44,90 @@ class JobConfig:
     as_of: dt.date
     staging: str  # the run's private folder; published only when complete
     features_only: bool = False  # no endpoint calls: members with transactions get FEATURES_ONLY
+    reader: str = BLOCKS  # blocks: columnar parse and fold; lines: one element per line (the reference)
+
+
+class ExportBlockSource(FileBasedSource):
+    """Each matched file as (file name, block): byte ranges of whole lines, about ``block_bytes`` each.
+
+    A line belongs to the split it starts in, as with ``ReadFromText``, and lines end where
+    ``ReadFromText`` ends them (at ``\n``), so both readers see the same lines. Uncompressed
+    files split at any offset (Dataflow balances work by splitting them); compressed ones
+    (``CompressionTypes.AUTO``: ``.gz``, ``.bz2``, ...) are read whole, decompressed as they go.
+    """
+
+    def __init__(self, pattern: str, block_bytes: int = BLOCK_BYTES):
+        # validate=False: the CLI matched every pattern before the run (inputs.py); validating here
+        # again would list the bucket a second time and make building the job need cloud access.
+        super().__init__(pattern, compression_type=CompressionTypes.AUTO, validate=False)
+        self._block_bytes = block_bytes
+
+    def default_output_coder(self):
+        return coders.TupleCoder([coders.StrUtf8Coder(), coders.BytesCoder()])
+
+    def read_records(self, file_name: str, range_tracker):
+        size = self._block_bytes
+        with self.open_file(file_name) as handle:
+            position = range_tracker.start_position()
+            buffer, eof = b"", False
+            if position > 0:  # the line that ends at or after position - 1 is the previous split's
+                handle.seek(position - 1)
+                position -= 1
+                while True:
+                    chunk = handle.read(1 << 16)
+                    if not chunk:
+                        return
+                    cut = chunk.find(b"\n")
+                    if cut >= 0:
+                        position += cut + 1
+                        buffer = chunk[cut + 1:]
+                        break
+                    position += len(chunk)
+            while range_tracker.try_claim(position):
+                while not eof and len(buffer) < size:
+                    more = handle.read(size - len(buffer))
+                    eof = not more
+                    buffer += more
+                end = buffer.rfind(b"\n") + 1
+                while not end and not eof:  # a line longer than a block: read on, doubling
+                    more = handle.read(max(size, len(buffer)))
+                    eof = not more
+                    cut = more.rfind(b"\n")
+                    end = len(buffer) + cut + 1 if cut >= 0 else 0
+                    buffer += more
+                if eof:
+                    end = len(buffer)
+                block, buffer = buffer[:end], buffer[end:]
+                if not block:
+                    return
+                last_start = position + block.rfind(b"\n", 0, len(block) - 1) + 1
+                if last_start > position and not range_tracker.try_claim(last_start):
+                    # The split was cut short meanwhile: keep the lines that start before its new end.
+                    keep = block.find(b"\n", range_tracker.stop_position() - 1 - position)
+                    yield file_name, block if keep < 0 else block[:keep + 1]
+                    return
+                yield file_name, block
+                position += len(block)
 
 
 class ReadExports(beam.PTransform):
-    """Every input pattern as (file name, raw line bytes)."""
+    """Every input pattern as (file name, raw line bytes), or with ``reader="blocks"`` as
+    (file name, block of whole lines)."""
 
-    def __init__(self, patterns):
+    def __init__(self, patterns, reader: str = LINES):
         super().__init__()
         self._patterns = patterns
+        self._reader = reader
 
     def expand(self, pbegin):
-        # validate=False: the CLI matched every pattern before the run (inputs.py); validating here
-        # again would list the bucket a second time and make building the job need cloud access.
-        reads = [
-            pbegin | f"Read[{i}]" >> ReadFromTextWithFilename(pattern, coder=coders.BytesCoder(), validate=False)
-            for i, pattern in enumerate(self._patterns)
-        ]
+        if self._reader == BLOCKS:
+            reads = [pbegin | f"Read[{i}]" >> beam.io.Read(ExportBlockSource(pattern))
+                     for i, pattern in enumerate(self._patterns)]
+        else:
+            reads = [
+                pbegin | f"Read[{i}]" >> ReadFromTextWithFilename(pattern, coder=coders.BytesCoder(), validate=False)
+                for i, pattern in enumerate(self._patterns)
+            ]
         return reads[0] if len(reads) == 1 else tuple(reads) | "Flatten" >> beam.Flatten()
 
 
@@ -88,21 +169,22 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     partner = job.partner
     columns = feature_columns(partner.feature_names)
 
+    parse = ParseExportBlocks if job.reader == BLOCKS else ParseExport
     parsed = (
         p
-        | "ReadExports" >> ReadExports(job.input_patterns)
-        | "Parse" >> ParseExport(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of,
-                                 type_codes=partner.input.type_codes())
+        | READ_EXPORTS >> ReadExports(job.input_patterns, job.reader)
+        | PARSE >> parse(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of,
+                         type_codes=partner.input.type_codes())
     )
     (
         parsed.transactions
-        | "MemberFeatures" >> beam.CombinePerKey(MemberFeaturesFn(job.as_of, partner.feature_names))
+        | MEMBER_FEATURES >> beam.CombinePerKey(MemberFeaturesFn(job.as_of, partner.feature_names))
         | "CountMembers" >> beam.ParDo(CountMembersFn())
-        | "DecideOffers" >> DecideOffers(partner, job.features_only)
-        | "ToResultRow" >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
-        | "WriteResults" >> WriteParquetRows(join(job.staging, "results", "part"), results_schema(partner.feature_names))
+        | DECIDE_OFFERS >> DecideOffers(partner, job.features_only)
+        | TO_RESULT_ROW >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
+        | WRITE_RESULTS >> WriteParquetRows(join(job.staging, "results", "part"), results_schema(partner.feature_names))
     )
     (
         parsed[DEAD_LETTER]
-        | "WriteDeadLetters" >> WriteParquetRows(join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA)
+        | WRITE_DEAD_LETTERS >> WriteParquetRows(join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA)
     )

@@ -5,7 +5,10 @@ Reads what a run published (``run.json``, ``results/``, ``dead_letter/``,
 embedded as data URIs, so it can be mailed or attached to a ticket), plus each
 figure as a PNG. The page answers first what a newcomer asks: how many members
 got which offer, how long each step and each endpoint took, which rows were
-rejected and why. It needs matplotlib: ``pip install -e ".[report]"``.
+rejected and why. With ``--baseline PREVIOUS_OUTPUT`` it also says what moved
+since that run ("Since the baseline", from ``beam_pipeline.comparison``) and
+writes the numbers to ``comparison.json`` beside the page. It needs matplotlib
+and scipy: ``pip install -e ".[report]"``.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from beam_pipeline.outputs import RUN_JSON, join
 log = logging.getLogger(__name__)
 
 REPORT_HTML = "report.html"
+COMPARISON_JSON = "comparison.json"
 KINDS = ("ats", "resp", "offer")
 # The figures, in page order: (file name, title). Tests check each one is on the page.
 FIGURES = (
@@ -41,6 +45,14 @@ FIGURES = (
     ("features.png", "Feature distributions"),
     ("ats_resp.png", "ATS vs RESP, coloured by offer"),
 )
+# With --baseline only, in page order.
+BASELINE_FIGURES = (
+    ("baseline_offers.png", "Offer mix, baseline and now"),
+    ("baseline_drift.png", "Feature and prediction distributions, baseline and now"),
+)
+HIST_BINS = 30
+HIST_CLIP = (0.5, 99.5)  # percentiles of both runs together: a long tail would squash every bar
+FLAG_COLORS = {"major": "#c62828", "moderate": "#ef6c00", None: "#222"}
 EXAMPLES_PER_REASON = 5
 FAILED_EXAMPLES = 20
 SCATTER_POINTS = 20_000  # more only slows the drawing and hides nothing
@@ -277,6 +289,72 @@ def fig_ats_resp(summary: dict, results: pa.Table):
     return fig
 
 
+def fig_baseline_offers(comparison: dict):
+    fig, (ax,) = _figure(9, 4)
+    mix = comparison["offers"]
+    offers = sorted(set(mix["then"]) | set(mix["now"]))
+    if not offers:
+        _empty(ax, "no member got an offer in either run")
+        return fig
+    total_then, total_now = sum(mix["then"].values()) or 1, sum(mix["now"].values()) or 1
+    x = range(len(offers))
+    width = 0.38
+    for shift, label, counts, total, color in ((-width / 2, "baseline", mix["then"], total_then, "#90a4ae"),
+                                               (width / 2, "now", mix["now"], total_now, "#1565c0")):
+        shares = [100 * counts.get(o, 0) / total for o in offers]
+        bars = ax.bar([i + shift for i in x], shares, width, label=label, color=color)
+        ax.bar_label(bars, [f"{v:.1f}%" for v in shares], padding=2, fontsize=9)
+    ax.set_xticks(list(x), offers)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
+    ax.set_ylabel("share of members with an offer (%)")
+    psi = f"PSI {mix['psi']:.3f}" if mix["psi"] is not None else "PSI n/a"
+    ax.set_title(f"Offer mix, baseline and now ({psi})")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _hist_edges(then, now):
+    import numpy as np
+
+    both = np.concatenate([then, now])
+    low, high = np.percentile(both, HIST_CLIP)
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, HIST_BINS + 1)
+
+
+def fig_baseline_drift(comparison: dict, baseline: pa.Table, results: pa.Table):
+    from lantern.comparison import finite, with_transactions
+
+    columns = comparison["columns"]
+    ncols = 3
+    nrows = max(1, -(-len(columns) // ncols))
+    fig, axes = _figure(13, 2.9 * nrows, ncols=ncols, nrows=nrows)
+    then_rows, now_rows = with_transactions(baseline), with_transactions(results)
+    for ax, col in zip(axes, columns, strict=False):  # spare axes are hidden below
+        name = col["column"]
+        then, now = finite(then_rows.column(name).to_pylist()), finite(now_rows.column(name).to_pylist())
+        if len(then) and len(now):
+            edges = _hist_edges(then, now)
+            for values, label, color in ((then, "baseline", "#90a4ae"), (now, "now", "#1565c0")):
+                clipped = values.clip(edges[0], edges[-1])
+                ax.hist(clipped, bins=edges, weights=[100 / len(values)] * len(values), histtype="step",
+                        linewidth=1.6, label=label, color=color)
+            ax.legend(fontsize=7)
+        else:
+            _empty(ax, "no values in one of the runs")
+        psi = f"PSI {col['psi']:.3f}" if col["psi"] is not None else "PSI n/a"
+        flag = f" ({col['flag']})" if col["flag"] else ""
+        ax.set_title(f"{name}: {psi}{flag}", fontsize=9, color=FLAG_COLORS.get(col["flag"], "#222"))
+        ax.tick_params(labelsize=8)
+        ax.set_ylabel("% of members", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(columns):]:
+        ax.set_visible(False)
+    return fig
+
+
 FIGURE_MAKERS: dict[str, Callable] = {
     "offers.png": fig_offers,
     "statuses.png": fig_statuses,
@@ -320,7 +398,7 @@ def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
 
 
 def _img(images: dict, name: str) -> str:
-    title = dict(FIGURES)[name]
+    title = dict(FIGURES + BASELINE_FIGURES)[name]
     data = base64.b64encode(images[name]).decode("ascii")
     return f"<figure><img alt='{_e(title)}' src='data:image/png;base64,{data}'><figcaption>{_e(title)} " \
            f"(<a href='{_e(name)}'>{_e(name)}</a>)</figcaption></figure>"
@@ -470,6 +548,79 @@ def _section_details(summary: dict, metrics: pa.Table | None) -> str:
     )
 
 
+def _share_text(n: int, total: int) -> str:
+    return f"{n:,} ({_share(n, total)})"
+
+
+def _ms(value) -> str:
+    return _num(value, 1) if value is not None else NONE
+
+
+def _rate(value) -> str:
+    return f"{100 * value:.2f}%" if value is not None else NONE
+
+
+def _psi_cell(value, flag) -> str:
+    if value is None:
+        return NONE
+    text = f"{value:.3f}"
+    return f"<b style='color:{FLAG_COLORS[flag]}'>{text} {flag}</b>" if flag else text
+
+
+def _section_baseline(comparison: dict, images: dict) -> str:
+    m, mix = comparison["members"], comparison["offers"]
+    base = comparison["baseline"]
+    parts = [
+        "<h2>Since the baseline</h2>",
+        f"<p>Baseline: run <code>{_e(base['run_id'])}</code> as of {_e(base['as_of'])} "
+        f"(<code>{_e(base['output'])}</code>). The numbers are in {COMPARISON_JSON} beside this page.</p>",
+        f"<p class='lead'>{_e(comparison['headline'])}</p>",
+        "<h3>Members</h3>",
+        _table(["baseline", "now", "new", "gone", "kept", "kept, outcome changed"],
+               [[_num(m["then"]), _num(m["now"]), _num(m["new"]), _num(m["gone"]), _num(m["kept"]),
+                 _num(m["kept_changed_outcome"])]], numeric_from=0),
+        "<h3>Offers</h3>",
+    ]
+    offers = sorted(set(mix["then"]) | set(mix["now"]))
+    total_then, total_now = sum(mix["then"].values()), sum(mix["now"].values())
+    parts.append(_table(["offer", "baseline", "now"], [
+        [_e(o), _share_text(mix["then"].get(o, 0), total_then), _share_text(mix["now"].get(o, 0), total_now)]
+        for o in offers] + [["PSI of the mix", _psi_cell(mix["psi"], mix["flag"]), ""]]))
+    parts.append(_img(images, "baseline_offers.png"))
+    outcomes_then = sorted({t["then"] for t in m["transitions"]}, key=str)
+    outcomes_now = sorted({t["now"] for t in m["transitions"]}, key=str)
+    cell = {(t["then"], t["now"]): t["members"] for t in m["transitions"]}
+    parts.append("<h3>Kept members: outcome then (rows) and now (columns)</h3>"
+                 "<p>An outcome is the member's offer, or its status when it got none.</p>")
+    parts.append(_table(["baseline \\ now", *outcomes_now], [
+        [_e(a), *[(f"<b>{cell[a, b]:,}</b>" if a != b else f"{cell[a, b]:,}") if (a, b) in cell else NONE
+                  for b in outcomes_now]] for a in outcomes_then]))
+    parts.append("<h3>Features and predictions</h3><p>Members with transactions. PSI over ten bins at the "
+                 "baseline's deciles (above 0.1 moderate, above 0.25 major); KS is the two-sample "
+                 "Kolmogorov-Smirnov statistic (the largest gap between the two cumulative distributions).</p>")
+    parts.append(_table(["column", "members then", "members now", "mean then", "mean now", "PSI", "KS", "KS p-value"], [
+        [_e(c["column"]), _num(c["n_then"]), _num(c["n_now"]), _num(c["mean_then"], 3), _num(c["mean_now"], 3),
+         _psi_cell(c["psi"], c["flag"]), _num(c["ks"], 3), f"{c['ks_pvalue']:.3g}" if c["ks_pvalue"] is not None else NONE]
+        for c in comparison["columns"]]))
+    if comparison["columns_not_compared"]:
+        parts.append(f"<p>Not in the baseline, so not compared: {_e(', '.join(comparison['columns_not_compared']))}.</p>")
+    parts.append(_img(images, "baseline_drift.png"))
+    dead = comparison["dead_letters"]
+    parts.append("<h3>Rejected rows by reason</h3>")
+    parts.append(_table(["reason", "baseline", "now"], [
+        [_e(r), _num(v["then"]), _num(v["now"])] for r, v in dead["reasons"].items()]
+        + [["all reasons", _num(dead["total_then"]), _num(dead["total_now"])],
+           ["rows read", _num(dead["rows_read_then"]), _num(dead["rows_read_now"])]]))
+    ends = comparison["endpoints"]
+    parts.append("<h3>Endpoints</h3>")
+    parts.append(_table(["endpoint", "p50 then (ms)", "p50 now", "p95 then", "p95 now", "calls then", "calls now"], [
+        [_e(k), _ms(v["then"]["p50"]), _ms(v["now"]["p50"]), _ms(v["then"]["p95"]), _ms(v["now"]["p95"]),
+         _num(v["then"]["calls"]), _num(v["now"]["calls"])] for k, v in ends["latency_ms"].items()]
+        + [["failure rate (FAILED / called)", _rate(ends["failure_rate"]["then"]), _rate(ends["failure_rate"]["now"]),
+            "", "", "", ""]]))
+    return "".join(parts)
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1300px;
 color:#222;padding:0 1em}
@@ -485,12 +636,13 @@ details{margin:.5em 0} pre{background:#f7f7f7;padding:.6em;overflow:auto}
 
 
 def render_html(summary: dict, results: pa.Table, dead: pa.Table | None, metrics: pa.Table | None,
-                images: dict) -> str:
+                images: dict, comparison: dict | None = None) -> str:
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>Lantern run {_e(summary['run_id'])}</title><style>{_CSS}</style></head><body>"
         f"<h1>Offer pipeline run — partner {_e(summary['partner'])}, as of {_e(summary['as_of'])}</h1>"
         f"<p class='lead'>{_e(headline(summary))}</p>"
+        f"{_section_baseline(comparison, images) if comparison is not None else ''}"
         f"{_section_members(summary, results, images)}"
         f"{_section_time(summary, images)}"
         f"{_section_rejected(summary, dead, results, images)}"
@@ -505,15 +657,33 @@ def _write(path: str, data: bytes) -> None:
         handle.write(data)
 
 
-def build_report(output: str) -> str:
-    """Write the PNGs and report.html into ``output``; returns the report's path."""
+def build_report(output: str, baseline: str | None = None) -> str:
+    """Write the PNGs and report.html into ``output``; returns the report's path.
+
+    With ``baseline`` (a previous run's output folder), also the "Since the
+    baseline" section, its figures, and ``comparison.json``.
+    """
     summary, results, dead, metrics = load_run(output)
+    comparison = None
+    if baseline is not None:  # first: a bad baseline fails before anything is drawn
+        from lantern.comparison import compare
+
+        baseline_summary, baseline_results, _, _ = load_run(baseline)
+        comparison = compare(baseline_summary, baseline_results, summary, results, feature_names(results))
     images = {}
     for name, _ in FIGURES:
         images[name] = _png(FIGURE_MAKERS[name](summary, results))
         _write(join(output, name), images[name])
+    if comparison is not None:
+        _write(join(output, COMPARISON_JSON), (json.dumps(comparison, indent=2) + "\n").encode("utf-8"))
+        makers = {"baseline_offers.png": lambda: fig_baseline_offers(comparison),
+                  "baseline_drift.png": lambda: fig_baseline_drift(comparison, baseline_results, results)}
+        for name, _ in BASELINE_FIGURES:
+            images[name] = _png(makers[name]())
+            _write(join(output, name), images[name])
+        log.info("compared with the baseline %s: %s", baseline, comparison["headline"])
     path = join(output, REPORT_HTML)
-    _write(path, render_html(summary, results, dead, metrics, images).encode("utf-8"))
+    _write(path, render_html(summary, results, dead, metrics, images, comparison).encode("utf-8"))
     log.info("report written to %s", path)
     return path
 
@@ -523,15 +693,19 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m beam_pipeline.report", description=__doc__.splitlines()[0])
     parser.add_argument("output", help="output folder of a finished run (the pipeline's --output)")
+    parser.add_argument("--baseline", metavar="PREVIOUS_OUTPUT",
+                        help="a previous run's output folder: add 'Since the baseline' and write comparison.json")
     args = parser.parse_args(argv)
     logs.configure("WARNING")
     try:
         import matplotlib  # noqa: F401
-    except ImportError:
-        print('error: the report needs matplotlib: pip install -e ".[report]"', file=sys.stderr)
+        if args.baseline:
+            import scipy  # noqa: F401
+    except ImportError as exc:
+        print(f'error: the report needs {exc.name}: pip install -e ".[report]"', file=sys.stderr)
         return 2
     try:
-        path = build_report(args.output)
+        path = build_report(args.output, args.baseline)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

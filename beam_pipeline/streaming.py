@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,13 +22,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
-from beam_pipeline import dataflow, inputs, outputs, preflight, summary
+from beam_pipeline import inputs, launch, outputs, preflight, summary
 from beam_pipeline.outputs import join
-from beam_pipeline.pipeline import DecideOffers
-from beam_pipeline.runners import LOCAL_NAMES, runner_name, streaming_local_runner
+from beam_pipeline.pipeline import DECIDE_OFFERS, PARSE, TO_RESULT_ROW, WRITE_DEAD_LETTERS, WRITE_RESULTS, DecideOffers
+from beam_pipeline.runners import LOCAL_NAMES, streaming_local_runner
 from lantern.errors import ConfigError
+from lantern.features import Transaction
 from lantern.partner import PartnerConfig
-from transforms.features import Transaction
+from lantern.run_record import ReplaySummary
 from transforms.member_state import MemberUpdatesFn
 from transforms.messages import ParseMessageFn, message_layout
 from transforms.parse import BOM, DEAD_LETTER, FileLayout
@@ -37,8 +37,6 @@ from transforms.results import DEAD_LETTER_SCHEMA, ToStreamResultRowFn, feature_
 from transforms.windowed_parquet import WriteWindowedParquet
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED_MEMBERS = 0, 3
 
 
 def simulated_clock() -> float:
@@ -113,16 +111,16 @@ def build_stream(messages, layouts: dict[str, FileLayout], cfg: StreamConfig):
         layouts, partner.input.columns, partner.input.delimiter, partner.input.timestamp_formats, cfg.as_of,
         type_codes=partner.input.type_codes(),
     )
-    parsed = messages | "Parse" >> beam.ParDo(parse).with_outputs(DEAD_LETTER, main="transactions")
+    parsed = messages | PARSE >> beam.ParDo(parse).with_outputs(DEAD_LETTER, main="transactions")
     schema = stream_results_schema(partner.feature_names)
     rows = (
         parsed.transactions
         | "MemberUpdates" >> MemberUpdates(cfg)
-        | "DecideOffers" >> DecideOffers(partner)
-        | "ToResultRow" >> beam.ParDo(ToStreamResultRowFn(feature_columns(partner.feature_names), partner.name))
+        | DECIDE_OFFERS >> DecideOffers(partner)
+        | TO_RESULT_ROW >> beam.ParDo(ToStreamResultRowFn(feature_columns(partner.feature_names), partner.name))
     )
-    rows | "WriteResults" >> WriteWindowedParquet(cfg.results, schema, cfg.window_s)
-    parsed[DEAD_LETTER] | "WriteDeadLetters" >> WriteWindowedParquet(cfg.dead_letters, DEAD_LETTER_SCHEMA, cfg.window_s)
+    rows | WRITE_RESULTS >> WriteWindowedParquet(cfg.results, schema, cfg.window_s)
+    parsed[DEAD_LETTER] | WRITE_DEAD_LETTERS >> WriteWindowedParquet(cfg.dead_letters, DEAD_LETTER_SCHEMA, cfg.window_s)
     if cfg.bigquery_table:
         from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
 
@@ -209,40 +207,37 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(
     args: argparse.Namespace, beam_args: list[str], partner: PartnerConfig, partner_source: str,
-    as_of: dt.date | None,
-):
+    as_of: dt.date | None, start: launch.Start,
+) -> tuple[int, dict]:
     """Start the stream. A replay runs to its end and publishes like a batch run; Pub/Sub runs until cancelled."""
-    started = dt.datetime.now(dt.timezone.utc)
-    t0 = time.monotonic()
     _check(args)
     options = PipelineOptions(beam_args)
     options.view_as(StandardOptions).streaming = True
-    runner = runner_name(options)
     local = options.view_as(StandardOptions).runner in LOCAL_NAMES
     layouts: dict[str, FileLayout] = {}
     files = []
-    if args.input:
+    replay = bool(args.input)
+    if replay:
         if not local or any("://" in p for p in [*args.input, args.output]):
             raise ConfigError("a streaming replay runs locally (DirectRunner, local files and --output); "
                               "on Dataflow use --subscription")
         files, layouts = inputs.inspect_inputs([os.path.abspath(p) for p in args.input], partner, partner_source)
-    outputs.check_writable(args.output)
+        launch.check_output(args.output, args.overwrite, beam_args)
+    else:
+        outputs.check_writable(args.output)  # a live stream appends windows to what the folder holds
     if not args.skip_preflight:
         preflight.check_endpoints(partner)
 
-    run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    dataflow.prepare(options, partner.name, run_id)  # on Dataflow: worker image or package, job name
-    output = args.output if outputs.is_remote(args.output) else os.path.abspath(args.output)
     # A replay ends, so it stages and publishes like the batch job; a live stream appends windows.
-    base = outputs.staging_dir(output, run_id) if args.input else output
+    launched = launch.prepare(options, partner.name, args.output, start, staged=replay)
     cfg = StreamConfig(
-        partner, as_of, join(base, "results"), join(base, "dead_letter"),
+        partner, as_of, join(launched.staging, "results"), join(launched.staging, "dead_letter"),
         args.debounce_seconds, args.idle_days, args.window_seconds, args.bigquery_table,
-        simulated_clock if args.input else time.time,
+        simulated_clock if replay else time.time,
     )
     pipeline = beam.Pipeline(runner=streaming_local_runner() if local else None, options=options)
     rows_replayed = 0
-    if args.input:
+    if replay:
         lines = read_lines(f.path for f in files)
         rows_replayed = sum(1 for source, raw in lines if not _is_header(raw, layouts[source]))
         step = args.debounce_seconds or 1 / args.rate
@@ -252,16 +247,19 @@ def run(
         layouts = {source: message_layout(partner.input)}
     build_stream(messages, layouts, cfg)
     log.info("stream %s: partner=%s source=%s output=%s as_of=%s runner=%s debounce=%ss idle=%sd",
-             run_id, partner.name, args.subscription or ",".join(args.input), output,
-             as_of or "today (UTC, per update)", runner, args.debounce_seconds, args.idle_days)
+             launched.run_id, partner.name, args.subscription or ",".join(args.input), launched.output,
+             as_of or "today (UTC, per update)", launched.runner, args.debounce_seconds, args.idle_days)
     result = pipeline.run()
-    if not args.input:
-        log.info("streaming job submitted (%s); results land in %s every %ss", runner, output, args.window_seconds)
+    if not replay:
+        log.info("streaming job submitted (%s); results land in %s every %ss", launched.runner, launched.output,
+                 args.window_seconds)
         if local:
             result.wait_until_finish()
-        return EXIT_OK, {"streaming": True, "run_id": run_id, "output": output, "runner": runner}
+        return launch.EXIT_OK, {"streaming": True, "run_id": launched.run_id, "output": launched.output,
+                                "runner": launched.runner}
     result.wait_until_finish()
-    return _publish_replay(result, base, output, run_id, partner, as_of, runner, started, t0, args, rows_replayed)
+    record = replay_record(result, launched, partner, as_of, args, rows_replayed)
+    return launch.finish(launched, record, launch.exit_code(record.accounting.updates_failed), args.overwrite)
 
 
 def _is_header(raw: bytes, layout: FileLayout) -> bool:
@@ -269,7 +267,8 @@ def _is_header(raw: bytes, layout: FileLayout) -> bool:
     return line.rstrip(b"\r\n") == layout.header
 
 
-def _publish_replay(result, staging, output, run_id, partner, as_of, runner, started, t0, args, rows_replayed):
+def replay_record(result, launched: launch.Launch, partner: PartnerConfig, as_of: dt.date | None,
+                  args: argparse.Namespace, rows_replayed: int) -> ReplaySummary:
     """The replay's run.json, counted from the files written.
 
     The bundle-based DirectRunner keeps the first bundle's metrics scope for a
@@ -279,6 +278,7 @@ def _publish_replay(result, staging, output, run_id, partner, as_of, runner, sta
     """
     import pyarrow.compute as pc
 
+    staging = launched.staging
     summary.write_metrics(summary.metric_rows(result), staging)
     results = summary.read_parts(join(staging, "results"))
     dead_folder = join(staging, "dead_letter")
@@ -292,17 +292,17 @@ def _publish_replay(result, staging, output, run_id, partner, as_of, runner, sta
     statuses = results.column("STATUS").to_pylist()
     latency = results.column("TXN_TO_OFFER_MS").drop_null()
     quantiles = pc.quantile(latency, q=[0.5, 0.95, 0.99]).to_pylist() if len(latency) else []
-    run_summary = {
-        "streaming": True,
-        "run_id": run_id,
-        "partner": partner.name,
-        "as_of": as_of.isoformat() if as_of else None,
-        "runner": runner,
-        "started_at": started.isoformat(),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "wall_seconds": round(time.monotonic() - t0, 3),
-        "replay": {"rate_per_s": args.rate, "debounce_s": args.debounce_seconds, "idle_days": args.idle_days},
-        "accounting": {
+    return ReplaySummary(
+        streaming=True,
+        run_id=launched.run_id,
+        partner=partner.name,
+        as_of=as_of.isoformat() if as_of else None,
+        runner=launched.runner,
+        started_at=launched.start.at.isoformat(),
+        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        wall_seconds=launched.wall_seconds(),
+        replay={"rate_per_s": args.rate, "debounce_s": args.debounce_seconds, "idle_days": args.idle_days},
+        accounting={
             "rows_replayed": rows_replayed,
             "transactions": transactions,
             "dead_letter_rows": n_dead,
@@ -314,28 +314,8 @@ def _publish_replay(result, staging, output, run_id, partner, as_of, runner, sta
             "updates_failed": statuses.count("FAILED"),
         },
         # quantiles is empty when no member got an offer: then so is this
-        "txn_to_offer_ms": dict(zip(("p50", "p95", "p99"), (round(q, 1) for q in quantiles), strict=False)),
-        "latency_ms": summary.latency_percentiles(results),
-        "output": output,
-        "versions": summary.package_versions(),
-    }
-    outputs.write_json(join(staging, outputs.RUN_JSON), run_summary)
-    outputs.publish(staging, output)
-    failed = run_summary["accounting"]["updates_failed"]
-    return (EXIT_FAILED_MEMBERS if failed else EXIT_OK), run_summary
-
-
-def format_summary(s: dict) -> str:
-    if "accounting" not in s:
-        return f"streaming job {s['run_id']} on {s['runner']}: results in {s['output']}"
-    acc = s["accounting"]
-    lat = s["txn_to_offer_ms"]
-    return (
-        f"outputs: {s['output']} (results/, dead_letter/, metrics/, run.json)\n"
-        f"rows replayed {acc['rows_replayed']}: {acc['transactions']} transactions, {acc['member_only_rows']} "
-        f"member-only, {acc['dead_letter_rows']} dead letters\n"
-        f"updates {acc['updates']} for {acc['members']} members: {acc['updates_ok']} OK, "
-        f"{acc['updates_no_transactions']} NO_TRANSACTIONS, {acc['updates_failed']} FAILED\n"
-        f"transaction -> offer latency ms: p50 {lat.get('p50')}, p95 {lat.get('p95')}, p99 {lat.get('p99')}\n"
-        f"wall time: {s['wall_seconds']:.1f}s"
+        txn_to_offer_ms=dict(zip(("p50", "p95", "p99"), (round(q, 1) for q in quantiles), strict=False)),
+        latency_ms=summary.latency_percentiles(results),
+        output=launched.output,
+        versions=summary.package_versions(),
     )

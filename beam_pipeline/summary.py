@@ -1,4 +1,4 @@
-"""After the run: Beam metrics to Parquet, the accounting check, and ``run.json``.
+"""After the run: Beam metrics to Parquet, the accounting check, and the ``run.json`` record.
 
 The accounting is computed twice, from the Beam counters and from the Parquet
 files actually written, and the two must agree: a run whose outputs do not add
@@ -6,11 +6,12 @@ up fails loudly instead of publishing.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import platform
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
@@ -21,8 +22,21 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
+from beam_pipeline.dead_letter_limit import Verdict
+from beam_pipeline.launch import Launch
 from beam_pipeline.outputs import join
-from beam_pipeline.pipeline import MEMBERS_WITH_FEATURES
+from beam_pipeline.pipeline import (
+    DECIDE_OFFERS,
+    MEMBER_FEATURES,
+    MEMBERS_WITH_FEATURES,
+    PARSE,
+    READ_EXPORTS,
+    TO_RESULT_ROW,
+    WRITE_DEAD_LETTERS,
+    WRITE_RESULTS,
+)
+from lantern.partner import PartnerConfig
+from lantern.run_record import RunSummary
 from transforms import NAMESPACE
 from transforms.results import FAILED, FEATURES_ONLY, NO_TRANSACTIONS, OK
 from transforms.timing import BUNDLE_MS
@@ -94,6 +108,22 @@ def read_parts(folder: str, columns: list[str] | None = None) -> pa.Table:
     if not tables:
         raise AccountingError(f"no Parquet files were written under {folder}")
     return pa.concat_tables(tables)
+
+
+class Collected(NamedTuple):
+    """What a finished run wrote, read back for its accounting."""
+
+    rows: list[dict]  # metrics rows
+    results: pa.Table
+    dead_letters: pa.Table  # the REASON column
+
+
+def collect(pipeline_result, staging: str) -> Collected:
+    """Write the run's metrics beside its outputs and read back its results and dead-letter reasons."""
+    rows = metric_rows(pipeline_result)
+    write_metrics(rows, staging)
+    results = read_parts(join(staging, "results"))
+    return Collected(rows, results, read_parts(join(staging, "dead_letter"), columns=["REASON"]))
 
 
 def counter_totals(rows: list[dict]) -> Counter:
@@ -180,19 +210,19 @@ def execution_rows(pipeline_result) -> list[dict]:
 
 class Step(NamedTuple):
     name: str  # label in run.json
-    transform: str  # top-level transform name in pipeline.py
+    transform: str  # top-level transform label (pipeline.py)
     unit: str  # what an element is
     elements: Callable[[dict], int]  # its element count, from the accounting
 
 
 STEPS = (
-    Step("read", "ReadExports", "lines", lambda a: a["rows_read"] + a["header_lines"]),
-    Step("parse", "Parse", "rows", lambda a: a["rows_read"]),
-    Step("features", "MemberFeatures", "rows", lambda a: a["transactions"] + a["member_only_rows"]),
-    Step("call_endpoints", "DecideOffers", "members", lambda a: a["members_ok"] + a["members_failed"]),
-    Step("result_rows", "ToResultRow", "members", lambda a: a["members"]),
-    Step("write_results", "WriteResults", "rows", lambda a: a["members"]),
-    Step("write_dead_letters", "WriteDeadLetters", "rows", lambda a: a["dead_letter_rows"]),
+    Step("read", READ_EXPORTS, "lines", lambda a: a["rows_read"] + a["header_lines"]),
+    Step("parse", PARSE, "rows", lambda a: a["rows_read"]),
+    Step("features", MEMBER_FEATURES, "rows", lambda a: a["transactions"] + a["member_only_rows"]),
+    Step("call_endpoints", DECIDE_OFFERS, "members", lambda a: a["members_ok"] + a["members_failed"]),
+    Step("result_rows", TO_RESULT_ROW, "members", lambda a: a["members"]),
+    Step("write_results", WRITE_RESULTS, "rows", lambda a: a["members"]),
+    Step("write_dead_letters", WRITE_DEAD_LETTERS, "rows", lambda a: a["dead_letter_rows"]),
 )
 
 
@@ -200,7 +230,7 @@ def _under(step: str, transform: str) -> bool:
     return step == transform or step.startswith(transform + "/")
 
 
-def steps(rows: list[dict], acc: dict) -> list[dict]:
+def steps(rows: list[dict], acc: dict, table: tuple[Step, ...] = STEPS) -> list[dict]:
     """Elements, seconds and throughput per step.
 
     Seconds are Beam's execution time of the step's transforms when the runner
@@ -212,7 +242,7 @@ def steps(rows: list[dict], acc: dict) -> list[dict]:
     bundles = [r for r in rows if r["KIND"] == "distribution" and r["NAME"] == BUNDLE_MS and r["SUM"] is not None]
     source = "execution_time" if execution else BUNDLE_MS
     out = []
-    for step in STEPS:
+    for step in table:
         timed = [r["VALUE"] for r in execution if _under(r["STEP"], step.transform)] if execution else [
             r["SUM"] for r in bundles if _under(r["STEP"], step.transform)]
         secs = round(sum(timed) / 1000, 3) if timed else None
@@ -221,14 +251,6 @@ def steps(rows: list[dict], acc: dict) -> list[dict]:
                     "seconds": secs, "per_second": round(elements / secs, 1) if secs else None,
                     "seconds_source": source if secs is not None else None})
     return out
-
-
-def step_line(step: dict) -> str:
-    text = f"step {step['name']}: {step['elements']:,} {step['unit']}"
-    if step["seconds"] is None:
-        return text + " (time not reported by this runner)"
-    rate = f", {step['per_second']:,.0f} {step['unit']}/s" if step["per_second"] else ""
-    return text + f" in {step['seconds']:.3f}s{rate}"
 
 
 def requests(rows: list[dict]) -> dict:
@@ -291,3 +313,62 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def value_counts(values: Iterable) -> dict:
+    """How often each value occurs (nulls left out), by value."""
+    return dict(sorted(Counter(v for v in values if v is not None).items(), key=lambda kv: str(kv[0])))
+
+
+def run_record(
+    launch: Launch,
+    partner: PartnerConfig,
+    partner_source: str,
+    as_of: str,
+    code: int,
+    acc: dict,
+    rows: list[dict],
+    results: pa.Table,
+    dead_letters: pa.Table,
+    inputs: Iterable[tuple[str, int]],
+    cli_args: dict,
+    step_table: tuple[Step, ...] = STEPS,
+    called: pa.Table | None = None,
+    verdict: Verdict | None = None,
+    retry_of: tuple[str, str] | None = None,
+) -> RunSummary:
+    """The run.json record of a batch or ``--retry-failed`` run, from its metrics and the files it wrote.
+
+    ``called`` holds the results rows whose endpoints this run called (all of
+    them unless given); ``retry_of`` is the retried run's id and output folder.
+    """
+    return RunSummary(
+        run_id=launch.run_id,
+        retry_of=retry_of and retry_of[0],
+        retry_of_output=retry_of and retry_of[1],
+        partner=partner.name,
+        partner_source=partner_source,
+        partner_features=list(partner.feature_names),
+        as_of=as_of,
+        runner=launch.runner,
+        started_at=launch.start.at.isoformat(),
+        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        wall_seconds=launch.wall_seconds(),
+        exit_code=code,
+        accounting=acc,
+        offers=value_counts(results.column("OFFER").to_pylist()),
+        dead_letter_reasons=value_counts(dead_letters.column("REASON").to_pylist()),
+        dead_letter_limit=verdict.as_json() if verdict is not None else None,
+        steps=steps(rows, acc, step_table),
+        latency_ms=latency_percentiles(results if called is None else called),
+        requests=requests(rows),
+        concurrency_limit=concurrency_limits(rows) or None,
+        inputs=[{"path": path, "size_bytes": size} for path, size in inputs],
+        output=launch.output,
+        options={
+            "endpoint_base_url": redact({"url": partner.endpoints.base_url})["url"],
+            "cli": redact(cli_args),
+            "pipeline": redact(launch.options.get_all_options(drop_default=True, retain_unknown_options=True)),
+        },
+        versions=package_versions(),
+    )

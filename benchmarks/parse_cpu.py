@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from transforms import features  # noqa: E402
+from lantern import features  # noqa: E402
 from transforms.parse import FileLayout, ParseLineFn  # noqa: E402
 
 AS_OF = dt.date(2026, 11, 24)

@@ -26,7 +26,7 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.io.parquetio import WriteToParquet  # noqa: E402
 
 from beam_pipeline.runners import local_runner  # noqa: E402
-from transforms.features import SPEC_FEATURES  # noqa: E402
+from lantern.features import SPEC_FEATURES  # noqa: E402
 from transforms.parquet_rows import WriteParquetRows  # noqa: E402
 from transforms.results import NOT_CALLED, feature_columns, result_row, results_schema  # noqa: E402
 

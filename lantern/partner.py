@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lantern.errors import ConfigError
-from transforms.features import REGISTRY, SPEC_FEATURES, TYPE_CODES
+from lantern.features import REGISTRY, SPEC_FEATURES, TYPE_CODES
 
 PARTNER_DIR = Path(__file__).resolve().parent.parent / "partner_options"
 
@@ -72,7 +72,7 @@ class TypeValues(_Strict):
         return self
 
     def codes(self) -> dict[str, int]:
-        """Normalised spelling -> type code (transforms.features.TYPE_CODES values)."""
+        """Normalised spelling -> type code (lantern.features.TYPE_CODES values)."""
         return {_normal(s): code for kind, code in TYPE_CODES.items() for s in getattr(self, kind)}
 
 

@@ -6,8 +6,9 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transforms import features
-from transforms.features import CompactAccumulatorCoder, Transaction
+from lantern import features
+from lantern.features import Transaction
+from transforms.features import CompactAccumulatorCoder
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 transactions = st.lists(

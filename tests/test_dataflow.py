@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from beam_pipeline import cli, dataflow
+from beam_pipeline import cli, dataflow, launch
 from beam_pipeline.inputs import layout_for
 from beam_pipeline.pipeline import JobConfig, build_pipeline
 from beam_pipeline.runners import local_runner
@@ -115,7 +115,7 @@ def test_the_whole_graph_reaches_dataflow(translated, tmp_path):
     assert expected - got == set()
     # our DoFns and CombineFn travel pickled; they load back as the same steps
     assert user_functions(job.proto_pipeline) == user_functions(local_proto)
-    assert {"ParseLineFn", "MemberFeaturesFn", "CallEndpointsFn", "ToResultRowFn"} <= set(
+    assert {"ParseBlocksFn", "MemberFeaturesFn", "CallEndpointsFn", "ToResultRowFn"} <= set(
         user_functions(job.proto_pipeline).values())
     for step in ("ReadExports", "Parse", "MemberFeatures", "DecideOffers/CallEndpoints/Call", "ToResultRow",
                  "WriteResults", "WriteDeadLetters"):
@@ -180,7 +180,7 @@ def test_a_flex_template_launch_submits_and_returns(export, tmp_path, monkeypatc
     monkeypatch.setenv(dataflow.IMAGE_ENV, built_image())
     caplog.set_level("INFO")
     code, summary = cli.run(launcher_argv(export, tmp_path / "runs" / "2026-11-24"))
-    assert (code, summary) == (cli.EXIT_OK, None)
+    assert (code, summary) == (launch.EXIT_OK, None)
     assert "job submitted from a Flex Template" in caplog.text
     assert not (tmp_path / "runs").exists()  # the job writes there when it runs; the launcher writes nothing
 
@@ -190,6 +190,6 @@ def test_a_flex_template_launch_refuses_a_folder_with_an_earlier_run(export, tmp
     output = tmp_path / "runs" / "2026-11-24"
     (output / "results").mkdir(parents=True)
     (output / "results" / "part-00000.parquet").write_bytes(b"earlier run")
-    assert cli.main(launcher_argv(export, output)) == cli.EXIT_USAGE
+    assert cli.main(launcher_argv(export, output)) == launch.EXIT_USAGE
     assert "already holds a run (results)" in capsys.readouterr().err
     assert (output / "results" / "part-00000.parquet").read_bytes() == b"earlier run"

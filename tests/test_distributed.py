@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability import local_job_service
 
-from beam_pipeline import cli
+from beam_pipeline import cli, launch
 from beam_pipeline.generate import main as generate
 
 TIMING = ("ATS_LATENCY_MS", "RESP_LATENCY_MS", "OFFER_LATENCY_MS")
@@ -37,7 +37,7 @@ def run_job(export: Path, out: Path, server_url: str, *beam_args: str) -> dict:
         "--input", str(export), "--output", str(out), "--as-of", "2026-11-24",
         "--endpoint-url", server_url, "--log-level", "WARNING", *beam_args,
     ])
-    assert code == cli.EXIT_OK
+    assert code == launch.EXIT_OK
     return summary
 
 

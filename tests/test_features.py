@@ -10,8 +10,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms import features as F
-from transforms.features import BUY, GIFT, REDEEM, Transaction
+from lantern import features as F
+from lantern.features import BUY, GIFT, REDEEM, Transaction
+from transforms.features import MemberFeaturesFn
 
 AS_OF = dt.date(2026, 11, 24)
 
@@ -118,7 +119,7 @@ def test_merge_over_random_splits_equals_one_pass(txns, rnd):
     rnd.shuffle(shuffled)
     cuts = sorted(rnd.sample(range(len(shuffled) + 1), k=min(3, len(shuffled) + 1)))
     parts = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)], strict=True)]
-    fn = F.MemberFeaturesFn(AS_OF)
+    fn = MemberFeaturesFn(AS_OF)
     accs = [fn.add_inputs(fn.create_accumulator(), part) for part in parts]
     rnd.shuffle(accs)
     merged = fn.merge_accumulators([fn.merge_accumulators(accs[:2]), *accs[2:]])
@@ -135,7 +136,7 @@ def test_combine_per_key_in_beam(local_runner):
         ("B", {"N_TRANSACTIONS": 0, "FEATURES": None}),
     ]
     with TestPipeline(runner=local_runner) as p:
-        out = p | beam.Create(rows) | beam.CombinePerKey(F.MemberFeaturesFn(AS_OF))
+        out = p | beam.Create(rows) | beam.CombinePerKey(MemberFeaturesFn(AS_OF))
         assert_that(out, equal_to(expected))
 
 

@@ -13,8 +13,8 @@ from apache_beam.transforms.window import TimestampedValue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms import features
-from transforms.features import SPEC_FEATURES, Transaction
+from lantern import features
+from lantern.features import SPEC_FEATURES, Transaction
 from transforms.features import CompactAccumulatorCoder as AccumulatorCoder
 from transforms.member_state import MemberMeta, MemberMetaCoder, MemberUpdatesFn
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from apache_beam.pvalue import TaggedOutput
 
+from lantern import features
+from lantern.features import Transaction
 from lantern.partner import load_named
-from transforms import features
-from transforms.features import Transaction
 from transforms.messages import ParseMessageFn, message_layout
 from transforms.parse import parse_timestamp
 

@@ -8,8 +8,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from lantern.features import BUY, GIFT, REDEEM, Transaction
 from transforms import parse as P
-from transforms.features import BUY, GIFT, REDEEM, Transaction
 
 AS_OF = dt.date(2026, 11, 24)
 HEADER = b"MEMBER_ID,LAST_TRANSACTION_TS,LAST_TRANSACTION_TYPE,LAST_TRANSACTION_POINTS_BOUGHT,LAST_TRANSACTION_REVENUE_USD"

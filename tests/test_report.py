@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import report
-from transforms.features import SPEC_FEATURES
+from lantern.features import SPEC_FEATURES
 from transforms.results import DEAD_LETTER_SCHEMA, feature_columns, result_row, results_schema
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -130,3 +130,52 @@ def test_large_runs_draw_a_fixed_sample_of_the_scatter(built, monkeypatch):
     assert drawn <= 10 + len(summary["offers"]) and "drawn" in ax.get_title()
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == [f"{o} ({n:,} members)" for o, n in sorted(summary["offers"].items())]
+
+
+@pytest.fixture(scope="module")
+def shifted(small_run, tmp_path_factory):
+    """The small run with AVG_REVENUE_USD doubled, reported against the small run."""
+    _, _, output = small_run
+    shifted = tmp_path_factory.mktemp("baseline") / "shifted"
+    shutil.copytree(output, shifted)
+    table = pq.read_table(shifted / "results")
+    i = table.column_names.index("AVG_REVENUE_USD")
+    doubled = pa.array([None if v is None else 2 * v for v in table.column(i).to_pylist()], pa.float64())
+    shutil.rmtree(shifted / "results")
+    (shifted / "results").mkdir()
+    pq.write_table(table.set_column(i, "AVG_REVENUE_USD", doubled), shifted / "results" / "part.parquet")
+    assert report.main([str(shifted), "--baseline", str(output)]) == 0
+    return shifted
+
+
+def test_a_run_against_itself_has_psi_0_and_no_flags(small_run):
+    from lantern.comparison import compare
+
+    _, _, output = small_run
+    summary, results, _, _ = report.load_run(str(output))
+    result = compare(summary, results, summary, results, report.feature_names(results))
+    assert len(result["columns"]) == len(SPEC_FEATURES) + 2
+    assert all(c["psi"] == 0.0 and c["ks"] == 0.0 and c["flag"] is None for c in result["columns"])
+    assert result["members"]["new"] == result["members"]["gone"] == result["members"]["kept_changed_outcome"] == 0
+    assert result["headline"].endswith("offer mix stable; no feature or prediction drifted")
+
+
+def test_the_shifted_feature_is_flagged_drawn_and_named_in_the_headline(shifted):
+    result = json.loads((shifted / report.COMPARISON_JSON).read_text())
+    assert [c["column"] for c in result["columns"] if c["flag"]] == ["AVG_REVENUE_USD"]
+    psi = next(c["psi"] for c in result["columns"] if c["column"] == "AVG_REVENUE_USD")
+    assert psi > 0.25 and f"AVG_REVENUE_USD drifted (PSI {psi:.2f})" in result["headline"]
+    page = (shifted / report.REPORT_HTML).read_text(encoding="utf-8")
+    images = _embedded(page)
+    for name, title in (*report.FIGURES, *report.BASELINE_FIGURES):
+        png = (shifted / name).read_bytes()
+        assert png.startswith(PNG) and len(png) > 5000, name
+        assert images[title] == png, name
+    assert f"<b style='color:{report.FLAG_COLORS['major']}'>{psi:.3f} major</b>" in page
+    assert "<h2>Since the baseline</h2>" in page and f"<p class='lead'>{result['headline']}</p>" in page
+
+
+def test_a_bad_baseline_is_a_one_line_error(built, tmp_path, capsys):
+    _, folder, _ = built
+    assert report.main([str(folder), "--baseline", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path} has no run.json: not the output folder of a finished run\n"

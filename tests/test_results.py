@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from transforms.features import SPEC_FEATURES
+from lantern.features import SPEC_FEATURES
 from transforms.parquet_rows import WriteParquetRows
 from transforms.results import NOT_CALLED, ToResultRowFn, feature_columns, results_schema
 

@@ -9,12 +9,30 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import summary
+from lantern import run_record
 
-SCHEMA = json.loads((Path(summary.__file__).parent / "schemas" / "run.schema.json").read_text())
+SCHEMA_FILE = Path(summary.__file__).parent / "schemas" / "run.schema.json"
+SCHEMA = json.loads(SCHEMA_FILE.read_text())
 
 
 def test_schema_is_valid_json_schema():
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+def test_committed_schema_is_the_one_the_record_generates():
+    assert SCHEMA_FILE.read_text() == run_record.schema_text(), \
+        "run `python -m lantern.run_record > beam_pipeline/schemas/run.schema.json`"
+
+
+def test_record_leaves_out_absent_fields_and_writes_nulls_it_must():
+    step = run_record.Step(name="read", transform="ReadExports", unit="lines", elements=3, seconds=None,
+                           per_second=None, seconds_source=None)
+    assert run_record.to_json(step)["seconds"] is None
+    assert run_record.to_json(run_record.Latency()) == {}
+    acc = run_record.Accounting(**ACC)
+    assert run_record.to_json(acc) == ACC  # no retry counts unless a retry sets them
+    with pytest.raises(ValueError, match="members_retired"):
+        run_record.Accounting(**ACC, members_retired=1)  # a misspelt field fails when the record is built
 
 
 def test_run_json_matches_schema_and_the_outputs(small_run):

@@ -13,6 +13,7 @@ import random
 from collections import Counter, defaultdict
 
 import apache_beam as beam
+import jsonschema
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -23,8 +24,9 @@ from apache_beam.transforms.window import TimestampedValue
 from beam_pipeline import cli, generate, summary
 from beam_pipeline.runners import streaming_local_runner
 from beam_pipeline.streaming import StreamConfig, build_stream, read_lines, replay_events, simulated_clock
+from lantern.features import SPEC_FEATURES
 from lantern.partner import load_named
-from transforms.features import SPEC_FEATURES
+from tests.test_run_summary import SCHEMA as RUN_SCHEMA
 from transforms.messages import ParseMessageFn, message_layout
 
 AS_OF = dt.date(2026, 11, 24)
@@ -158,6 +160,7 @@ def test_cli_replay_publishes_a_streaming_run(export, batch, server_url, tmp_pat
     assert code == 0
     saved = json.loads((out / "run.json").read_text())
     assert saved["streaming"] is True and saved["accounting"]["members"] == len(expected)
+    jsonschema.Draft202012Validator(RUN_SCHEMA).validate(saved)
     assert saved["accounting"]["dead_letter_rows"] == sum(batch_dead.values())
     assert saved["accounting"]["rows_replayed"] == len(read_lines([str(path)])) - 1
     rows = pq.read_table(out / "results").to_pylist()
@@ -192,3 +195,13 @@ def test_streaming_usage_errors_exit_2_with_one_line(args, message, tmp_path, ca
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_replay_refuses_a_folder_that_holds_a_run(export, tmp_path, capsys):
+    _, path, _ = export
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    assert cli.main(["--streaming", "--input", str(path), "--output", str(out), "--skip-preflight"]) == 2
+    assert "already holds a run (run.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]

@@ -7,9 +7,9 @@ import apache_beam as beam
 import pytest
 
 from lantern.errors import ConfigError
+from lantern.features import BUY, GIFT, REDEEM, TYPE_CODES
 from lantern.partner import InputConfig, load
 from transforms import parse as P
-from transforms.features import BUY, GIFT, REDEEM, TYPE_CODES
 
 AS_OF = dt.date(2026, 11, 24)
 LAYOUT = P.FileLayout(None, 5, 0, 1, 2, 3, 4)

@@ -31,8 +31,9 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from lantern.features import LAST3, Transaction
 from transforms import NAMESPACE
-from transforms.features import LAST3, CompactAccumulatorCoder, MemberFeaturesFn, StatelessCoder, Transaction
+from transforms.features import CompactAccumulatorCoder, MemberFeaturesFn, StatelessCoder
 
 
 class MemberMeta(NamedTuple):

@@ -14,9 +14,17 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
+from lantern.features import TYPE_CODES, Transaction
+from lantern.member_table import MemberTable
 from transforms import progress
-from transforms.features import TYPE_CODES, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +181,13 @@ class ParseLineFn(progress.TalliedDoFn):
 
     def process(self, element: tuple[str, bytes]):
         source, raw = element
-        counts = self.tally.counts
         self.tally.line()
-        counts["bytes_read"] += len(raw) + 1
+        self.tally.counts["bytes_read"] += len(raw) + 1
+        return self.parse_line(source, raw)
+
+    def parse_line(self, source: str, raw: bytes):
+        """One line (as ``ReadFromText`` gives it) -> (member id, Transaction | None) or a tagged dead letter."""
+        counts = self.tally.counts
         layout = self._layouts[source]
         line = raw[3:] if raw.startswith(BOM) else raw
         line = line.rstrip(b"\r\n")
@@ -220,3 +232,271 @@ class ParseExport(beam.PTransform):
 
     def expand(self, lines):
         return lines | "ParseLine" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="transactions")
+
+
+# --- Parsing a block of lines at once -----------------------------------------------------------
+#
+# The fast path below vouches only for rows it can parse exactly as ``parse_fields`` would:
+# pure printable ASCII without quotes, the layout's field count, a member id, and either no
+# transaction field or four canonical ones (timestamp ``YYYY-MM-DD HH:MM:SS``, a known type,
+# plain decimal numbers, finite, before the as-of date). Every other line goes through
+# ``ParseLineFn.parse_line``: one rule book for reasons, details and raw lines.
+
+_NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
+_TS_LEN = 19
+_TS_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+_US_PER_S = 1_000_000
+_ODD = np.ones(256, dtype=bool)  # bytes the fast path leaves to the line parser: non-ASCII, controls, quotes
+_ODD[32:127] = False
+_ODD[[9, 10, 13]] = False
+_ODD[34] = True
+
+
+class Lines(NamedTuple):
+    """Where each line of a block starts and ends, as ``ReadFromText`` splits it: at ``\\n``,
+    a ``\\r`` just before it belonging to the separator."""
+
+    starts: np.ndarray
+    ends: np.ndarray  # content end, the separator excluded
+
+    def raw(self, block: bytes, i: int) -> bytes:
+        return block[self.starts[i]:self.ends[i]]
+
+
+def split_lines(block: bytes, data: np.ndarray) -> Lines:
+    newlines = np.flatnonzero(data == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(block)]))
+    if starts[-1] == len(block):  # the block ends with a separator: no line after it
+        starts, ends = starts[:-1], ends[:-1]
+    crlf = np.zeros(len(ends), dtype=bool)
+    crlf[:len(newlines)] = (newlines > 0) & (data[np.maximum(newlines - 1, 0)] == 13)
+    crlf[:len(newlines)] &= newlines - 1 >= starts[:len(newlines)]
+    return Lines(starts, ends - crlf)
+
+
+def timestamps_us(text: pa.Array, allow_t: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical ``YYYY-MM-DD HH:MM:SS`` (or with ``T`` when ``allow_t``) -> (valid, µs since the epoch, UTC).
+    Anything else is not valid here (the line parser decides)."""
+    n = len(text)
+    valid = np.zeros(n, dtype=bool)
+    out = np.zeros(n, dtype=np.int64)
+    if not n:
+        return valid, out
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32, count=n + 1, offset=text.offset * 4)
+    data = np.frombuffer(text.buffers()[2], dtype=np.uint8)
+    right_length = np.diff(offsets) == _TS_LEN
+    rows = np.flatnonzero(right_length)
+    if not len(rows):
+        return valid, out
+    chars = data[offsets[rows][:, None] + np.arange(_TS_LEN)].astype(np.int64)
+    digits = chars[:, _TS_DIGITS] - 48
+    ok = ((digits >= 0) & (digits <= 9)).all(axis=1)
+    ok &= (chars[:, 4] == 45) & (chars[:, 7] == 45) & (chars[:, 13] == 58) & (chars[:, 16] == 58)
+    ok &= (chars[:, 10] == 32) | ((chars[:, 10] == 84) & allow_t)
+    d = np.where(ok[:, None], digits, 0)
+    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    month, day = d[:, 4] * 10 + d[:, 5], d[:, 6] * 10 + d[:, 7]
+    hour, minute, second = d[:, 8] * 10 + d[:, 9], d[:, 10] * 10 + d[:, 11], d[:, 12] * 10 + d[:, 13]
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_days = _DAYS_IN_MONTH[np.clip(month, 0, 12)] + ((month == 2) & leap)
+    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
+    ok &= (hour < 24) & (minute < 60) & (second < 60)
+    # Days since 1970-01-01 in the proleptic Gregorian calendar (H. Hinnant's days_from_civil).
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    valid[rows] = ok
+    out[rows] = (days * 86400 + hour * 3600 + minute * 60 + second) * _US_PER_S
+    return valid, out
+
+
+def _fast_timestamps(formats: tuple[str, ...]) -> bool | None:
+    """Whether the first format accepts ``T`` (iso), does not (the plain strptime format), or
+    None: the fast path cannot vouch for a timestamp that the first format would read."""
+    first = formats[0]
+    if first == "iso":
+        return True
+    return False if first == "%Y-%m-%d %H:%M:%S" else None
+
+
+class BlockRows(NamedTuple):
+    """A block's rows the fast path vouched for, and the lines it left to the line parser."""
+
+    members: pa.Array  # distinct member ids of the transactions (strings)
+    codes: np.ndarray  # per transaction: index into ``members``
+    ts_us: np.ndarray
+    types: np.ndarray
+    points: np.ndarray
+    revenue: np.ndarray
+    member_only: pa.Array  # member ids of member-only rows (repeats kept)
+    slow: list[bytes]  # raw lines for ``ParseLineFn.parse_line``
+
+
+def _all_slow(block: bytes, lines: Lines) -> BlockRows:
+    empty = np.zeros(0, dtype=np.int64)
+    none = pa.array([], pa.string())
+    return BlockRows(none, empty, empty, empty, np.zeros(0), np.zeros(0), none,
+                     [lines.raw(block, i) for i in range(len(lines.starts))])
+
+
+def parse_block(
+    block: bytes, layout: FileLayout, delimiter: str, formats: tuple[str, ...], last_day_us: int,
+    type_codes: Mapping[str, int] = TYPE_CODES,
+) -> BlockRows:
+    """Whole lines of one file -> the rows the fast path vouches for, and the other lines, raw."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    lines = split_lines(block, data)
+    allow_t = _fast_timestamps(formats)
+    n_lines = len(lines.starts)
+    if not n_lines:
+        return _all_slow(block, lines)
+    if allow_t is None or block.count(b"\r") != block.count(b"\r\n"):
+        return _all_slow(block, lines)  # a lone \r ends a row for pyarrow, not for ReadFromText
+    # Per line: bytes the fast path does not handle (non-ASCII, controls, quotes) and delimiters.
+    starts, ends = lines.starts, lines.ends
+    delims = np.flatnonzero(data == ord(delimiter))
+    n_delims = np.searchsorted(delims, ends) - np.searchsorted(delims, starts)
+    odd = np.flatnonzero((data > 126) | (data < 32) | (data == 34))
+    odd = odd[_ODD[data[odd]]]  # not the separators and tabs
+    clean = np.ones(n_lines, dtype=bool)
+    clean[np.searchsorted(starts, odd, "right") - 1] = False
+    empty = ends == starts
+    # pyarrow makes a row of each line with the layout's field count, and of each empty line.
+    as_row = (n_delims == layout.n_fields - 1) | empty
+    invalid = []
+    names = [f"c{i}" for i in range(layout.n_fields)]
+    wanted = [names[i] for i in (layout.member_id, layout.timestamp, layout.type, layout.points, layout.revenue)]
+    try:
+        table = pa_csv.read_csv(
+            pa.py_buffer(block),
+            read_options=pa_csv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1),
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter, quote_char=False, escape_char=False,
+                                              ignore_empty_lines=False, newlines_in_values=False,
+                                              invalid_row_handler=lambda row: invalid.append(row) or "skip"),
+            convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(wanted, pa.binary()),
+                                                  include_columns=wanted, strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, ValueError):
+        return _all_slow(block, lines)
+    row_lines = np.flatnonzero(as_row)
+    if table.num_rows != len(row_lines):
+        return _all_slow(block, lines)
+    fast = clean[row_lines] & ~empty[row_lines]
+    rows = np.flatnonzero(fast)
+    cols = [pc.utf8_trim(table.column(name).take(rows).cast(pa.string()), " \t").combine_chunks()
+            for name in wanted]
+    member, ts_text, type_text, points_text, revenue_text = cols
+    has_member = pc.greater(pc.binary_length(member), 0)
+    if layout.header is not None:  # a repeated header is the line parser's to count
+        header_member = layout.header.decode("utf-8", "replace").split(delimiter)[layout.member_id].strip()
+        has_member = pc.and_(has_member, pc.not_equal(member, header_member))
+    has_member = has_member.to_numpy(zero_copy_only=False)
+    filled = np.stack([pc.greater(pc.binary_length(c), 0).to_numpy(zero_copy_only=False)
+                       for c in (ts_text, type_text, points_text, revenue_text)])
+    member_only = has_member & ~filled.any(axis=0)
+    candidate = has_member & filled.all(axis=0)
+    ts_ok, ts_us = timestamps_us(ts_text, allow_t)
+    type_index = pc.index_in(pc.ascii_lower(type_text), value_set=pa.array(list(type_codes)))
+    type_ok = type_index.is_valid().to_numpy(zero_copy_only=False)
+    type_code = np.asarray(list(type_codes.values()), dtype=np.int64)[type_index.fill_null(0).to_numpy()]
+    numbers = []
+    ok = candidate & ts_ok & type_ok & (ts_us < last_day_us)
+    for text in (points_text, revenue_text):
+        plain = pc.match_substring_regex(text, _NUMBER).to_numpy(zero_copy_only=False)
+        value = np.zeros(len(text))
+        use = np.flatnonzero(plain & ok)
+        if len(use):
+            try:
+                value[use] = pc.cast(text.take(use), pa.float64()).to_numpy()
+            except (pa.ArrowInvalid, ValueError):
+                return _all_slow(block, lines)
+        ok &= plain & np.isfinite(value)
+        numbers.append(value)
+    txn = np.flatnonzero(ok)
+    encoded = member.take(txn).dictionary_encode()
+    slow = np.ones(n_lines, dtype=bool)
+    slow[row_lines[rows[ok | member_only]]] = False
+    slow_lines = np.flatnonzero(slow)
+    return BlockRows(
+        members=encoded.dictionary,
+        codes=encoded.indices.to_numpy().astype(np.int64),
+        ts_us=ts_us[txn], types=type_code[txn], points=numbers[0][txn], revenue=numbers[1][txn],
+        member_only=member.filter(pa.array(member_only)),
+        slow=[lines.raw(block, i) for i in slow_lines],
+    )
+
+
+class ParseBlocksFn(ParseLineFn):
+    """(file name, block of whole lines) -> (member id, packed partial accumulator), or dead letters.
+
+    Each block is parsed in one call (``parse_block``); lines the fast path does not vouch
+    for go through ``parse_line``. All of a bundle's rows are folded into one ``MemberTable``,
+    drained when the bundle ends (or when it holds ``max_members``): one accumulator per member
+    per bundle goes to ``CombinePerKey(MemberFeaturesFn)``, not one value per row.
+    """
+
+    def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None,
+                 max_members: int = 4_000_000):
+        super().__init__(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes)
+        self._max_members = max_members
+
+    def start_bundle(self):
+        super().start_bundle()
+        self._table = MemberTable()
+
+    def process(self, element: tuple[str, bytes]):
+        source, block = element
+        counts = self.tally.counts
+        counts["bytes_read"] += len(block)
+        rows = parse_block(block, self._layouts[source], self._delimiter, self._formats, self._last_day_us,
+                           self._type_codes)
+        table = self._table
+        n_txn, n_idle = len(rows.codes), len(rows.member_only)
+        counts["rows_read"] += n_txn + n_idle
+        counts["transactions"] += n_txn
+        counts["member_only_rows"] += n_idle
+        table.add(rows.members, rows.codes, rows.ts_us, rows.types, rows.points, rows.revenue)
+        table.add_members(rows.member_only)
+        slow_members: dict[str, int] = {}
+        slow_txns: list[tuple[int, Transaction]] = []
+        for raw in rows.slow:
+            for out in self.parse_line(source, raw):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield out
+                    continue
+                member_id, txn = out
+                code = slow_members.setdefault(member_id, len(slow_members))
+                if txn is not None:
+                    slow_txns.append((code, txn))
+        if slow_members:
+            table.add_members(list(slow_members))
+            if slow_txns:
+                codes, txns = zip(*slow_txns, strict=True)
+                table.add(list(slow_members), np.asarray(codes, dtype=np.int64),
+                          np.asarray([t.ts_us for t in txns], dtype=np.int64),
+                          np.asarray([t.type_code for t in txns], dtype=np.int64),
+                          np.asarray([t.points for t in txns], dtype=np.float64),
+                          np.asarray([t.revenue for t in txns], dtype=np.float64))
+        self.tally.flush()
+        if len(table) >= self._max_members:
+            yield from table.drain()
+
+    def finish_bundle(self):
+        for member in self._table.drain():
+            yield WindowedValue(member, MIN_TIMESTAMP, (GlobalWindow(),))
+        super().finish_bundle()
+
+
+class ParseExportBlocks(beam.PTransform):
+    """(file, block) pairs -> (member id, packed partial accumulator), with dead letters as a tagged output."""
+
+    def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None):
+        super().__init__()
+        self._fn = ParseBlocksFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes)
+
+    def expand(self, blocks):
+        return blocks | "ParseBlock" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="transactions")

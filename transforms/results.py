@@ -9,8 +9,8 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
+from lantern.features import INTEGER_FEATURES, SPEC_FEATURES
 from transforms import NAMESPACE, progress
-from transforms.features import INTEGER_FEATURES, SPEC_FEATURES
 
 OK, NO_TRANSACTIONS, FAILED = "OK", "NO_TRANSACTIONS", "FAILED"
 # A member with transactions in a --features-only run: features filled, no calls made.

@@ -1,0 +1,128 @@
+"""How every run starts and ends, whichever job it runs: batch, ``--retry-failed`` or a streaming replay.
+
+Before the pipeline: the output folder is checked (writable; holding no run
+unless ``--overwrite``), the run gets its id, Dataflow gets its worker image and
+job name, and the run gets a private staging folder. After it: the run is
+published (run.json last; ``--overwrite`` clears the earlier run only now that
+this one is complete), or, past the dead-letter limit, held back in its staging
+folder; and the exit code says how it ended. A Flex Template launch is the
+exception: the launcher only submits the job, so the job writes in place and
+nothing here waits for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import time
+import uuid
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipeline import console, dataflow, dead_letter_limit, outputs, run_folder
+from beam_pipeline.runners import runner_name
+from lantern.run_record import ReplaySummary, RunSummary, to_json
+
+log = logging.getLogger(__name__)
+
+# SPEC §5: 0 all members OK or NO_TRANSACTIONS; 1 anything unexpected; 2 a usage, partner or input
+# error found before the run; 3 some members FAILED; 4 too many dead letters (not published).
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_FAILED_MEMBERS, EXIT_TOO_MANY_DEAD_LETTERS = 0, 1, 2, 3, 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """When the run started: wall clock for run.json, monotonic clock for its duration."""
+
+    at: dt.datetime
+    monotonic: float
+
+    @classmethod
+    def now(cls) -> Start:
+        return cls(dt.datetime.now(dt.timezone.utc), time.monotonic())
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One run's identity and places, fixed before its pipeline is built."""
+
+    run_id: str
+    start: Start
+    options: PipelineOptions
+    runner: str
+    output: str  # absolute for a local folder
+    staging: str  # where the pipeline writes: a private folder, or ``output`` itself when in place
+    template: bool  # a Flex Template launch: the job is submitted, never awaited or published here
+
+    def wall_seconds(self) -> float:
+        return round(time.monotonic() - self.start.monotonic, 3)
+
+
+def run_id(started: dt.datetime) -> str:
+    """Sortable by start time, unique across runs started in the same second."""
+    return f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def absolute(output: str) -> str:
+    return output if outputs.is_remote(output) else os.path.abspath(output)
+
+
+def check_output(output: str, overwrite: bool, beam_args: list[str]) -> None:
+    """Before anything runs: the folder can be written, and holds no run unless ``--overwrite``.
+
+    A Flex Template launch writes in place; :func:`prepare` checks its folder is fresh instead.
+    """
+    outputs.check_writable(output)
+    if not dataflow.is_template_launch(PipelineOptions(beam_args)):
+        run_folder.check(output, overwrite)
+
+
+def prepare(options: PipelineOptions, partner: str, output: str, start: Start, staged: bool = True) -> Launch:
+    """The run id, Dataflow's worker image and job name, and where the pipeline writes.
+
+    ``staged=False`` (a live stream, which appends windows and never ends) writes straight into ``output``.
+    """
+    rid = run_id(start.at)
+    dataflow.prepare(options, partner, rid)
+    output = absolute(output)
+    template = dataflow.is_template_launch(options)
+    if not staged:
+        staging = output
+    elif template:
+        outputs.check_fresh(output)  # the launcher cannot wait to publish: the job writes in place
+        staging = output
+    else:
+        staging = outputs.staging_dir(output, rid)
+    return Launch(rid, start, options, runner_name(options), output, staging, template)
+
+
+def log_submitted(launch: Launch, job: str = "job") -> None:
+    """A Flex Template launch ends when its job is submitted: no metrics/ or run.json here."""
+    log.info("run %s: %s submitted from a Flex Template; its outputs appear in %s when it finishes "
+             "(the job page in the console has the counters)", launch.run_id, job, launch.output)
+
+
+def exit_code(failed: int) -> int:
+    """3 when any member (or streaming update) FAILED, else 0."""
+    return EXIT_FAILED_MEMBERS if failed else EXIT_OK
+
+
+def finish(launch: Launch, record: RunSummary | ReplaySummary, code: int, overwrite: bool,
+           verdict: dead_letter_limit.Verdict | None = None) -> tuple[int, dict]:
+    """Publish the run (or hold it back past the dead-letter limit); returns the exit code and run.json."""
+    if isinstance(record, RunSummary):
+        for step in record.steps:
+            line = step.model_dump(mode="json")
+            log.info("%s", console.step_line(line), extra={"step": line})
+    if verdict is not None and verdict.exceeded:
+        held = dead_letter_limit.hold_back(record, verdict, launch.staging)
+        return EXIT_TOO_MANY_DEAD_LETTERS, to_json(held)
+    summary = to_json(record)
+    outputs.write_json(outputs.join(launch.staging, outputs.RUN_JSON), summary)
+    if overwrite:
+        run_folder.clear(launch.output, keep=launch.staging)
+    outputs.publish(launch.staging, launch.output)
+    log.info("run %s finished in %.1fs: %s", launch.run_id, summary["wall_seconds"],
+             console.format_summary(summary).replace("\n", "; "), extra={"accounting": summary["accounting"]})
+    return code, summary

@@ -1,0 +1,327 @@
+"""``--retry-failed PREVIOUS_OUTPUT``: finish a run whose endpoints failed for some members.
+
+A new run reads a published run's results, calls the endpoints again for its
+FAILED members only (with the features that run computed: no export is read,
+nothing is recomputed) and writes a complete output of its own: every other row
+carried over unchanged, the dead letters carried over, the retried rows fresh.
+The partner (unless given) and the as-of date are the previous run's. It is a
+Beam pipeline like any run, so it reads and writes gs:// paths and runs on
+Dataflow. ``run.json`` says which run it retried (``retry_of``) and accounts for
+every member: carried over, retried, still failed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+from collections import Counter
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import WriteToParquetBatched
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipeline import launch, logs, outputs, preflight, summary
+from beam_pipeline.pipeline import TO_RESULT_ROW, WRITE_DEAD_LETTERS, WRITE_RESULTS
+from beam_pipeline.runners import make_runner
+from lantern.errors import ConfigError
+from lantern.partner import PartnerConfig
+from transforms import progress
+from transforms.endpoints import CallEndpoints
+from transforms.parquet_rows import RowsToTablesFn
+from transforms.previous_results import (
+    MEMBERS_CARRIED_OVER,
+    MEMBERS_TO_RETRY,
+    RETRY,
+    CopyParquetRows,
+    ReadPreviousResults,
+)
+from transforms.results import (
+    DEAD_LETTER_SCHEMA,
+    FAILED,
+    NO_TRANSACTIONS,
+    OK,
+    ToResultRowFn,
+    feature_columns,
+    results_schema,
+)
+
+log = logging.getLogger(__name__)
+
+NAMED_SOURCE = ("partner_options/", ".yaml")
+# The retry pipeline's own top-level steps (the others are the batch job's: pipeline.py).
+READ_PREVIOUS = "ReadPrevious"
+CALL_ENDPOINTS = "CallEndpoints"  # how run.json names a partner chosen with --partner
+
+
+@dataclasses.dataclass(frozen=True)
+class PreviousRun:
+    """A published run, checked to be complete: its summary, its files and its results schema."""
+
+    output: str
+    summary: dict
+    results_files: tuple[tuple[str, int], ...]  # (path, size in bytes)
+    dead_letter_files: tuple[tuple[str, int], ...]
+    schema: pa.Schema
+
+    @property
+    def run_id(self) -> str:
+        return self.summary["run_id"]
+
+    @property
+    def members_failed(self) -> int:
+        return self.summary["accounting"]["members_failed"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryJob:
+    previous: PreviousRun
+    partner: PartnerConfig
+    as_of: dt.date
+    staging: str
+
+
+def _refuse(previous: str, why: str) -> ConfigError:
+    return ConfigError(f"--retry-failed {previous}: {why}")
+
+
+def _files(folder: str) -> tuple[tuple[str, int], ...]:
+    matched = FileSystems.match([outputs.join(folder, "*.parquet")])[0].metadata_list
+    return tuple(sorted((m.path, m.size_in_bytes) for m in matched))
+
+
+def load_previous(path: str) -> PreviousRun:
+    """The previous run at ``path``, or a one-line ConfigError if it is not a complete published run."""
+    folder = path if outputs.is_remote(path) else os.path.abspath(path)
+    run_json = outputs.join(folder, outputs.RUN_JSON)
+    if not FileSystems.exists(run_json):
+        raise _refuse(path, f"no {outputs.RUN_JSON}: not a complete published run "
+                            "(a run still going or crashed, or not a run's output folder)")
+    try:
+        with FileSystems.open(run_json, compression_type="uncompressed") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _refuse(path, f"{outputs.RUN_JSON} cannot be read: {exc}") from None
+    accounting = data.get("accounting") if isinstance(data, dict) else None
+    if not isinstance(accounting, dict) or not all(k in data for k in ("run_id", "partner", "as_of")) \
+            or not isinstance(accounting.get("members_failed"), int):
+        raise _refuse(path, f"{outputs.RUN_JSON} is not a run summary (no run_id, partner, as_of or accounting)")
+    if data.get("streaming"):
+        raise _refuse(path, "a streaming run's output: only batch runs can be retried")
+    results_files = _files(outputs.join(folder, "results"))
+    dead_letter_files = _files(outputs.join(folder, "dead_letter"))
+    if not results_files or not dead_letter_files:
+        part = "results" if not results_files else "dead_letter"
+        raise _refuse(path, f"{part}/ has no Parquet files: not a complete published run")
+    try:
+        with FileSystems.open(results_files[0][0], compression_type="uncompressed") as handle:
+            schema = pq.read_schema(handle)
+    except (OSError, pa.ArrowException) as exc:
+        raise _refuse(path, f"cannot read the schema of {results_files[0][0]}: {exc}") from None
+    return PreviousRun(folder, data, results_files, dead_letter_files, schema)
+
+
+def apply_previous(args: argparse.Namespace) -> PreviousRun:
+    """Check the retry's command line against the previous run; default the partner and as-of to it.
+
+    Called before the partner is resolved, so a partner the user did not name
+    is the previous run's partner file.
+    """
+    if args.input:
+        raise ConfigError("usage: --retry-failed reads the previous run's results; it takes no --input")
+    if args.features_only or getattr(args, "streaming", False):
+        raise ConfigError("usage: --retry-failed cannot be combined with --features-only or --streaming")
+    previous = load_previous(args.retry_failed)
+    output = launch.absolute(args.output)
+    if output.rstrip("/") == previous.output.rstrip("/"):
+        raise _refuse(args.retry_failed, "--output must be a new folder, not the run being retried")
+    as_of = previous.summary["as_of"]
+    if args.as_of and args.as_of != as_of:
+        raise _refuse(args.retry_failed, f"the run is as of {as_of}; a retry keeps its date (--as-of {args.as_of})")
+    args.as_of = as_of
+    if not (args.partner or args.partner_config):
+        source = previous.summary.get("partner_source") or ""
+        prefix, suffix = NAMED_SOURCE
+        if source.startswith(prefix) and source.endswith(suffix):
+            args.partner = source[len(prefix):-len(suffix)]
+        elif source:
+            args.partner_config = source
+        else:
+            args.partner = previous.summary["partner"]
+    return previous
+
+
+def previous_features(previous: PreviousRun) -> list[str]:
+    """The features the previous run computed: recorded in run.json, else its results' feature columns."""
+    recorded = previous.summary.get("partner_features")
+    if isinstance(recorded, list):
+        return [str(name) for name in recorded]
+    names = previous.schema.names
+    end = names.index("N_TRANSACTIONS") if "N_TRANSACTIONS" in names else len(names)
+    return names[names.index("MEMBER_ID") + 1:end] if "MEMBER_ID" in names else []
+
+
+def check_partner(previous: PreviousRun, partner: PartnerConfig, source: str) -> None:
+    """The retry must call the endpoints with the features the previous run computed, for the same partner."""
+    where = f"--retry-failed {previous.output}"
+    if partner.name != previous.summary["partner"]:
+        raise ConfigError(f"{where}: the run is partner {previous.summary['partner']!r}; "
+                          f"{source} is partner {partner.name!r}")
+    then = previous_features(previous)
+    now = list(partner.feature_names) if "partner_features" in previous.summary else feature_columns(partner.feature_names)
+    if set(then) != set(now):
+        gone, new = sorted(set(then) - set(now)), sorted(set(now) - set(then))
+        diff = "; ".join(part for part in (f"not in {source}: {', '.join(gone)}" if gone else "",
+                                           f"new in {source}: {', '.join(new)}" if new else "") if part)
+        raise ConfigError(f"{where}: the partner's features differ from the run's ({diff}); "
+                          "run again from the export instead")
+    missing = [f.name for f in results_schema(partner.feature_names) if f.name not in previous.schema.names]
+    if missing:
+        raise ConfigError(f"{where}: its results lack column(s) {', '.join(missing)}")
+
+
+def build_retry_pipeline(p: beam.Pipeline, job: RetryJob) -> None:
+    """Previous results -> (kept rows | FAILED members called again) -> results; dead letters copied."""
+    partner = job.partner
+    schema = results_schema(partner.feature_names)
+    previous = job.previous
+    split = p | READ_PREVIOUS >> ReadPreviousResults(
+        outputs.join(previous.output, "results", "*.parquet"), schema, partner.feature_names)
+    retried = (
+        split[RETRY]
+        | CALL_ENDPOINTS >> CallEndpoints(partner)
+        | TO_RESULT_ROW >> beam.ParDo(ToResultRowFn(feature_columns(partner.feature_names), partner.name, job.as_of))
+        | "ToArrow" >> beam.ParDo(RowsToTablesFn(schema))
+    )
+    (
+        (split.kept, retried)
+        | "Merge" >> beam.Flatten()
+        | WRITE_RESULTS >> WriteToParquetBatched(outputs.join(job.staging, "results", "part"), schema,
+                                                  file_name_suffix=".parquet")
+    )
+    (
+        p
+        | "CopyDeadLetters" >> CopyParquetRows(outputs.join(previous.output, "dead_letter", "*.parquet"),
+                                               DEAD_LETTER_SCHEMA)
+        | WRITE_DEAD_LETTERS >> WriteToParquetBatched(outputs.join(job.staging, "dead_letter", "part"),
+                                                      DEAD_LETTER_SCHEMA, file_name_suffix=".parquet")
+    )
+
+
+# What run.json's steps report for a retry: (label, transform, unit, element count from the accounting).
+STEPS = (
+    summary.Step("read_previous", READ_PREVIOUS, "members", lambda a: a["members"]),
+    summary.Step("call_endpoints", CALL_ENDPOINTS, "members", lambda a: a["members_retried"]),
+    summary.Step("result_rows", TO_RESULT_ROW, "members", lambda a: a["members_retried"]),
+    summary.Step("write_results", WRITE_RESULTS, "rows", lambda a: a["members"]),
+    summary.Step("write_dead_letters", WRITE_DEAD_LETTERS, "rows", lambda a: a["dead_letter_rows"]),
+)
+ROW_KEYS = ("rows_read", "header_lines", "transactions", "member_only_rows")
+
+
+def accounting(previous_acc: dict, previous: pa.Table, counters: Counter, results: pa.Table,
+               dead_letters: pa.Table) -> dict:
+    """The retry's accounting, checked against the previous run's; raises AccountingError if it does not close.
+
+    ``previous`` holds the previous run's MEMBER_ID and STATUS columns. The row
+    counts are the previous run's (the same input, its dead letters carried over).
+    """
+    statuses = Counter(results.column("STATUS").to_pylist())
+    was_failed = {m for m, s in zip(previous.column("MEMBER_ID").to_pylist(), previous.column("STATUS").to_pylist(),
+                                    strict=True) if s == FAILED}
+    now_failed = {m for m, s in zip(results.column("MEMBER_ID").to_pylist(), results.column("STATUS").to_pylist(),
+                                    strict=True) if s == FAILED}
+    acc = {key: previous_acc.get(key, 0) for key in ROW_KEYS}
+    acc.update({
+        "dead_letter_rows": dead_letters.num_rows,
+        "members": results.num_rows,
+        "members_ok": statuses[OK],
+        "members_no_transactions": statuses[NO_TRANSACTIONS],
+        "members_failed": statuses[FAILED],
+        "members_features_only": statuses["FEATURES_ONLY"],
+        "members_carried_over": counters[MEMBERS_CARRIED_OVER],
+        "members_retried": counters[MEMBERS_TO_RETRY],
+        "members_retried_ok": counters["members_ok"],
+        "members_still_failed": counters["members_failed"],
+    })
+    problems = []
+    if acc["rows_read"] != acc["transactions"] + acc["member_only_rows"] + acc["dead_letter_rows"]:
+        problems.append(f"rows_read {acc['rows_read']} != transactions {acc['transactions']} + member_only_rows "
+                        f"{acc['member_only_rows']} + dead_letter_rows {acc['dead_letter_rows']}")
+    if acc["dead_letter_rows"] != previous_acc.get("dead_letter_rows"):
+        problems.append(f"{acc['dead_letter_rows']} dead letters written, the previous run had "
+                        f"{previous_acc.get('dead_letter_rows')}")
+    ids_then, ids_now = set(previous.column("MEMBER_ID").to_pylist()), set(results.column("MEMBER_ID").to_pylist())
+    if len(ids_now) != results.num_rows:
+        problems.append(f"{results.num_rows - len(ids_now)} member(s) have more than one results row")
+    if ids_now != ids_then:
+        problems.append(f"members differ from the previous run's: {len(ids_then - ids_now)} missing, "
+                        f"{len(ids_now - ids_then)} unexpected")
+    if acc["members_retried"] != len(was_failed) or len(was_failed) != previous_acc.get("members_failed"):
+        problems.append(f"{acc['members_retried']} members retried, the previous run had {len(was_failed)} FAILED rows "
+                        f"and reported {previous_acc.get('members_failed')}")
+    if acc["members_carried_over"] + acc["members_retried"] != acc["members"]:
+        problems.append(f"carried over {acc['members_carried_over']} + retried {acc['members_retried']} "
+                        f"!= members {acc['members']}")
+    if acc["members_retried_ok"] + acc["members_still_failed"] != acc["members_retried"]:
+        problems.append(f"retried {acc['members_retried']} != OK {acc['members_retried_ok']} + still failed "
+                        f"{acc['members_still_failed']}")
+    if not now_failed <= was_failed or len(now_failed) != acc["members_still_failed"]:
+        problems.append(f"{len(now_failed - was_failed)} member(s) FAILED that the previous run had not")
+    if acc["members_ok"] != previous_acc.get("members_ok", 0) + acc["members_retried_ok"]:
+        problems.append(f"members_ok {acc['members_ok']} != previous {previous_acc.get('members_ok')} + "
+                        f"retried OK {acc['members_retried_ok']}")
+    if problems:
+        raise summary.AccountingError("accounting does not close: " + "; ".join(problems))
+    return acc
+
+
+def run(args: argparse.Namespace, beam_args: list[str], previous: PreviousRun, partner: PartnerConfig,
+        partner_source: str, start: launch.Start) -> tuple[int, dict | None]:
+    """Run the retry job and publish its outputs; returns the exit code and the run summary."""
+    check_partner(previous, partner, partner_source)
+    as_of = dt.date.fromisoformat(previous.summary["as_of"])
+    launch.check_output(args.output, args.overwrite, beam_args)
+    if previous.members_failed and not args.skip_preflight:
+        preflight.check_endpoints(partner)
+    logs.configure(args.log_level, args.log_format)
+
+    launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start)
+    if previous.members_failed:
+        log.info("run %s: retrying the %d FAILED member(s) of run %s (%s), partner=%s as_of=%s runner=%s output=%s",
+                 launched.run_id, previous.members_failed, previous.run_id, previous.output, partner.name, as_of,
+                 launched.runner, launched.output)
+    else:
+        log.info("run %s: nothing to retry: run %s (%s) has no FAILED member; its rows are carried over to %s",
+                 launched.run_id, previous.run_id, previous.output, launched.output)
+
+    pipeline = beam.Pipeline(runner=make_runner(launched.options), options=launched.options)
+    build_retry_pipeline(pipeline, RetryJob(previous, partner, as_of, launched.staging))
+    progress.reset()
+    result = pipeline.run()
+    if launched.template:
+        launch.log_submitted(launched, "retry job")
+        return launch.EXIT_OK, None
+    result.wait_until_finish()
+
+    written = summary.collect(result, launched.staging)
+    before = summary.read_parts(outputs.join(previous.output, "results"), columns=["MEMBER_ID", "STATUS"])
+    acc = accounting(previous.summary["accounting"], before, summary.counter_totals(written.rows), written.results,
+                     written.dead_letters)
+    retried_ids = pc.filter(before.column("MEMBER_ID"), pc.equal(before.column("STATUS"), FAILED))
+    called = written.results.filter(pc.is_in(written.results.column("MEMBER_ID"),
+                                              value_set=retried_ids.combine_chunks()))
+    code = launch.exit_code(acc["members_failed"])
+    record = summary.run_record(
+        launched, partner, partner_source, as_of.isoformat(), code, acc, written.rows, written.results,
+        written.dead_letters, (*previous.results_files, *previous.dead_letter_files), vars(args), STEPS,
+        called=called,  # this run's calls, not the carried-over rows'
+        retry_of=(previous.run_id, previous.output),
+    )
+    return launch.finish(launched, record, code, args.overwrite)

@@ -1,0 +1,290 @@
+"""Many transactions folded at once, column by column, into the accumulators of ``lantern.features``.
+
+The block reader hands a bundle's rows here as columns; one vectorised pass per
+block keeps one accumulator per member (exact sums, counts, the three most recent
+transactions) and ``drain`` packs them in ``lantern.features.pack``'s layout, the
+format the batch shuffle already carries. Same rows in, same bytes out as folding
+them one by one with ``lantern.features.add``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lantern.features import POINTS, REVENUE, exact, pack, unpack
+
+_LIMB_BITS = 32
+_LIMB_MASK = (1 << _LIMB_BITS) - 1
+_WINDOW = 6  # limbs per sum kept in int64 columns: 192 bits around the values first seen
+_CHUNK = 1 << 20  # rows per vectorised step: limb sums stay below 2**52, exact in a float64 bincount
+_NO_TS = np.iinfo(np.int64).min  # an empty last-3 slot: older than any transaction
+
+
+def limbs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each finite double as three signed 32-bit limbs: ``value * 2**1074 ==
+    sum(limb[k] << 32 * (index + k))``. Returns (index, limbs of shape (n, 3)).
+
+    ``np.frexp`` gives ``value = m * 2**(e - 53)`` with an integer ``m`` below 2**53;
+    shifting ``m`` by ``(e - 53 + 1074) % 32`` spreads it over three limbs of 32 bits, so
+    sums of limbs stay exact in int64 for more than 2**30 rows.
+    """
+    frac, exp = np.frexp(values)
+    mant = (frac * float(1 << 53)).astype(np.int64)
+    pos = exp.astype(np.int64) + (1074 - 53)
+    # Subnormals: frexp normalises them below 2**-1074; their mantissa has the zeros to give back.
+    under = pos < 0
+    if under.any():
+        mant = np.where(under, mant >> np.minimum(-pos, 63), mant)
+        pos = np.maximum(pos, 0)
+    index = pos >> 5
+    shift = (pos & 31).astype(np.uint64)
+    mag = np.abs(mant).astype(np.uint64)
+    low = (mag & np.uint64(_LIMB_MASK)) << shift
+    high = ((mag >> np.uint64(32)) << shift) + (low >> np.uint64(32))
+    out = np.empty((len(values), 3), dtype=np.int64)
+    out[:, 0] = (low & np.uint64(_LIMB_MASK)).astype(np.int64)
+    out[:, 1] = (high & np.uint64(_LIMB_MASK)).astype(np.int64)
+    out[:, 2] = (high >> np.uint64(32)).astype(np.int64)
+    out *= np.sign(mant)[:, None]
+    return index, out
+
+
+def _greater(a: tuple, b: tuple) -> np.ndarray:
+    """Row-wise ``a > b`` for (ts, points, revenue, type) column tuples: the last-3 order."""
+    ts_a, p_a, r_a, t_a = a
+    ts_b, p_b, r_b, t_b = b
+    return (ts_a > ts_b) | ((ts_a == ts_b) & (
+        (p_a > p_b) | ((p_a == p_b) & ((r_a > r_b) | ((r_a == r_b) & (t_a > t_b))))))
+
+
+class MemberTable:
+    """Accumulators of many members as columns: the batch reader's fold of a whole bundle.
+
+    Rows arrive as numpy columns; one vectorised group-by per call folds them into
+    per-member counts, exact sums (int64 limbs, see ``limbs``) and the three most recent
+    transactions. ``drain`` hands back one packed accumulator per member (``pack``), the
+    format ``MemberFeaturesFn`` merges, equal to folding the same rows one by one with
+    ``add``. Memory grows with the members held, not with the rows folded.
+    """
+
+    def __init__(self, capacity: int = 1024):
+        self._ids = pa.array([], pa.string())  # member of each slot
+        self._alloc(capacity)
+        self._base: int | None = None  # limb index of column 0 of the sums
+        self._outside: dict[int, list[int]] = {}  # slot -> [points, revenue] parts beyond the window
+
+    def _alloc(self, capacity: int) -> None:
+        self._counts = np.zeros((capacity, 4), dtype=np.int64)  # n, n_buy, n_gift, n_redeem
+        self._sums = np.zeros((2, capacity, _WINDOW), dtype=np.int64)  # points, revenue
+        self._ts = np.full((capacity, 3), _NO_TS, dtype=np.int64)
+        self._points = np.full((capacity, 3), -np.inf)
+        self._revenue = np.full((capacity, 3), -np.inf)
+        self._types = np.full((capacity, 3), -1, dtype=np.int64)
+
+    def _grow(self, needed: int) -> None:
+        size = len(self._counts)
+        if needed <= size:
+            return
+        old = (self._counts, self._sums, self._ts, self._points, self._revenue, self._types)
+        self._alloc(max(needed, 2 * size))
+        self._counts[:size], self._ts[:size], self._points[:size] = old[0], old[2], old[3]
+        self._revenue[:size], self._types[:size] = old[4], old[5]
+        self._sums[:, :size] = old[1]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def slots(self, members) -> np.ndarray:
+        """The slot of each of ``members`` (distinct ids; a list or a pyarrow string array), new ones appended.
+
+        One hash lookup in Arrow per call, so members cost no Python per row.
+        """
+        members = members if isinstance(members, pa.Array) else pa.array(members, pa.string())
+        held = len(self._ids)
+        found = pc.index_in(members, value_set=self._ids) if held else pa.nulls(len(members), pa.int32())
+        new = found.is_null().to_numpy(zero_copy_only=False)
+        out = found.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        if new.any():
+            out[new] = held + np.arange(int(new.sum()))
+            self._ids = pa.concat_arrays([self._ids, members.filter(pa.array(new))])
+            self._grow(len(self._ids))
+        return out
+
+    def add_members(self, members) -> None:
+        """Members seen without a transaction (member-only rows): they get an accumulator with n=0."""
+        members = members if isinstance(members, pa.Array) else pa.array(members, pa.string())
+        self.slots(pc.unique(members))
+
+    def add(self, members: list[str], codes: np.ndarray, ts: np.ndarray, types: np.ndarray,
+            points: np.ndarray, revenue: np.ndarray) -> None:
+        """Fold transactions: row i is member ``members[codes[i]]`` (``members`` distinct)."""
+        slots = self.slots(members)
+        for start in range(0, len(codes), _CHUNK):
+            part = slice(start, start + _CHUNK)
+            self._fold(slots, codes[part], ts[part], types[part], points[part], revenue[part])
+
+    def _fold(self, slots, codes, ts, types, points, revenue) -> None:
+        if not len(codes):
+            return
+        g = len(slots)
+        self._counts[slots, 0] += np.bincount(codes, minlength=g)
+        by_type = np.bincount(codes * 3 + types, minlength=3 * g).reshape(g, 3)
+        self._counts[slots, 1:] += by_type
+        for field, values in enumerate((points, revenue)):
+            self._fold_sum(field, slots, codes, values)
+        self._fold_last3(slots, codes, ts, types, points, revenue)
+
+    def _fold_sum(self, field: int, slots, codes, values) -> None:
+        index, parts = limbs(values)
+        nonzero = values != 0
+        if self._base is None:
+            if not nonzero.any():
+                return
+            self._base = max(int(index[nonzero].min()) - 1, 0)
+        col = index - self._base
+        inside = (col >= 0) & (col + 3 <= _WINDOW)
+        for row in np.flatnonzero(nonzero & ~inside):  # rare: values far from the first ones seen
+            slot = int(slots[codes[row]])
+            self._outside.setdefault(slot, [0, 0])[field] += exact(float(values[row]))
+        keep = nonzero & inside
+        g = len(slots)
+        flat = (codes[keep] * _WINDOW + col[keep])[:, None] + np.arange(3)
+        sums = np.bincount(flat.ravel(), weights=parts[keep].ravel().astype(np.float64), minlength=g * _WINDOW)
+        self._sums[field, slots] += sums.reshape(g, _WINDOW).astype(np.int64)
+
+    def _fold_last3(self, slots, codes, ts, types, points, revenue) -> None:
+        # Ascending by (member, ts, points, revenue, type): a member's last three rows are its most recent.
+        order = np.lexsort((ts, codes))
+        same = (codes[order[1:]] == codes[order[:-1]]) & (ts[order[1:]] == ts[order[:-1]])
+        if same.any():  # equal timestamps within a member: the full order decides
+            order = np.lexsort((types, revenue, points, ts, codes))
+        sorted_codes = codes[order]
+        ends = np.flatnonzero(np.append(sorted_codes[1:] != sorted_codes[:-1], True)) + 1
+        starts = np.append(0, ends[:-1])
+        present = sorted_codes[starts]  # the codes that have rows, ascending
+        new = []
+        for k in range(3):
+            pos = ends - 1 - k
+            valid = pos >= starts
+            take = order[np.where(valid, pos, 0)]
+            new.append((np.where(valid, ts[take], _NO_TS), np.where(valid, points[take], -np.inf),
+                        np.where(valid, revenue[take], -np.inf), np.where(valid, types[take], -1)))
+        target = slots[present]
+        old = [(self._ts[target, k], self._points[target, k], self._revenue[target, k], self._types[target, k])
+               for k in range(3)]
+        # Merge two lists sorted most recent first, keep three.
+        i = np.zeros(len(target), dtype=np.int64)
+        j = np.zeros(len(target), dtype=np.int64)
+        merged = []
+        for _ in range(3):
+            a = tuple(np.choose(np.minimum(i, 2), [old[k][f] for k in range(3)]) for f in range(4))
+            b = tuple(np.choose(np.minimum(j, 2), [new[k][f] for k in range(3)]) for f in range(4))
+            a = tuple(np.where(i < 3, a[f], (_NO_TS, -np.inf, -np.inf, -1)[f]) for f in range(4))
+            b = tuple(np.where(j < 3, b[f], (_NO_TS, -np.inf, -np.inf, -1)[f]) for f in range(4))
+            from_a = ~_greater(b, a)
+            merged.append(tuple(np.where(from_a, a[f], b[f]) for f in range(4)))
+            i += from_a
+            j += ~from_a
+        for k, (t, p, r, ty) in enumerate(merged):
+            self._ts[target, k], self._points[target, k] = t, p
+            self._revenue[target, k], self._types[target, k] = r, ty
+
+    def _limb_bytes(self, field: int, rows: slice) -> np.ndarray:
+        """Members' exact sums (in window units) as little-endian two's complement bytes, one row each."""
+        parts = self._sums[field, rows].copy()
+        for k in range(_WINDOW - 1):  # carry: limbs 0..W-2 in [0, 2**32), the top one signed
+            carry = parts[:, k] >> _LIMB_BITS
+            parts[:, k] -= carry << _LIMB_BITS
+            parts[:, k + 1] += carry
+        n = len(parts)
+        return np.concatenate([parts[:, :-1].astype("<u4").view(np.uint8).reshape(n, -1),
+                               parts[:, -1:].astype("<i8").view(np.uint8).reshape(n, -1)], axis=1)
+
+    def drain(self) -> Iterable[tuple[str, bytes]]:
+        """(member, packed accumulator) for every member held; the table is empty afterwards."""
+        n = len(self._ids)
+        ids = self._ids.to_pylist()
+        packed: list[bytes] = []
+        for start in range(0, n, 1 << 16):
+            rows = slice(start, min(start + (1 << 16), n))
+            last3 = tuple(a[rows] for a in (self._ts, self._points, self._revenue, self._types))
+            sums = [(self._limb_bytes(f, rows), _LIMB_BITS * (self._base or 0)) for f in (0, 1)]
+            packed += pack_columns(self._counts[rows], sums, last3)
+        for slot, extra in self._outside.items():  # rare: rebuilt from the exact parts in Python
+            acc = unpack(packed[slot])
+            acc[POINTS] += extra[0]
+            acc[REVENUE] += extra[1]
+            packed[slot] = pack(acc)
+        self.__init__()
+        return zip(ids, packed, strict=True)
+
+
+_CTZ = np.array([0] + [(i & -i).bit_length() - 1 for i in range(1, 256)], dtype=np.int64)
+_BITLEN = np.array([i.bit_length() for i in range(256)], dtype=np.int64)
+_COUNTS_DTYPE = np.dtype([("n", ">i8"), ("buy", ">i8"), ("gift", ">i8"), ("redeem", ">i8"), ("k", "u1")])
+_ENTRY_DTYPE = np.dtype([("ts", ">i8"), ("points", ">f8"), ("revenue", ">f8"), ("type", "u1")])
+_SUM_HEAD_DTYPE = np.dtype([("shift", ">u2"), ("size", ">u2")])
+
+
+def _odd_parts(data: np.ndarray, base_shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_pack_sum`` for many sums at once. ``data``: (n, w) little-endian two's complement bytes
+    of each sum divided by 2**base_shift. Returns (shift, size, big-endian odd part right-aligned in w bytes)."""
+    n, w = data.shape
+    nonzero = data != 0
+    any_bit = nonzero.any(axis=1)
+    first = np.argmax(nonzero, axis=1)
+    rows = np.arange(n)
+    bits = _CTZ[data[rows, first]]
+    shift = np.where(any_bit, 8 * first + bits + base_shift, 0)
+    sign = np.where(data[:, -1] >= 128, 255, 0).astype(np.uint16)
+    cols = np.arange(w + 1)[None, :] + first[:, None]
+    wide = np.where(cols < w, data[rows[:, None], np.minimum(cols, w - 1)], sign[:, None]).astype(np.uint16)
+    odd = (((wide[:, :-1] >> bits[:, None]) | (wide[:, 1:] << (8 - bits[:, None]))) & 255).astype(np.uint8)
+    magnitude = np.where(sign[:, None] == 255, ~odd, odd)
+    magnitude[:, 0] |= (sign == 255).astype(np.uint8)  # -odd == ~odd + 1 == ~odd | 1 for an odd number
+    top = w - 1 - np.argmax(magnitude[:, ::-1] != 0, axis=1)
+    bit_length = np.where((magnitude != 0).any(axis=1), 8 * top + _BITLEN[magnitude[rows, top]], 0)
+    return shift, (bit_length + 8) // 8, odd[:, ::-1]
+
+
+def pack_columns(counts: np.ndarray, sums: list[tuple[np.ndarray, int]], last3: tuple) -> list[bytes]:
+    """``pack`` for many accumulators given as columns, byte for byte: counts (n, 4), the two sums
+    as (bytes, base shift) for ``_odd_parts``, last3 as (ts, points, revenue, type) arrays of (n, 3)."""
+    n = len(counts)
+    k = np.minimum(counts[:, 0], 3)
+    head = np.empty(n, dtype=_COUNTS_DTYPE)
+    head["n"], head["buy"], head["gift"], head["redeem"], head["k"] = (*counts.T, k)
+    entries = np.empty((n, 3), dtype=_ENTRY_DTYPE)
+    for name, column in zip(("ts", "points", "revenue", "type"), last3, strict=True):
+        entries[name] = column
+    parts, sizes = [], []
+    for data, base_shift in sums:
+        shift, size, odd = _odd_parts(data, base_shift)
+        sum_head = np.empty(n, dtype=_SUM_HEAD_DTYPE)
+        sum_head["shift"], sum_head["size"] = shift, size
+        parts.append((sum_head.view(np.uint8).reshape(n, -1), odd))
+        sizes.append(size)
+    head_bytes = head.view(np.uint8).reshape(n, -1)
+    entry_bytes = entries.view(np.uint8).reshape(n, -1)
+    width = parts[0][1].shape[1]
+    # Records of one shape (sum sizes, entries) have one length: each shape is one fixed-width copy.
+    shape = (sizes[0] * 64 + sizes[1]) * 4 + k
+    order = np.argsort(shape, kind="stable")
+    bounds = np.flatnonzero(np.diff(shape[order])) + 1
+    out: list[bytes] = [b""] * n
+    for rows in np.split(order, bounds):
+        if not len(rows):
+            continue
+        size_p, size_r, n_last = int(sizes[0][rows[0]]), int(sizes[1][rows[0]]), int(k[rows[0]])
+        (head_p, odd_p), (head_r, odd_r) = parts
+        block = np.concatenate([head_bytes[rows], head_p[rows], odd_p[rows, width - size_p:],
+                                head_r[rows], odd_r[rows, width - size_r:],
+                                entry_bytes[rows, :_ENTRY_DTYPE.itemsize * n_last]], axis=1)
+        size = block.shape[1]
+        flat = block.tobytes()
+        for i, row in enumerate(rows.tolist()):
+            out[row] = flat[i * size:(i + 1) * size]
+    return out
