@@ -31,6 +31,7 @@ import requests  # noqa: E402
 import urllib3  # noqa: E402
 
 from benchmarks.perf import SAMPLE_FEATURES, reference_server  # noqa: E402
+from benchmarks.results import Recorder  # noqa: E402
 from lantern import partner as partners  # noqa: E402
 from transforms.endpoints import PartnerClient, decide, decide_async  # noqa: E402
 
@@ -164,11 +165,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| client ({args.in_flight} members at once, {args.latency_ms} ms server latency) "
               "| CPU ms/call | wall s | peak ATS calls in flight |")
         print("| --- | ---: | ---: | ---: |")
+        recorder = Recorder("client_cpu", argv if argv is not None else sys.argv[1:],
+                            ["client", "members", "cpu_ms_per_call", "wall_s", "peak_ats_in_flight"])
         with reference_server(1) as (url, _):
-            for name, fn in (("aiohttp alone", concurrent_aiohttp), ("PartnerClient", concurrent_partner_client)):
-                runs = sorted((fn(url, args.in_flight) for _ in range(args.repeat)), key=lambda r: r[0])
-                cpu, wall, peak = runs[len(runs) // 2]
+            contenders = (("aiohttp alone", concurrent_aiohttp), ("PartnerClient", concurrent_partner_client))
+            runs: dict[str, list] = {name: [] for name, _ in contenders}
+            for _ in range(args.repeat):  # alternating, so both see the same machine
+                for name, fn in contenders:
+                    runs[name].append(fn(url, args.in_flight))
+            for name, measured in runs.items():
+                cpu, wall, peak = sorted(measured)[len(measured) // 2]
                 print(f"| {name} | {cpu:.3f} | {wall:.2f} | {peak} |", flush=True)
+                recorder.row(client=name, members=args.in_flight, cpu_ms_per_call=round(cpu, 3), wall_s=round(wall, 2),
+                             peak_ats_in_flight=peak, runs=[list(r) for r in measured])
+        recorder.note(f"median of {args.repeat} alternating runs; server latency {args.latency_ms} ms")
+        print(f"# saved {recorder.save().relative_to(ROOT)}")
         return
     names = args.only.split(",") if args.only else list(CLIENTS)
     print(f"| client ({args.calls} sequential calls, best of {args.repeat}) | CPU ms/call | wall ms/call |")
