@@ -202,6 +202,7 @@ def test_an_endpoint_that_hangs_resets_or_answers_garbage_fails_each_member_with
     for d in decisions:
         assert d["ERROR"].startswith(f"ats: {reason}") and f"; resp: {reason}" in d["ERROR"], d["ERROR"]
         assert d["ATTEMPTS"] == 4 and d["OFFER"] is None  # ATS and RESP: 1 + 1 retry each
+        assert "\n" not in d["ERROR"]
     assert server.posts == 48
     assert all(limit >= 1 for limit in limits.values())  # cut down, never to zero
 

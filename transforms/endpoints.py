@@ -124,8 +124,13 @@ def describe_error(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, TimeoutError):  # aiohttp's SocketTimeoutError is one
         return "ConnectionError: read timeout", False
     if isinstance(exc, aiohttp.ClientResponseError):  # the answer is not HTTP
-        return f"ConnectionError: bad HTTP answer: {exc.message}", False
-    return f"ConnectionError: connection lost: {type(exc).__name__}: {exc}", False
+        return f"ConnectionError: bad HTTP answer: {_one_line(exc.message)}", False
+    return f"ConnectionError: connection lost: {type(exc).__name__}: {_one_line(str(exc))}", False
+
+
+def _one_line(text: str) -> str:
+    """aiohttp's parser errors span lines (the bad line and a caret under it); a reason is one line."""
+    return " ".join(str(text).split())
 
 
 def retry_after_s(value: str | None, cap: float) -> float | None:
