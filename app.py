@@ -1,4 +1,4 @@
-"""The reference ML and offer service (SPEC §3), served by ``uvicorn app:app``.
+"""The reference ML and offer service (docs/contract.md), served by ``uvicorn app:app``.
 
 Transport only: every route validates its body with a pydantic model and hands
 it to a pure function in ``prediction.py``. Fault injection for reliability

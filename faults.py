@@ -1,7 +1,7 @@
 """Fault injection for the reference service, so reliability can be tested against a real server.
 
 Off unless a ``FAULT_*`` environment variable is set when ``app.py`` is
-imported (README "Failure handling" lists them). Only the POST routes (the
+imported (docs/failure-handling.md lists them). Only the POST routes (the
 prediction and offer endpoints) are affected, never ``GET /``, so the
 pipeline's preflight still sees the host answer: a failing endpoint and a host
 that is down are different failures.

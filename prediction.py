@@ -1,7 +1,7 @@
 """The reference ML and offer models: typed request/response shapes and pure formulas.
 
 The formulas live here, not in ``app.py``, so the transport layer stays thin and
-tests can check the math without a server (SPEC §3).
+tests can check the math without a server (docs/contract.md).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _finite(value: float) -> float:
 
 
 class Features(BaseModel):
-    """The 8 features of SPEC §2, as the ATS and RESP endpoints receive them."""
+    """The 8 features of docs/contract.md, as the ATS and RESP endpoints receive them."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -1,6 +1,6 @@
 """``python -m beam_pipeline``: validate everything, run the job, check and publish its outputs.
 
-Exit codes (SPEC §5): 0 all members OK or NO_TRANSACTIONS; 2 a usage, partner
+Exit codes (docs/contract.md): 0 all members OK or NO_TRANSACTIONS; 2 a usage, partner
 or input error found before the run (one line on stderr, nothing written);
 3 the run finished but some members FAILED; 4 the dead letters passed
 --max-dead-letter-ratio (one line on stderr, the outputs staged, not published);
@@ -109,7 +109,7 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     """
     start = launch.Start.now()
     args, beam_args = parse_args(argv)
-    # Logs reach stderr only once the checks have passed: a usage or input error is one line (SPEC §5).
+    # Logs reach stderr only once the checks have passed: a usage or input error is one line (docs/contract.md).
     previous = retry.apply_previous(args) if args.retry_failed else None
     partner, partner_source = resolve_partner(args)
     as_of = parse_as_of(args.as_of)
@@ -117,6 +117,7 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
         return retry.run(args, beam_args, previous, partner, partner_source, start)
     if args.streaming:
         logs.configure(args.log_level, args.log_format)
+        launch.say_notices(partner.notices())
         return streaming.run(args, beam_args, partner, partner_source, as_of if args.as_of else None, start)
     return run_batch(args, beam_args, partner, partner_source, as_of, start)
 
@@ -131,6 +132,7 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     if not (args.skip_preflight or args.features_only):
         preflight.check_endpoints(partner)
     logs.configure(args.log_level, args.log_format)
+    launch.say_notices(partner.notices())
 
     launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start)
     job = JobConfig(tuple(patterns), layouts, partner, as_of, launched.staging, features_only=args.features_only,

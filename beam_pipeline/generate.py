@@ -1,6 +1,6 @@
 """Seeded generator of member exports with the quirks of real ones.
 
-``member_data.csv`` is made by this module (see the README), and the benchmarks
+``member_data.csv`` is made by this module (see docs/reference-service.md), and the benchmarks
 use it for large files: repeated members, members with only an id, rows without
 an id, and a few malformed rows, in a ratio close to the partner's real export.
 

@@ -26,7 +26,7 @@ from lantern.run_record import ReplaySummary, RunSummary, to_json
 
 log = logging.getLogger(__name__)
 
-# SPEC §5: 0 all members OK or NO_TRANSACTIONS; 1 anything unexpected; 2 a usage, partner or input
+# docs/contract.md: 0 all members OK or NO_TRANSACTIONS; 1 anything unexpected; 2 a usage, partner or input
 # error found before the run; 3 some members FAILED; 4 too many dead letters (not published).
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_FAILED_MEMBERS, EXIT_TOO_MANY_DEAD_LETTERS = 0, 1, 2, 3, 4
 
@@ -76,6 +76,12 @@ def check_output(output: str, overwrite: bool, beam_args: list[str]) -> None:
     outputs.check_writable(output)
     if not dataflow.is_template_launch(PipelineOptions(beam_args)):
         run_folder.check(output, overwrite)
+
+
+def say_notices(notices: list[str]) -> None:
+    """Warnings about the run's settings (``PartnerConfig.notices``), once logging is set up."""
+    for notice in notices:
+        log.warning("%s", notice)
 
 
 def prepare(options: PipelineOptions, partner: str, output: str, start: Start, staged: bool = True) -> Launch:

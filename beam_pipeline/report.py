@@ -152,7 +152,7 @@ STATUS_COLORS = {"OK": "#2e7d32", "NO_TRANSACTIONS": "#9e9e9e", "FAILED": "#c628
 
 
 def status_counts(results: pa.Table) -> dict[str, int]:
-    """Members per status: the three of SPEC §4 always, then any other the run wrote (FEATURES_ONLY)."""
+    """Members per status: the three of docs/contract.md always, then any other the run wrote (FEATURES_ONLY)."""
     counts = Counter(results.column("STATUS").to_pylist())
     ordered = {s: counts.get(s, 0) for s in STATUS_COLORS}
     ordered.update({s: n for s, n in sorted(counts.items(), key=lambda kv: str(kv[0])) if s not in ordered})

@@ -291,6 +291,7 @@ def run(args: argparse.Namespace, beam_args: list[str], previous: PreviousRun, p
     if previous.members_failed and not args.skip_preflight:
         preflight.check_endpoints(partner)
     logs.configure(args.log_level, args.log_format)
+    launch.say_notices(partner.notices())
 
     launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start)
     if previous.members_failed:

@@ -183,7 +183,7 @@ def pubsub_messages(p, subscription: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("streaming (README \"Streaming\")")
+    group = parser.add_argument_group("streaming (docs/streaming.md)")
     group.add_argument("--streaming", action="store_true",
                        help="run the streaming job: Pub/Sub (--subscription) or a replay of --input")
     group.add_argument("--subscription", help="Pub/Sub subscription projects/P/subscriptions/S")

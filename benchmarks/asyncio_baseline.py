@@ -28,7 +28,7 @@ KINDS = {"buy": 0, "gift": 1, "redeem": 2}
 
 
 def features(path: Path, as_of: dt.date) -> dict[str, dict]:
-    """member id -> the 8 SPEC features; a simple pass, tie-breaking as the pipeline does not matter here."""
+    """member id -> the contract's 8 features; a simple pass, tie-breaking as the pipeline does not matter here."""
     members: dict[str, list] = {}
     with open(path, newline="", encoding="utf-8") as handle:
         rows = csv.reader(handle)

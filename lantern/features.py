@@ -135,7 +135,7 @@ REGISTRY: dict[str, FeatureFn] = {
     "PCT_GIFT_TRANSACTIONS": lambda acc, _: acc[N_GIFT] / acc[N],
     "PCT_REDEEM_TRANSACTIONS": lambda acc, _: acc[N_REDEEM] / acc[N],
     "DAYS_SINCE_LAST_TRANSACTION": lambda acc, as_of: days_between(acc[LAST3][0][0], as_of),
-    # Beyond SPEC §2: proof that a partner can ask for more without code changes.
+    # Beyond docs/contract.md: proof that a partner can ask for more without code changes.
     "N_TRANSACTIONS": lambda acc, _: acc[N],
     "TOTAL_REVENUE_USD": lambda acc, _: exact_total(acc[REVENUE]),
     "TOTAL_POINTS_BOUGHT": lambda acc, _: exact_total(acc[POINTS]),

@@ -217,7 +217,9 @@ class CallPolicy(_Strict):
     backoff_max_s: float = Field(2.0, ge=0, description="longest wait between attempts")
     backoff_jitter_s: float = Field(0.1, ge=0, description="random jitter added to each wait")
     retry_after_max_s: int = Field(30, ge=0, description="longest wait a server's Retry-After can ask for")
-    batch_size: int = Field(64, ge=1, description="unused: per-member calls are not batched (kept so older files load)")
+    batch_size: int | None = Field(
+        None, ge=1, description="no effect (per-member calls are not batched); accepted so older files load, "
+                                "with a warning")
     concurrency: int = Field(
         256, ge=1, le=1024,
         description="most calls in flight per endpoint and worker; the adaptive limit stays at or below it")
@@ -227,13 +229,15 @@ class CallPolicy(_Strict):
     adaptive_throttling: bool = Field(True, description="refuse calls locally while most calls to an endpoint fail")
 
 
+
+
 class PartnerConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_]+$", description="partner id; the file is partner_options/NAME.yaml")
     description: str = Field("", description="free text for humans")
     input: InputConfig = Field(InputConfig(), description="how to read the export")
     features: list[FeatureSpec] = Field(
         default_factory=lambda: [FeatureSpec(name=n) for n in SPEC_FEATURES], min_length=1,
-        description="features to compute and send, by name or {name, send_as}; default: the 8 of SPEC",
+        description="features to compute and send, by name or {name, send_as}; default: the contract's 8",
     )
     endpoints: Endpoints = Field(Endpoints(), description="where and how to call the models")
     auth: Auth | None = Field(None, description="auth header for every call; omit for none")
@@ -299,6 +303,13 @@ class PartnerConfig(_Strict):
                 "(projects/PROJECT/secrets/NAME/versions/VERSION)"
             ) from None
         return self.model_copy(update={"auth": auth})
+
+    def notices(self) -> list[str]:
+        """Settings that load but do nothing, said once a run's logging is set up (not at load:
+        a start-up error must stay one line)."""
+        if self.calls.batch_size is not None:
+            return ["partner file: calls.batch_size has no effect (per-member calls are not batched); remove it"]
+        return []
 
     def url(self, endpoint: Literal["ats", "resp", "offer"], batch: bool = False) -> str:
         ep = getattr(self.endpoints, endpoint)
@@ -392,7 +403,7 @@ def schema_rows(model: type[BaseModel] = PartnerConfig, prefix: str = "") -> lis
         elif field.default_factory is not None:
             default = repr(field.default_factory())
             if nested is FeatureSpec or "FeatureSpec" in default:
-                default = "the 8 SPEC features"
+                default = "the contract's 8 features"
         else:
             default = repr(field.default)
         type_text = "list of feature names or {name, send_as}" if name == "features" else _type_name(annotation)
@@ -401,7 +412,7 @@ def schema_rows(model: type[BaseModel] = PartnerConfig, prefix: str = "") -> lis
 
 
 def schema_markdown() -> str:
-    """The partner-file reference table of the README, generated so it cannot drift."""
+    """The partner-file reference table of docs/partners.md, generated so it cannot drift."""
     lines = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
     for path, type_text, default, description in schema_rows():
         lines.append(f"| `{path}` | {type_text} | {default} | {description} |".replace("\n", " "))
@@ -410,5 +421,5 @@ def schema_markdown() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m lantern.partner: print the schema table for the README
+if __name__ == "__main__":  # python -m lantern.partner: print the schema table for docs/partners.md
     print(schema_markdown())  # noqa: T201 - a command-line entry point

@@ -82,7 +82,7 @@ def write_partner(directory: Path, base_url: str, endpoints: dict | None = None,
     settings (e.g. batch routes); returns the file's path.
     """
     policy = {"connect_timeout_s": 1.0, "read_timeout_s": 2.0, "retries": 3, "backoff_s": 0.01,
-              "backoff_max_s": 0.05, "backoff_jitter_s": 0.01, "batch_size": 8, "concurrency": 4,
+              "backoff_max_s": 0.05, "backoff_jitter_s": 0.01, "concurrency": 4,
               "retry_after_max_s": 1, **calls}
     path = Path(directory) / "fast_partner.yaml"
     endpoints = {"base_url": base_url, **(endpoints or {})}

@@ -1,4 +1,4 @@
-"""The reference service: every route, the formulas of SPEC §3, and 422 on bad bodies."""
+"""The reference service: every route, the formulas of docs/contract.md, and 422 on bad bodies."""
 from __future__ import annotations
 
 import pytest

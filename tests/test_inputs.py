@@ -1,5 +1,5 @@
 """Messy input files: each one either stops the run before it starts (exit 2, one line, nothing
-written) or runs to the end with every row accounted for (SPEC §1 and §4).
+written) or runs to the end with every row accounted for (docs/contract.md and §4).
 
 The runnable cases share one run over many files at once (a glob plus a second ``--input``),
 each file with its own members, and each test checks its own file's rows.

@@ -69,7 +69,7 @@ def write_export(path: Path, seed: int = 3) -> Path:
 
 
 def expected(path: Path) -> tuple[dict, int]:
-    """SPEC §2 and §3 computed directly: lists per member, plain arithmetic."""
+    """docs/contract.md and §3 computed directly: lists per member, plain arithmetic."""
     kinds = {"purchase": "buy", "present": "gift", "redemption": "redeem"}
     members: dict[str, list] = defaultdict(list)
     rejected = 0

@@ -215,3 +215,12 @@ def test_rate_limiter_spaces_requests():
     for _ in range(5):
         limiter.acquire()
     assert now[0] == pytest.approx(0.4)  # the first is free, then one per 0.1 s
+
+
+def test_a_setting_without_effect_loads_and_is_said_once_the_run_logs(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("name: old\ncalls: {batch_size: 32}\n")
+    partner = load(path)
+    assert partner.notices() == [
+        "partner file: calls.batch_size has no effect (per-member calls are not batched); remove it"]
+    assert load_named("default").notices() == []

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTER = "dead_letter"
 
-# Reason codes of dead-letter rows (README "Failure handling").
+# Reason codes of dead-letter rows (docs/contract.md, docs/failure-handling.md).
 MISSING_MEMBER_ID = "MISSING_MEMBER_ID"
 PARTIAL_TRANSACTION = "PARTIAL_TRANSACTION"
 BAD_TIMESTAMP = "BAD_TIMESTAMP"

@@ -9,7 +9,7 @@ class RateLimiter:
     """At most ``rate`` acquisitions per second on average, bursts up to ``burst``.
 
     Each worker process has its own bucket, so the partner-wide rate is this
-    times the number of workers (documented in the README).
+    times the number of workers (documented in docs/partners.md).
     """
 
     def __init__(self, rate: float, burst: float | None = None, clock=time.monotonic, sleep=time.sleep):

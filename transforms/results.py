@@ -1,4 +1,4 @@
-"""Result and dead-letter rows and their Parquet schemas (SPEC §4)."""
+"""Result and dead-letter rows and their Parquet schemas (docs/contract.md)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -41,7 +41,7 @@ _DECISION_FIELDS = [
 
 
 def feature_columns(feature_names: Iterable[str]) -> list[str]:
-    """The SPEC's 8 feature columns always, then any extra the partner computes."""
+    """The contract's 8 feature columns always, then any extra the partner computes."""
     extra = [n for n in feature_names if n not in SPEC_FEATURES and n != "N_TRANSACTIONS"]
     return list(SPEC_FEATURES) + extra
 
@@ -94,7 +94,7 @@ class ToResultRowFn(progress.TalliedDoFn):
         yield row
 
 
-# Streaming: one row per emitted member update, with when it happened (README "Streaming").
+# Streaming: one row per emitted member update, with when it happened (docs/streaming.md).
 _STREAM_FIELDS = [
     ("UPDATE_SEQ", pa.int64()),
     ("LAST_TRANSACTION_AT", pa.timestamp("us", tz="UTC")),
