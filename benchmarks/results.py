@@ -85,7 +85,9 @@ class Recorder:
 def latest(benchmark: str, directory: Path = RESULTS) -> dict | None:
     """The newest saved invocation of a benchmark (file names sort by time)."""
     files = sorted(directory.glob(f"{benchmark}-*.json"))
-    return json.loads(files[-1].read_text()) if files else None
+    if not files:
+        return None
+    return {**json.loads(files[-1].read_text()), "file": files[-1].name}
 
 
 def _cell(value) -> str:
@@ -104,9 +106,9 @@ def table(result: dict) -> str:
     columns = result.get("columns") or (list(result["rows"][0]) if result["rows"] else [])
     m = result["machine"]
     lines = [
-        f"From `{result['command']}` at commit `{result['commit']}` ({result['started_at'][:10]}): "
-        f"{m['nproc']} cores, {m['memory_gib']} GiB, Python {m['python']}, load average "
-        f"{m['load_average'][0]:.1f} before and {result.get('load_average_after', [0])[0]:.1f} after.",
+        f"From `{result['command']}` on {m['nproc']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
+        f"the machine's load, the commit and every run's figures are in "
+        f"[{result.get('file', 'the results file')}](../benchmarks/results/{result.get('file', '')}).",
         "",
         "| " + " | ".join(columns) + " |",
         "| " + " | ".join("---" for _ in columns) + " |",
