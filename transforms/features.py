@@ -19,6 +19,7 @@ from lantern.features import (
     at_rest,
     create,
     extract,
+    extract_packed,
     live,
     merge,
     pack,
@@ -100,8 +101,8 @@ class MemberFeaturesFn(beam.CombineFn):
 
     def merge_accumulators(self, accs: Iterable[list | bytes]) -> list:
         accs = list(accs)
-        if len(accs) == 1:  # most members: one partial accumulator, nothing to merge
-            return live(accs[0])
+        if len(accs) == 1:  # most members: one partial accumulator, nothing to merge (kept packed)
+            return accs[0]
         return merge(live(acc) for acc in accs)
 
     def compact(self, acc: list | bytes) -> bytes:
@@ -112,5 +113,7 @@ class MemberFeaturesFn(beam.CombineFn):
         return PackedAccumulatorCoder()
 
     def extract_output(self, acc: list | bytes) -> dict:
-        acc = live(acc)
+        if isinstance(acc, bytes):  # most members: read straight from the packed partial accumulator
+            n, features = extract_packed(acc, self._as_of, self._names)
+            return {"N_TRANSACTIONS": n, "FEATURES": features}
         return {"N_TRANSACTIONS": acc[N], "FEATURES": extract(acc, self._as_of, self._names)}

@@ -430,6 +430,9 @@ def parse_block(
     )
 
 
+_GLOBAL_WINDOWS = (GlobalWindow(),)  # one tuple for every drained member: building it was ~1 µs a member
+
+
 class ParseBlocksFn(ParseLineFn):
     """(file name, block of whole lines) -> (member id, packed partial accumulator), or dead letters.
 
@@ -487,7 +490,7 @@ class ParseBlocksFn(ParseLineFn):
 
     def finish_bundle(self):
         for member in self._table.drain():
-            yield WindowedValue(member, MIN_TIMESTAMP, (GlobalWindow(),))
+            yield WindowedValue(member, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
         super().finish_bundle()
 
 
