@@ -165,6 +165,26 @@ class DecideOffers(beam.PTransform):
         return (decided, skipped) | "Merge" >> beam.Flatten()
 
 
+class MemberFeatures(beam.PTransform):
+    """(member, value) -> (member, summary) with ``MemberFeaturesFn``.
+
+    The line reader's values are rows: ``CombinePerKey`` lifts the combine so rows are folded
+    before the shuffle. The block reader's values are already one packed accumulator per member
+    and bundle: lifting would fold nothing more and cost a step per member on each side of the
+    shuffle, so they are grouped and each member's few accumulators combined once after it.
+    """
+
+    def __init__(self, fn: MemberFeaturesFn, prefolded: bool):
+        super().__init__()
+        self._fn = fn
+        self._prefolded = prefolded
+
+    def expand(self, values):
+        if not self._prefolded:
+            return values | "Combine" >> beam.CombinePerKey(self._fn)
+        return values | "Group" >> beam.GroupByKey() | "Combine" >> beam.CombineValues(self._fn)
+
+
 def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     partner = job.partner
     columns = feature_columns(partner.feature_names)
@@ -178,7 +198,7 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     )
     (
         parsed.transactions
-        | MEMBER_FEATURES >> beam.CombinePerKey(MemberFeaturesFn(job.as_of, partner.feature_names))
+        | MEMBER_FEATURES >> MemberFeatures(MemberFeaturesFn(job.as_of, partner.feature_names), job.reader == BLOCKS)
         | "CountMembers" >> beam.ParDo(CountMembersFn())
         | DECIDE_OFFERS >> DecideOffers(partner, job.features_only)
         | TO_RESULT_ROW >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))

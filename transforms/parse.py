@@ -502,4 +502,6 @@ class ParseExportBlocks(beam.PTransform):
         self._fn = ParseBlocksFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes)
 
     def expand(self, blocks):
-        return blocks | "ParseBlock" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="transactions")
+        # Typed so the shuffle carries (str, bytes) with Beam's own coders, not pickled tuples.
+        parse = beam.ParDo(self._fn).with_output_types(tuple[str, bytes])
+        return blocks | "ParseBlock" >> parse.with_outputs(DEAD_LETTER, main="transactions")
