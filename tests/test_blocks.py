@@ -56,6 +56,9 @@ def _fold_lines(fn, element, accs, dead):
 COMBINE = MemberFeaturesFn(AS_OF, (*F.SPEC_FEATURES, "N_TRANSACTIONS", "TOTAL_REVENUE_USD", "TOTAL_POINTS_BOUGHT"))
 
 
+SPEC_COMBINE = MemberFeaturesFn(AS_OF)
+
+
 def line_path(paths: list[str], layouts, delimiter=",", formats=("iso",)):
     fn = _quiet(ParseLineFn(layouts, delimiter, formats, AS_OF))
     accs, dead = {}, []
@@ -83,6 +86,9 @@ def block_path(paths: list[str], layouts, rng: random.Random, delimiter=",", for
     _drain(fn, partials)
     accs = {}
     for member, packed in partials.items():
+        if len(packed) == 1:  # one partial accumulator: extracted straight from its packed bytes
+            accs[member] = COMBINE.merge_accumulators(packed)
+            continue
         acc = COMBINE.create_accumulator()
         for value in packed[: len(packed) // 2]:  # some through add_input, the rest merged
             acc = COMBINE.add_input(acc, value)
@@ -105,8 +111,11 @@ def _drain(fn, partials):
 
 
 def _outcome(fn, accs, dead):
-    counts = {k: v for k, v in fn.tally.counts.items() if k != "bytes_read" and v}
+    # bytes_read counts separators differently; member_accumulators is the block path's own.
+    counts = {k: v for k, v in fn.tally.counts.items() if k not in ("bytes_read", "member_accumulators") and v}
     features = {m: repr(sorted(COMBINE.extract_output(acc).items(), key=str)) for m, acc in accs.items()}
+    for member, acc in accs.items():  # the SPEC's 8 features have their own reader of packed accumulators
+        features[member] += repr(SPEC_COMBINE.extract_output(acc))
     return counts, features, sorted(dead, key=lambda d: sorted(d.items()))
 
 

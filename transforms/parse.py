@@ -29,6 +29,8 @@ from transforms import progress
 log = logging.getLogger(__name__)
 
 DEAD_LETTER = "dead_letter"
+# Counter: the partial accumulators the block reader hands to the combine (about one per member and bundle).
+MEMBER_ACCUMULATORS = "member_accumulators"
 
 # Reason codes of dead-letter rows (README "Failure handling").
 MISSING_MEMBER_ID = "MISSING_MEMBER_ID"
@@ -166,6 +168,7 @@ class ParseLineFn(progress.TalliedDoFn):
         as_of: dt.date,
         reasons: Iterable[str] = REASONS,
         type_codes: Mapping[str, int] | None = None,
+        counted: Iterable[str] = (),
     ):
         self._layouts = layouts
         self._type_codes = dict(TYPE_CODES if type_codes is None else type_codes)
@@ -177,7 +180,7 @@ class ParseLineFn(progress.TalliedDoFn):
         # feed the heartbeat.
         live = ("rows_read", "bytes_read", "transactions", "member_only_rows", "dead_letter_rows")
         self.by_reason = {r: f"dead_letter_{r}" for r in reasons}
-        self.tally = progress.Tally((*live, "header_lines", *self.by_reason.values()), live=live)
+        self.tally = progress.Tally((*live, "header_lines", *self.by_reason.values(), *counted), live=live)
 
     def process(self, element: tuple[str, bytes]):
         source, raw = element
@@ -444,7 +447,8 @@ class ParseBlocksFn(ParseLineFn):
 
     def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None,
                  max_members: int = 4_000_000):
-        super().__init__(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes)
+        super().__init__(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes,
+                         counted=(MEMBER_ACCUMULATORS,))
         self._max_members = max_members
 
     def start_bundle(self):
@@ -486,9 +490,11 @@ class ParseBlocksFn(ParseLineFn):
                           np.asarray([t.revenue for t in txns], dtype=np.float64))
         self.tally.flush()
         if len(table) >= self._max_members:
+            counts[MEMBER_ACCUMULATORS] += len(table)
             yield from table.drain()
 
     def finish_bundle(self):
+        self.tally.counts[MEMBER_ACCUMULATORS] += len(self._table)
         for member in self._table.drain():
             yield WindowedValue(member, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
         super().finish_bundle()

@@ -57,21 +57,29 @@ def results_schema(feature_names: Iterable[str]) -> pa.Schema:
     )
 
 
+_DECISION_NAMES = tuple(name for name, _ in _DECISION_FIELDS)
+_NO_DECISION = {**dict.fromkeys(_DECISION_NAMES), "STATUS": NO_TRANSACTIONS, "ATTEMPTS": 0}
+
+
 def result_row(
     member_id: str, summary: dict, decision: dict | None, columns: list[str], partner: str, as_of: dt.date
 ) -> dict:
     """One results row; a member without transactions gets nulls and no decision."""
-    features = summary["FEATURES"] or {}
+    features = summary["FEATURES"]
     row = {"MEMBER_ID": member_id}
-    for name in columns:
-        row[name] = features.get(name)
+    if features is None:
+        row.update(dict.fromkeys(columns))
+    else:
+        get = features.get
+        for name in columns:
+            row[name] = get(name)
     row["N_TRANSACTIONS"] = summary["N_TRANSACTIONS"]
     if decision is None:
-        row.update({name: None for name, _ in _DECISION_FIELDS})
-        row["STATUS"] = NO_TRANSACTIONS
-        row["ATTEMPTS"] = 0
+        row.update(_NO_DECISION)
     else:
-        row.update({name: decision.get(name) for name, _ in _DECISION_FIELDS})
+        get = decision.get
+        for name in _DECISION_NAMES:
+            row[name] = get(name)
     row["PARTNER"] = partner
     row["AS_OF"] = as_of
     return row
