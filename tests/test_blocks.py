@@ -71,7 +71,7 @@ def line_path(paths: list[str], layouts, delimiter=",", formats=("iso",)):
 
 def block_path(paths: list[str], layouts, rng: random.Random, delimiter=",", formats=("iso",)):
     """Blocks of random sizes over random splits, several bundles, folded and merged as the runner would."""
-    fn = _quiet(ParseBlocksFn(layouts, delimiter, formats, AS_OF))
+    fn = _quiet(ParseBlocksFn(layouts, delimiter, formats, AS_OF, buffer_rows=rng.choice([1, 5, 1 << 20])))
     partials: dict[str, list] = {}
     dead: list = []
     for path in paths:

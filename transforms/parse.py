@@ -446,14 +446,15 @@ class ParseBlocksFn(ParseLineFn):
     """
 
     def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None,
-                 max_members: int = 4_000_000):
+                 max_members: int = 4_000_000, buffer_rows: int | None = None):
         super().__init__(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes,
                          counted=(MEMBER_ACCUMULATORS,))
         self._max_members = max_members
+        self._buffer_rows = buffer_rows
 
     def start_bundle(self):
         super().start_bundle()
-        self._table = MemberTable()
+        self._table = MemberTable() if self._buffer_rows is None else MemberTable(buffer_rows=self._buffer_rows)
 
     def process(self, element: tuple[str, bytes]):
         source, block = element
@@ -490,10 +491,12 @@ class ParseBlocksFn(ParseLineFn):
                           np.asarray([t.revenue for t in txns], dtype=np.float64))
         self.tally.flush()
         if len(table) >= self._max_members:
+            table.flush()
             counts[MEMBER_ACCUMULATORS] += len(table)
             yield from table.drain()
 
     def finish_bundle(self):
+        self._table.flush()
         self.tally.counts[MEMBER_ACCUMULATORS] += len(self._table)
         for member in self._table.drain():
             yield WindowedValue(member, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
