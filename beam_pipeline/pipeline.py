@@ -15,7 +15,7 @@ from beam_pipeline.outputs import join
 from lantern.partner import PartnerConfig
 from transforms import NAMESPACE
 from transforms.endpoints import CallEndpoints
-from transforms.features import MemberFeaturesFn
+from transforms.features import CombineMemberShardsFn, MemberFeaturesFn
 from transforms.parquet_rows import WriteParquetRows
 from transforms.parse import DEAD_LETTER, FileLayout, ParseExport, ParseExportBlocks
 from transforms.results import DEAD_LETTER_SCHEMA, NOT_CALLED, ToResultRowFn, feature_columns, results_schema
@@ -169,9 +169,9 @@ class MemberFeatures(beam.PTransform):
     """(member, value) -> (member, summary) with ``MemberFeaturesFn``.
 
     The line reader's values are rows: ``CombinePerKey`` lifts the combine so rows are folded
-    before the shuffle. The block reader's values are already one packed accumulator per member
-    and bundle: lifting would fold nothing more and cost a step per member on each side of the
-    shuffle, so they are grouped and each member's few accumulators combined once after it.
+    before the shuffle. The block reader has already folded each bundle into one packed
+    accumulator per member and sends them in batches by member shard: the shuffle groups the
+    batches by shard, and each shard's members are merged and summarised in one call.
     """
 
     def __init__(self, fn: MemberFeaturesFn, prefolded: bool):
@@ -182,7 +182,7 @@ class MemberFeatures(beam.PTransform):
     def expand(self, values):
         if not self._prefolded:
             return values | "Combine" >> beam.CombinePerKey(self._fn)
-        return values | "Group" >> beam.GroupByKey() | "Combine" >> beam.CombineValues(self._fn)
+        return values | "Group" >> beam.GroupByKey() | "Combine" >> beam.ParDo(CombineMemberShardsFn(self._fn))
 
 
 def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:

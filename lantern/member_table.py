@@ -8,7 +8,8 @@ them one by one with ``lantern.features.add``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -254,6 +255,42 @@ class MemberTable:
             packed[slot] = pack(acc)
         self.__init__(buffer_rows=self._buffer_rows)
         return zip(ids, packed, strict=True)
+
+
+SHARDS = 256  # member shards of the batch shuffle: enough to spread the merge over many workers
+
+
+def shard_of(member: str, shards: int = SHARDS) -> int:
+    """A member's shard: a checksum of its id, the same in every process (``hash`` is salted per process)."""
+    return zlib.crc32(member.encode()) % shards
+
+
+def shard_batches(members: Iterable[tuple[str, bytes]], shards: int = SHARDS) -> Iterator[tuple[int, bytes]]:
+    """(member, packed accumulator) pairs -> (shard, batch) with every member in its ``shard_of``.
+
+    The batch shuffle then moves a few hundred elements per bundle instead of one per member;
+    a batch is an Arrow IPC stream of (MEMBER_ID string, ACC binary), read by ``read_batch``.
+    """
+    ids: list[list[str]] = [[] for _ in range(shards)]
+    accs: list[list[bytes]] = [[] for _ in range(shards)]
+    for member, acc in members:
+        shard = zlib.crc32(member.encode()) % shards
+        ids[shard].append(member)
+        accs[shard].append(acc)
+    for shard in range(shards):
+        if ids[shard]:
+            batch = pa.record_batch([pa.array(ids[shard], pa.string()), pa.array(accs[shard], pa.binary())],
+                                    names=["MEMBER_ID", "ACC"])
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
+                writer.write_batch(batch)
+            yield shard, sink.getvalue().to_pybytes()
+
+
+def read_batch(data: bytes) -> tuple[list[str], list[bytes]]:
+    """A ``shard_batches`` batch -> (member ids, packed accumulators)."""
+    table = pa.ipc.open_stream(data).read_all()
+    return table.column("MEMBER_ID").to_pylist(), table.column("ACC").to_pylist()
 
 
 _CTZ = np.array([0] + [(i & -i).bit_length() - 1 for i in range(1, 256)], dtype=np.int64)

@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 from beam_pipeline import cli, inputs
 from beam_pipeline.pipeline import ExportBlockSource
 from lantern import features as F
+from lantern.member_table import read_batch, shard_of
 from lantern.partner import load_named
 from tests.test_inputs import FILES
-from transforms.features import MemberFeaturesFn
+from transforms.features import CombineMemberShardsFn, MemberFeaturesFn
 from transforms.parse import FileLayout, ParseBlocksFn, ParseLineFn, parse_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +72,9 @@ def line_path(paths: list[str], layouts, delimiter=",", formats=("iso",)):
 
 def block_path(paths: list[str], layouts, rng: random.Random, delimiter=",", formats=("iso",)):
     """Blocks of random sizes over random splits, several bundles, folded and merged as the runner would."""
-    fn = _quiet(ParseBlocksFn(layouts, delimiter, formats, AS_OF, buffer_rows=rng.choice([1, 5, 1 << 20])))
-    partials: dict[str, list] = {}
+    fn = _quiet(ParseBlocksFn(layouts, delimiter, formats, AS_OF, buffer_rows=rng.choice([1, 5, 1 << 20]),
+                              max_members=rng.choice([1, 3, 4_000_000])))
+    shards: dict[int, list[bytes]] = {}
     dead: list = []
     for path in paths:
         source = ExportBlockSource(path, block_bytes=rng.choice([1, 7, 64, 1000, 1 << 20]))
@@ -80,43 +82,45 @@ def block_path(paths: list[str], layouts, rng: random.Random, delimiter=",", for
         for split in source.split(desired_bundle_size=max(1, size // rng.choice([1, 3, 10, 30]))):
             tracker = split.source.get_range_tracker(split.start_position, split.stop_position)
             for element in split.source.read(tracker):
-                _fold_lines_blocks(fn, element, partials, dead)
+                _keep(fn.process(element), shards, dead)
             if rng.random() < 0.5:  # a new bundle: drain what the table holds
-                _drain(fn, partials)
-    _drain(fn, partials)
-    accs = {}
-    for member, packed in partials.items():
-        if len(packed) == 1:  # one partial accumulator: extracted straight from its packed bytes
-            accs[member] = COMBINE.merge_accumulators(packed)
-            continue
-        acc = COMBINE.create_accumulator()
-        for value in packed[: len(packed) // 2]:  # some through add_input, the rest merged
-            acc = COMBINE.add_input(acc, value)
-        accs[member] = COMBINE.merge_accumulators([acc, *packed[len(packed) // 2:]])
-    return _outcome(fn, accs, dead)
+                _keep((wv.value for wv in fn.finish_bundle() or ()), shards, dead)
+    _keep((wv.value for wv in fn.finish_bundle() or ()), shards, dead)
+    features = {}
+    for shard, batches in shards.items():  # the shuffle's groups, merged and summarised as the pipeline does
+        for combine in (COMBINE, SPEC_COMBINE):  # the SPEC's 8 features have their own reader of packed bytes
+            for member, summary in CombineMemberShardsFn(combine).process((shard, batches)):
+                features[member] = features.get(member, "") + _summary(summary)
+    return _counts(fn), features, _sorted(dead)
 
 
-def _fold_lines_blocks(fn, element, partials, dead):
-    for out in fn.process(element):
+def _keep(outputs, shards, dead):
+    for out in outputs:
         if hasattr(out, "tag"):
             dead.append(out.value)
-        else:
-            partials.setdefault(out[0], []).append(out[1])
+            continue
+        shard, batch = out
+        assert all(shard_of(member) == shard for member in read_batch(batch)[0])  # members meet in one shard
+        shards.setdefault(shard, []).append(batch)
 
 
-def _drain(fn, partials):
-    for wv in fn.finish_bundle() or ():
-        member, packed = wv.value
-        partials.setdefault(member, []).append(packed)
+def _summary(summary: dict) -> str:
+    return repr(sorted(summary.items(), key=str))
+
+
+def _counts(fn) -> dict:
+    # bytes_read counts separators differently; member_accumulators is the block path's own.
+    return {k: v for k, v in fn.tally.counts.items() if k not in ("bytes_read", "member_accumulators") and v}
+
+
+def _sorted(dead):
+    return sorted(dead, key=lambda d: sorted(d.items()))
 
 
 def _outcome(fn, accs, dead):
-    # bytes_read counts separators differently; member_accumulators is the block path's own.
-    counts = {k: v for k, v in fn.tally.counts.items() if k not in ("bytes_read", "member_accumulators") and v}
-    features = {m: repr(sorted(COMBINE.extract_output(acc).items(), key=str)) for m, acc in accs.items()}
-    for member, acc in accs.items():  # the SPEC's 8 features have their own reader of packed accumulators
-        features[member] += repr(SPEC_COMBINE.extract_output(acc))
-    return counts, features, sorted(dead, key=lambda d: sorted(d.items()))
+    features = {m: _summary(COMBINE.extract_output(acc)) + _summary(SPEC_COMBINE.extract_output(acc))
+                for m, acc in accs.items()}
+    return _counts(fn), features, _sorted(dead)
 
 
 def _layouts(paths, partner="default"):

@@ -25,6 +25,7 @@ from lantern.features import (
     pack,
     unpack,
 )
+from lantern.member_table import read_batch
 
 _EMPTY = create()
 
@@ -117,3 +118,29 @@ class MemberFeaturesFn(beam.CombineFn):
             n, features = extract_packed(acc, self._as_of, self._names)
             return {"N_TRANSACTIONS": n, "FEATURES": features}
         return {"N_TRANSACTIONS": acc[N], "FEATURES": extract(acc, self._as_of, self._names)}
+
+
+class CombineMemberShardsFn(beam.DoFn):
+    """(shard, batches of (member, packed partial accumulator)) -> (member, summary), one per member.
+
+    The block reader's shuffle: each bundle sends its members' accumulators in one batch per
+    shard (``lantern.member_table.shard_batches``), so the shuffle moves batches, not members.
+    Here a shard's batches are merged with ``MemberFeaturesFn`` (a member's accumulators from
+    several bundles merged, a single one read straight from its bytes) and every member leaves
+    with its summary, as ``CombinePerKey(MemberFeaturesFn)`` would give it.
+    """
+
+    def __init__(self, fn: MemberFeaturesFn):
+        self._fn = fn
+
+    def process(self, element: tuple[int, Iterable[bytes]]):
+        _, batches = element
+        fn = self._fn
+        accs: dict[str, list | bytes] = {}
+        for batch in batches:
+            for member, acc in zip(*read_batch(batch), strict=True):
+                held = accs.get(member)
+                accs[member] = acc if held is None else fn.merge_accumulators([held, acc])
+        extract = fn.extract_output
+        for member, acc in accs.items():
+            yield member, extract(acc)

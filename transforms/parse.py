@@ -23,7 +23,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from lantern.features import TYPE_CODES, Transaction
-from lantern.member_table import MemberTable
+from lantern.member_table import MemberTable, shard_batches
 from transforms import progress
 
 log = logging.getLogger(__name__)
@@ -493,13 +493,13 @@ class ParseBlocksFn(ParseLineFn):
         if len(table) >= self._max_members:
             table.flush()
             counts[MEMBER_ACCUMULATORS] += len(table)
-            yield from table.drain()
+            yield from shard_batches(table.drain())
 
     def finish_bundle(self):
         self._table.flush()
         self.tally.counts[MEMBER_ACCUMULATORS] += len(self._table)
-        for member in self._table.drain():
-            yield WindowedValue(member, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
+        for batch in shard_batches(self._table.drain()):
+            yield WindowedValue(batch, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
         super().finish_bundle()
 
 
@@ -511,6 +511,6 @@ class ParseExportBlocks(beam.PTransform):
         self._fn = ParseBlocksFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes)
 
     def expand(self, blocks):
-        # Typed so the shuffle carries (str, bytes) with Beam's own coders, not pickled tuples.
-        parse = beam.ParDo(self._fn).with_output_types(tuple[str, bytes])
+        # Typed so the shuffle carries (shard, batch) with Beam's own coders, not pickled tuples.
+        parse = beam.ParDo(self._fn).with_output_types(tuple[int, bytes])
         return blocks | "ParseBlock" >> parse.with_outputs(DEAD_LETTER, main="transactions")
