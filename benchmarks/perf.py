@@ -3,26 +3,31 @@
     python benchmarks/perf.py                         # 10k, 100k, 1M rows, 3 runs each
     python benchmarks/perf.py --sizes 10000 --runs 1  # a quick look
 
-Needs the project installed (``scripts/venv.sh`` or /work/venv), ``pandas`` for
-the in-memory reference (``pip install pandas``; benchmark only, never a
-dependency of the pipeline) and ``wrk`` for the endpoint capacity
+Needs the project installed (``scripts/venv.sh`` or /work/venv), polars and
+pandas for the in-memory references (``pip install -e ".[bench]"``; benchmark
+only, never a dependency of the pipeline) and ``wrk`` for the endpoint capacity
 (``apt-get install -y wrk``). Exports are generated under ``benchmarks/data/``
 (ignored by git) and reused; run outputs go to a temporary folder.
 
 Scenarios, medians of ``--runs`` runs each:
 
 1. ``features``: a ``--features-only`` run, against the same 8 features computed
-   by a pandas group-by on the same file in the same run (limit = pandas time).
+   by a polars and by a pandas group-by on the same file in the same run.
 2. ``per_member``: the ``default`` partner (three calls per member), against the
    endpoint capacity measured by wrk on the ATS, RESP and offer routes in the same
    run: limit (members/s) = 1 / (1/ats + 1/resp + 1/offer).
-3. ``batch``: the ``reference_batch`` partner, against scenario 2 at the same size.
+3. ``batch``: the ``reference_batch`` partner, against scenario 1 (time ratio) and
+   scenario 2 (members/s) at the same size.
 4. ``beam_floor`` (opt in with ``--scenarios``): ``benchmarks/beam_floor.py``, the
    same shape (read, key, CombinePerKey) with trivial steps on the same runner:
    the framework's own cost, below which no features-only run can go.
 5. ``features_2p`` (opt in with ``--scenarios``): scenario 1 with two SDK worker
    processes (``--direct_num_workers 2 --direct_running_mode multi_processing``),
    against pandas and against scenario 1 when both ran.
+6. ``members_fixed`` and ``members_10m`` (opt in with ``--scenarios``; once per
+   invocation, ``--memory-runs`` times): ``--features-only`` on 5M rows holding the
+   ~200k members of the 1M-row export (peak RSS against scenario 1 at 1M rows), and
+   on 10M rows with 2M members (wall time and peak RSS).
 
 Each run also prints the CPU seconds the pipeline (its process tree) and the
 server used meanwhile, and the load average at its end: the pipeline and the
