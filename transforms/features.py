@@ -130,8 +130,9 @@ class CombineMemberShardsFn(beam.DoFn):
     with its summary, as ``CombinePerKey(MemberFeaturesFn)`` would give it.
     """
 
-    def __init__(self, fn: MemberFeaturesFn):
+    def __init__(self, fn: MemberFeaturesFn, batched: bool = False):
         self._fn = fn
+        self._batched = batched  # a shard's members as one list (features-only runs), or one element each
 
     def process(self, element: tuple[int, Iterable[bytes]]):
         _, batches = element
@@ -142,5 +143,8 @@ class CombineMemberShardsFn(beam.DoFn):
                 held = accs.get(member)
                 accs[member] = acc if held is None else fn.merge_accumulators([held, acc])
         extract = fn.extract_output
-        for member, acc in accs.items():
-            yield member, extract(acc)
+        if self._batched:
+            yield [(member, extract(acc)) for member, acc in accs.items()]
+        else:
+            for member, acc in accs.items():
+                yield member, extract(acc)

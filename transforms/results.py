@@ -88,18 +88,25 @@ def result_row(
 class ToResultRowFn(progress.TalliedDoFn):
     """Members -> results rows, counted by status in plain integers handed to Beam per bundle (progress.Tally)."""
 
-    def __init__(self, columns: list[str], partner: str, as_of: dt.date):
+    def __init__(self, columns: list[str], partner: str, as_of: dt.date, batched: bool = False):
         self._columns = columns
         self._partner = partner
         self._as_of = as_of
+        self._batched = batched  # elements are lists of members, and a list of rows leaves for each
         self._status_counter = {s: f"members_{s.lower()}" for s in STATUSES}
         self.tally = progress.Tally(self._status_counter.values())
 
     def process(self, element):
-        member_id, summary, decision = element
+        if self._batched:
+            yield [self._row(member) for member in element]
+        else:
+            yield self._row(element)
+
+    def _row(self, member) -> dict:
+        member_id, summary, decision = member
         row = result_row(member_id, summary, decision, self._columns, self._partner, self._as_of)
         self.tally.counts[self._status_counter[row["STATUS"]]] += 1
-        yield row
+        return row
 
 
 # Streaming: one row per emitted member update, with when it happened (README "Streaming").
