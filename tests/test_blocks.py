@@ -11,6 +11,7 @@ from __future__ import annotations
 import bz2
 import datetime as dt
 import gzip
+import io
 import json
 import random
 from pathlib import Path
@@ -23,7 +24,7 @@ from apache_beam.io.textio import _TextSourceWithFilename
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from beam_pipeline import cli, inputs
+from beam_pipeline import cli, generate, inputs
 from beam_pipeline.pipeline import ExportBlockSource
 from lantern import features as F
 from lantern.member_table import read_batch, shard_of
@@ -265,3 +266,21 @@ def test_a_corrupt_compressed_export_stops_before_the_run(tmp_path, capsys):
     code = cli.main(["--input", str(bad), "--output", str(tmp_path / "out"), "--features-only"])
     assert code == 2
     assert capsys.readouterr().err.startswith(f"error: input {bad}: cannot decompress")
+
+
+def test_day_first_timestamps_take_the_fast_path_and_match_the_line_path(tmp_path):
+    config = load_named("acme_rewards")
+    out = io.StringIO()
+    generate.write(out, 400, seed=5, partner=config)
+    tricky = ["X1;1/05/2024 10:00:00;buy;1;1", "X2;31/02/2024 10:00:00;buy;1;1", "X3;2024-05-01 10:00:00;gift;2;2",
+              "X4;2024-05-01T10:00:00Z;redeem;-3;0", "X5;29/02/2023 10:00:00;buy;1;1", "X6;01/05/2024 10:00:60;buy;1;1",
+              "X7;24/11/2026 23:59:59;buy;5;5", "X8;25/11/2026 00:00:00;buy;5;5"]
+    path = tmp_path / "acme.csv"
+    path.write_text(out.getvalue() + "\n".join(tricky) + "\n")
+    for seed in range(2):
+        blocks, lines = _both([str(path)], "acme_rewards", seed)
+        assert blocks == lines
+    layout = _layouts([str(path)], "acme_rewards")[str(path)]
+    rows = parse_block(b"M1;24/11/2026 10:00:00;buy;1;1\n", layout, ";", tuple(config.input.timestamp_formats),
+                       2**62)
+    assert len(rows.codes) == 1 and not rows.slow  # vouched for by the fast path
