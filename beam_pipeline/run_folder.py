@@ -67,17 +67,18 @@ def clear(output: str, keep: str) -> None:
     Removing ``run.json`` first leaves the folder visibly incomplete (no summary) if
     this is interrupted, never an old summary beside new parts.
     """
-    if is_remote(output):
-        _clear_remote(output, keep)
-    else:
-        _clear_local(output, keep)
-    log.info("removed the earlier run from %s (--overwrite)", output)
+    removed = _clear_remote(output, keep) if is_remote(output) else _clear_local(output, keep)
+    if removed:
+        log.info("removed %d earlier entries from %s (--overwrite)", removed, output)
 
 
-def _clear_local(output: str, keep: str) -> None:
+def _clear_local(output: str, keep: str) -> int:
+    """How many entries of ``output`` were removed (``run.json`` among them)."""
+    removed = 0
     summary = os.path.join(output, RUN_JSON)
     if os.path.isfile(summary):
         os.remove(summary)
+        removed += 1
     keep = os.path.abspath(keep)
     for entry in os.scandir(output):
         if os.path.abspath(entry.path) == keep:
@@ -86,15 +87,21 @@ def _clear_local(output: str, keep: str) -> None:
             shutil.rmtree(entry.path)
         else:
             os.remove(entry.path)
+        removed += 1
+    return removed
 
 
-def _clear_remote(output: str, keep: str) -> None:
+def _clear_remote(output: str, keep: str) -> int:
+    """How many objects under ``output`` were removed (``run.json`` among them)."""
+    removed = 0
     summary = join(output, RUN_JSON)
     if FileSystems.exists(summary):
         FileSystems.delete([summary])
+        removed += 1
     keep_prefix = keep.rstrip("/") + "/"
     # ``**`` crosses "/" in Beam's patterns: every object under the folder, at any depth.
     matched = FileSystems.match([join(output, "**")])[0].metadata_list
     old = [m.path for m in matched if not m.path.startswith(keep_prefix)]
     if old:
         FileSystems.delete(old)
+    return removed + len(old)

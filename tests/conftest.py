@@ -109,6 +109,17 @@ def dataflow_extra():
         pytest.skip(f"needs the dataflow extra (pip install -e '.[dataflow]'): {exc}")
 
 
+@pytest.fixture(scope="session")
+def export(tmp_path_factory) -> Path:
+    """300 generated rows: 60 members, 6 of them without transactions, a few dead letters."""
+    from beam_pipeline import generate
+
+    path = tmp_path_factory.mktemp("input") / "export.csv"
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        generate.write(out, 300, seed=5)
+    return path
+
+
 @pytest.fixture
 def local_runner():
     from beam_pipeline.runners import local_runner as make

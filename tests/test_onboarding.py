@@ -21,6 +21,7 @@ import pytest
 
 from beam_pipeline import cli, generate
 from tests.conftest import ROOT, free_port
+from tests.reference import expected_member
 from tests.test_run_summary import SCHEMA
 
 AS_OF = dt.date(2026, 11, 24)
@@ -86,31 +87,7 @@ def expected(path: Path) -> tuple[dict, int]:
             rejected += 1
             continue
         members[member].append((ts, kinds[kind.strip().lower()], float(pts), float(usd)))
-    out = {}
-    for member, txns in members.items():
-        if not txns:
-            out[member] = None
-            continue
-        n = len(txns)
-        last3 = sorted(txns, reverse=True)[:3]
-        f = {
-            "AVG_POINTS_BOUGHT": sum(t[2] for t in txns) / n,
-            "AVG_REVENUE_USD": sum(t[3] for t in txns) / n,
-            "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": sum(t[2] for t in last3) / len(last3),
-            "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": sum(t[3] for t in last3) / len(last3),
-            "PCT_BUY_TRANSACTIONS": sum(t[1] == "buy" for t in txns) / n,
-            "PCT_GIFT_TRANSACTIONS": sum(t[1] == "gift" for t in txns) / n,
-            "PCT_REDEEM_TRANSACTIONS": sum(t[1] == "redeem" for t in txns) / n,
-            "DAYS_SINCE_LAST_TRANSACTION": (AS_OF - max(t[0] for t in txns).date()).days,
-        }
-        volume = 0.7 * f["LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT"] + 0.3 * f["AVG_POINTS_BOUGHT"]
-        ats = abs(volume * max(0.0, f["PCT_BUY_TRANSACTIONS"] + f["PCT_GIFT_TRANSACTIONS"]
-                                    - f["PCT_REDEEM_TRANSACTIONS"]))
-        p = 0.4 * f["PCT_BUY_TRANSACTIONS"] + 0.3 * f["PCT_GIFT_TRANSACTIONS"] + 0.3 * f["PCT_REDEEM_TRANSACTIONS"]
-        r = (0.3 * f["AVG_REVENUE_USD"] + 0.7 * f["LAST_3_TRANSACTIONS_AVG_REVENUE_USD"]) / 100
-        resp = min(0.9, 1000 * p * r / (f["DAYS_SINCE_LAST_TRANSACTION"] + 1))
-        f.update(ATS_PREDICTION=ats, RESP_PREDICTION=resp, OFFER="OFFER_2" if ats * resp >= 200 else "OFFER_1")
-        out[member] = f
+    out = {member: expected_member(txns, AS_OF) for member, txns in members.items()}
     return out, rejected
 
 

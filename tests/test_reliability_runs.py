@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline import cli, generate, preflight, summary
+from beam_pipeline import cli, preflight, summary
 from tests.conftest import free_port, uvicorn_process, uvicorn_server, write_partner
 
 AS_OF = "2026-11-24"
@@ -23,14 +23,6 @@ AS_OF = "2026-11-24"
 HTTP_503 = 'HTTP 503: {"detail": "injected fault: HTTP 503"}'
 VOLATILE = ("ATS_LATENCY_MS", "RESP_LATENCY_MS", "OFFER_LATENCY_MS", "ATTEMPTS")
 
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    """300 rows: 60 members, 6 of them without transactions, a few dead letters."""
-    path = tmp_path_factory.mktemp("input") / "export.csv"
-    with open(path, "w", encoding="utf-8", newline="") as out:
-        generate.write(out, 300, seed=5)
-    return path
 
 
 def run(export: Path, output: Path, partner: Path, *extra: str) -> tuple[int, dict | None, list[dict]]:

@@ -20,7 +20,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipeline import cli, generate, retry, summary
+from beam_pipeline import cli, retry, summary
 from lantern.errors import ConfigError
 from lantern.features import SPEC_FEATURES
 from lantern.partner import load
@@ -50,13 +50,6 @@ def stable(rows: list[dict]) -> list[dict]:
 def dead_letters(output: Path) -> list[dict]:
     return sorted(pq.read_table(output / "dead_letter").to_pylist(), key=lambda r: (r["RAW_LINE"], r["SOURCE"]))
 
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("input") / "export.csv"
-    with open(path, "w", encoding="utf-8", newline="") as out:
-        generate.write(out, 300, seed=5)
-    return path
 
 
 @pytest.fixture(scope="module")
