@@ -240,7 +240,12 @@ def _run(tmp_path, name, source: Path, reader: str) -> tuple[dict, list, list]:
     code = cli.main(["--input", str(source), "--output", str(out), "--features-only", "--as-of", AS_OF.isoformat(),
                      "--reader", reader, "--log-level", "WARNING"])
     assert code == 0
-    acc = json.loads((out / "run.json").read_text())["accounting"]
+    summary = json.loads((out / "run.json").read_text())
+    acc = summary["accounting"]
+    features = next(step for step in summary["steps"] if step["name"] == "features")
+    # the block reader hands the combine one accumulator per member (one bundle here); the line reader every row
+    assert (features["unit"], features["elements"]) == (
+        ("accumulators", acc["members"]) if reader == "blocks" else ("rows", acc["transactions"] + acc["member_only_rows"]))
     results = sorted(pq.read_table(out / "results").to_pylist(), key=lambda r: r["MEMBER_ID"])
     dead = sorted(pq.read_table(out / "dead_letter").to_pylist(), key=lambda r: (r["RAW_LINE"], r["REASON"]))
     for row in dead:
