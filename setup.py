@@ -12,6 +12,7 @@ setup(
         "apache-beam==2.77.0",
         "requests>=2.32,<3",
         "urllib3>=2.2,<3",
+        "aiohttp>=3.10,<4",  # the endpoint calls (docs/decisions.md)
         "pyarrow>=17",
         "pydantic>=2.7,<3",
         "pyyaml>=6",

@@ -25,6 +25,7 @@ from transforms import progress
 log = logging.getLogger(__name__)
 
 READ, MEMBERS = "read", "members"
+LIMIT_PREFIX = "concurrency_limit_"  # the endpoints' live limits on calls in flight (transforms.endpoints)
 
 
 class Beat(NamedTuple):
@@ -90,6 +91,9 @@ def describe(
         fields["percent"] = round(100 * fraction, 1)
         eta = _eta(fraction, phase_s)
         fields["eta_s"] = round(eta, 1) if eta is not None else None
+    limits = {k[len(LIMIT_PREFIX):]: v for k, v in sorted(snap.items()) if k.startswith(LIMIT_PREFIX)}
+    if limits:
+        fields["concurrency_limit"] = limits
     for key in ("rows_per_s", "requests_per_s"):
         if fields[key] is not None:
             fields[key] = round(fields[key], 1)
@@ -104,6 +108,8 @@ def describe(
         parts.append(f"{members:,} members done")
         if fields["requests_per_s"] is not None:
             parts.append(f"{fields['requests_per_s']:,.0f} requests/s")
+        if limits:
+            parts.append("calls in flight limit " + ", ".join(f"{k} {v:,}" for k, v in limits.items()))
         if fields["percent"] is not None:
             parts.append(f"members {fields['percent']:.1f}% (by transactions)")
     if fields["eta_s"] is not None:

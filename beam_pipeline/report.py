@@ -440,6 +440,9 @@ def _section_members(summary: dict, results: pa.Table, images: dict) -> str:
     )
 
 
+ENDPOINT_COLUMNS = ["endpoint", "calls", "p50", "p95", "p99", "max", "ok", "errors", "retries", "throttled", "limit"]
+
+
 def _section_time(summary: dict, images: dict) -> str:
     step_rows = [[_e(s["name"]), _num(s["elements"]), _e(s["unit"]),
                   _num(s["seconds"], 3) if s["seconds"] is not None else NONE, _num(s["per_second"])]
@@ -450,19 +453,22 @@ def _section_time(summary: dict, images: dict) -> str:
             }.get(source, "")
     latency = summary.get("latency_ms") or {}
     requests = summary.get("requests") or {}
+    limits = summary.get("concurrency_limit") or {}
     endpoint_rows = []
     for kind in KINDS:
-        lat, req = latency.get(kind) or {}, requests.get(kind) or {}
+        lat, req, lim = latency.get(kind) or {}, requests.get(kind) or {}, limits.get(kind)
         errors = sum(v for k, v in req.items() if k not in ("ok", "retries", "throttled"))
+        limit = f"{lim['mean']:,.1f} ({lim['min']:,}\u2013{lim['max']:,})" if lim else NONE
         endpoint_rows.append([_e(kind), _num(lat.get("count")), _num(lat.get("p50"), 1), _num(lat.get("p95"), 1),
                               _num(lat.get("p99"), 1), _num(lat.get("max"), 1), _num(req.get("ok")),
-                              _num(errors), _num(req.get("retries", 0)), _num(req.get("throttled", 0))])
+                              _num(errors), _num(req.get("retries", 0)), _num(req.get("throttled", 0)), _e(limit)])
     return (
         f"<h2>Time per step</h2><p>Wall time of the whole run: <b>{summary['wall_seconds']:.1f}s</b>. {note}</p>"
         f"{_table(['step', 'elements', 'unit', 'seconds', 'per second'], step_rows)}{_img(images, 'steps.png')}"
         "<h2>Endpoints</h2><p>Latency is the wall time of one call to the endpoint, retries included (ms), "
-        "over the members that were called.</p>"
-        f"{_table(['endpoint', 'calls', 'p50', 'p95', 'p99', 'max', 'ok', 'errors', 'retries', 'throttled'], endpoint_rows)}"
+        "over the members that were called. The limit is the number of calls each worker let be in flight "
+        "at once, learnt from latency and errors (mean over the run, and its range).</p>"
+        f"{_table(ENDPOINT_COLUMNS, endpoint_rows)}"
         f"{_img(images, 'latency.png')}"
     )
 

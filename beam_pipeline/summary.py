@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import platform
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -272,6 +273,24 @@ def requests(rows: list[dict]) -> dict:
     return dict(sorted(out.items()))
 
 
+LIMIT_PREFIX = "concurrency_limit_"
+
+
+def concurrency_limits(rows: list[dict]) -> dict:
+    """Per endpoint: the adaptive limit on calls in flight over the run (mean, min, max of the
+    values sampled about twice a second per worker), from the ``concurrency_limit_*`` distributions."""
+    totals: dict[str, list] = {}
+    for row in rows:
+        name = row["NAME"]
+        if row["KIND"] == "distribution" and row["NAMESPACE"] == NAMESPACE and name.startswith(LIMIT_PREFIX) \
+                and row["COUNT"]:
+            count, total, low, high = totals.get(name[len(LIMIT_PREFIX):], (0, 0.0, math.inf, -math.inf))
+            totals[name[len(LIMIT_PREFIX):]] = (count + row["COUNT"], total + row["SUM"],
+                                                min(low, row["MIN"]), max(high, row["MAX"]))
+    return {kind: {"mean": round(total / count, 1), "min": int(low), "max": int(high), "samples": count}
+            for kind, (count, total, low, high) in sorted(totals.items())}
+
+
 _SECRET_WORDS = ("token", "secret", "password", "passwd", "credential", "api_key", "apikey", "auth", "private")
 REDACTED = "<redacted>"
 
@@ -293,7 +312,7 @@ def redact(options: dict) -> dict:
 
 
 def package_versions() -> dict:
-    names = ("offer-pipeline", "apache-beam", "pyarrow", "numpy", "requests", "urllib3", "pydantic",
+    names = ("offer-pipeline", "apache-beam", "pyarrow", "numpy", "requests", "urllib3", "aiohttp", "pydantic",
              "fastapi", "uvicorn", "pyyaml")
     out = {"python": platform.python_version()}
     for name in names:
@@ -351,6 +370,7 @@ def run_record(
         steps=steps(rows, acc, step_table),
         latency_ms=latency_percentiles(results if called is None else called),
         requests=requests(rows),
+        concurrency_limit=concurrency_limits(rows) or None,
         inputs=[{"path": path, "size_bytes": size} for path, size in inputs],
         output=launch.output,
         options={

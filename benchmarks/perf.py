@@ -28,6 +28,10 @@ Scenarios, medians of ``--runs`` runs each:
    invocation; members_fixed ``--memory-runs`` times, members_10m once): ``--features-only`` on 5M rows holding the
    ~200k members of the 1M-row export (peak RSS against scenario 1 at 1M rows), and
    on 10M rows with 2M members (wall time and peak RSS).
+7. ``remote`` (opt in with ``--scenarios``): ``benchmarks/remote.py``, per-member
+   calls against the reference service with 25 ms added per call, the pipeline
+   against a bare asyncio + aiohttp client on the same export and server
+   (``--remote-rows``, default 20,000); it saves its own results file.
 
 Each run also prints the CPU seconds the pipeline (its process tree) and the
 server used meanwhile, and the load average at its end: the pipeline and the
@@ -351,7 +355,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beam-args", default="", help="extra pipeline options, e.g. '--direct_num_workers 2'")
     parser.add_argument("--memory-runs", type=int, default=1, help="runs of members_fixed (median); members_10m runs once")
     parser.add_argument("--no-docs", action="store_true", help="save the results, leave docs/performance.md alone")
+    parser.add_argument("--remote-rows", type=int, default=20_000, help="rows of the remote scenario's export")
     args = parser.parse_args(argv)
+    scenarios = args.scenarios.split(",")
+    if "remote" in scenarios:  # own servers, contenders and results file
+        from benchmarks import remote
+
+        remote.main(["--rows", str(args.remote_rows), "--runs", str(args.runs), "--scenarios", "remote"])
+        scenarios.remove("remote")
+        if not scenarios:
+            return
     try:
         import pandas  # noqa: F401
     except ImportError:
@@ -359,7 +372,6 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which("wrk") is None:
         sys.exit("the endpoint capacity is measured with wrk: apt-get install -y wrk")
     sizes = [int(s) for s in args.sizes.split(",")]
-    scenarios = args.scenarios.split(",")
     beam_args = args.beam_args.split()
 
     recorder = Recorder("perf", argv if argv is not None else sys.argv[1:], columns=list(COLUMNS))

@@ -217,8 +217,12 @@ class CallPolicy(_Strict):
     backoff_max_s: float = Field(2.0, ge=0, description="longest wait between attempts")
     backoff_jitter_s: float = Field(0.1, ge=0, description="random jitter added to each wait")
     retry_after_max_s: int = Field(30, ge=0, description="longest wait a server's Retry-After can ask for")
-    batch_size: int = Field(64, ge=1, description="members per BatchElements batch")
-    concurrency: int = Field(16, ge=1, le=512, description="calls in flight per worker (thread pool)")
+    batch_size: int = Field(64, ge=1, description="unused: per-member calls are not batched (kept so older files load)")
+    concurrency: int = Field(
+        256, ge=1, le=1024,
+        description="most calls in flight per endpoint and worker; the adaptive limit stays at or below it")
+    adaptive_concurrency: bool = Field(
+        True, description="learn the calls in flight from latency and errors; false pins them at `concurrency`")
     rate_limit_per_s: float | None = Field(None, gt=0, description="max requests per second per worker")
     adaptive_throttling: bool = Field(True, description="refuse calls locally while most calls to an endpoint fail")
 

@@ -118,6 +118,15 @@ class LatencyByEndpoint(Record):
     offer: Latency
 
 
+class ConcurrencyLimit(Record):
+    """One endpoint's adaptive limit on calls in flight per worker over the run."""
+
+    mean: Annotated[float, Field(ge=1)]
+    min: Annotated[int, Field(ge=1)]
+    max: Annotated[int, Field(ge=1)]
+    samples: Annotated[int, Field(ge=1)] = Field(description="values sampled (about twice a second per worker)")
+
+
 class InputFile(Record):
     model_config = ConfigDict(json_schema_extra={"additionalProperties": True})
 
@@ -166,6 +175,8 @@ class RunSummary(Record):
     latency_ms: LatencyByEndpoint
     requests: dict[str, dict[str, Count]] = Field(
         description="per endpoint: requests by outcome (ok, http_error, bad_response, exception, throttled), retries")
+    concurrency_limit: dict[str, ConcurrencyLimit] | Absent = Field(
+        None, description="per endpoint called: the adaptive limit on calls in flight per worker (mean, min, max)")
     inputs: list[InputFile] = Field(min_length=1)
     output: str
     options: Options

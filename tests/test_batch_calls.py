@@ -2,21 +2,26 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import responses
 
 from lantern.errors import ConfigError
 from lantern.partner import load, load_named
+from tests.conftest import free_port
+from tests.scripted_server import ScriptedServer
 from transforms.endpoints import PartnerClient, decide_batch
 
-BASE = "http://partner.test"
-ATS, RESP, OFFER = (BASE + p for p in ("/ml/ats/predict/batch", "/ml/resp/predict/batch", "/offer/assign/batch"))
+ATS, RESP, OFFER = "/ml/ats/predict/batch", "/ml/resp/predict/batch", "/offer/assign/batch"
 
 
-def make_partner(max_batch_size: int = 100):
-    partner = load_named("reference_batch").with_endpoint_url(BASE)
+@pytest.fixture
+def server():
+    with ScriptedServer() as scripted:
+        yield scripted
+
+
+def make_partner(server, max_batch_size: int = 100):
+    partner = load_named("reference_batch").with_endpoint_url(server.url)
     calls = partner.calls.model_copy(update={"retries": 0, "adaptive_throttling": False})
     endpoints = partner.endpoints.model_copy(update={"max_batch_size": max_batch_size})
     return partner.model_copy(update={"calls": calls, "endpoints": endpoints})
@@ -32,51 +37,48 @@ def features(i: int) -> dict:
 
 def echo_points(request):
     """ATS/RESP stand-in: the member's points back, so order mistakes are visible."""
-    instances = json.loads(request.body)["instances"]
+    instances = request.json()["instances"]
     return 200, {}, json.dumps({"predictions": [f["AVG_POINTS_BOUGHT"] for f in instances]})
 
 
 def offers_by_ats(request):
-    instances = json.loads(request.body)["instances"]
+    instances = request.json()["instances"]
     return 200, {}, json.dumps({"predictions": [f"OFFER_{1 + int(p['ats_prediction']) % 2}" for p in instances]})
 
 
 def run(partner, n: int) -> list[dict]:
     client = PartnerClient(partner)
-    with ThreadPoolExecutor(4) as pool:
-        try:
-            return decide_batch(client, pool, [features(i) for i in range(n)])
-        finally:
-            client.close()
+    try:
+        return decide_batch(client, [features(i) for i in range(n)])
+    finally:
+        client.close()
 
 
-def instances_per_request(url: str) -> list[int]:
-    return sorted(len(json.loads(c.request.body)["instances"]) for c in responses.calls if c.request.url == url)
+def instances_per_request(server, path: str) -> list[int]:
+    return sorted(len(c.json()["instances"]) for c in server.calls_to(path))
 
 
-@responses.activate
-def test_decisions_come_back_in_member_order_in_requests_of_at_most_max_batch_size():
-    responses.add_callback(responses.POST, ATS, callback=echo_points)
-    responses.add_callback(responses.POST, RESP, callback=echo_points)
-    responses.add_callback(responses.POST, OFFER, callback=offers_by_ats)
-    decisions = run(make_partner(max_batch_size=4), 10)
+def test_decisions_come_back_in_member_order_in_requests_of_at_most_max_batch_size(server):
+    server.post(ATS, callback=echo_points)
+    server.post(RESP, callback=echo_points)
+    server.post(OFFER, callback=offers_by_ats)
+    decisions = run(make_partner(server, max_batch_size=4), 10)
     assert [d["ATS_PREDICTION"] for d in decisions] == [float(i) for i in range(10)]
     assert [d["OFFER"] for d in decisions] == [f"OFFER_{1 + i % 2}" for i in range(10)]
     assert {d["STATUS"] for d in decisions} == {"OK"} and {d["ATTEMPTS"] for d in decisions} == {3}
     for url in (ATS, RESP, OFFER):
-        assert instances_per_request(url) == [2, 4, 4]
+        assert instances_per_request(server, url) == [2, 4, 4]
 
 
-@responses.activate
-def test_a_bad_item_fails_only_its_member_and_skips_its_offer():
-    responses.add_callback(responses.POST, ATS, callback=echo_points)
-    responses.add(responses.POST, RESP, json={"predictions": [0.5, "high", 0.5]})
-    responses.add_callback(responses.POST, OFFER, callback=offers_by_ats)
-    decisions = run(make_partner(), 3)
+def test_a_bad_item_fails_only_its_member_and_skips_its_offer(server):
+    server.post(ATS, callback=echo_points)
+    server.post(RESP, json={"predictions": [0.5, "high", 0.5]})
+    server.post(OFFER, callback=offers_by_ats)
+    decisions = run(make_partner(server), 3)
     assert [d["STATUS"] for d in decisions] == ["OK", "FAILED", "OK"]
     assert "resp: bad response item" in decisions[1]["ERROR"] and decisions[1]["OFFER"] is None
     assert decisions[1]["ATS_PREDICTION"] == 1.0  # what did succeed is kept
-    assert instances_per_request(OFFER) == [2]
+    assert instances_per_request(server, OFFER) == [2]
 
 
 @pytest.mark.parametrize("answer, failed", [
@@ -85,21 +87,20 @@ def test_a_bad_item_fails_only_its_member_and_skips_its_offer():
     ({"json": {"prediction": 1.0}}, [0, 1, 2, 3, 4]),
     ({"body": "not json"}, [0, 1, 2, 3, 4]),
 ])
-@responses.activate
-def test_a_failed_batch_request_fails_each_of_its_members_and_nothing_else(answer, failed):
-    responses.add_callback(responses.POST, ATS, callback=echo_points)
-    responses.add(responses.POST, RESP, **answer)
-    responses.add_callback(responses.POST, OFFER, callback=offers_by_ats)
-    decisions = run(make_partner(max_batch_size=3), 5)  # requests of 3 and 2 members
+def test_a_failed_batch_request_fails_each_of_its_members_and_nothing_else(server, answer, failed):
+    server.post(ATS, callback=echo_points)
+    server.post(RESP, **answer)
+    server.post(OFFER, callback=offers_by_ats)
+    decisions = run(make_partner(server, max_batch_size=3), 5)  # requests of 3 and 2 members
     assert [i for i, d in enumerate(decisions) if d["STATUS"] == "FAILED"] == failed
     assert all(decisions[i]["ERROR"].startswith("resp: ") and decisions[i]["OFFER"] is None for i in failed)
     assert [d["ATS_PREDICTION"] for d in decisions] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert sum(instances_per_request(OFFER)) == 5 - len(failed)
+    assert sum(instances_per_request(server, OFFER)) == 5 - len(failed)
 
 
-@responses.activate
-def test_unreachable_batch_route_fails_every_member():
-    decisions = run(make_partner(), 3)  # nothing registered: connection refused
+def test_unreachable_batch_route_fails_every_member(server):
+    server.url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    decisions = run(make_partner(server), 3)
     assert [d["STATUS"] for d in decisions] == ["FAILED"] * 3
     assert all("ats: ConnectionError" in d["ERROR"] for d in decisions)
 

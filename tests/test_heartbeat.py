@@ -30,6 +30,15 @@ def test_members_phase_counts_transactions_of_members_done():
     assert beat.fields["requests_per_s"] == 60.0
     assert beat.fields["percent"] == 25.0 and beat.fields["eta_s"] == 90.0
     assert "300 members done" in beat.message and "60 requests/s" in beat.message
+    assert "concurrency_limit" not in beat.fields and "limit" not in beat.message
+
+
+def test_members_phase_shows_each_endpoints_limit_on_calls_in_flight():
+    snap = {"transactions": 10, progress.MEMBERS_CALLED: 3, "requests_ats_ok": 3,
+            "concurrency_limit_ats": 48, "concurrency_limit_resp": 52, "concurrency_limit_offer": 7}
+    beat = describe(snap, {}, elapsed_s=10, interval_s=10, phase_s=5, total_bytes=None)
+    assert beat.fields["concurrency_limit"] == {"ats": 48, "offer": 7, "resp": 52}
+    assert ", calls in flight limit ats 48, offer 7, resp 52," in beat.message
 
 
 def test_unknown_size_gives_no_percent():

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import apache_beam as beam
-import responses
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from tests.test_endpoints import BASE, FEATURES
+from tests.scripted_server import ScriptedServer
 from tests.test_endpoints import FAST as ENDPOINT_TEST_PARTNER
+from tests.test_endpoints import FEATURES
 from transforms import NAMESPACE, progress
 from transforms import endpoints as E
 
@@ -15,19 +15,18 @@ FAST = ENDPOINT_TEST_PARTNER.model_copy(update={"calls": ENDPOINT_TEST_PARTNER.c
     "concurrency": 4, "batch_size": 5})})
 
 
-@responses.activate
 def test_endpoint_calls_count_live_progress_and_beam_latency(local_runner):
-    responses.post(BASE + "/ml/ats/predict", status=503, body="busy")  # first ATS call is retried once
-    responses.post(BASE + "/ml/ats/predict", json={"prediction": 900.0})
-    responses.post(BASE + "/ml/resp/predict", json={"prediction": 0.5})
-    responses.post(BASE + "/offer/assign", json={"offer": "OFFER_2"})
     members = [(f"m{i}", {"N_TRANSACTIONS": i % 3, "FEATURES": FEATURES}) for i in range(12)]
     progress.reset()
-
-    p = TestPipeline(runner=local_runner)
-    _ = p | beam.Create(members) | E.CallEndpoints(FAST)
-    result = p.run()
-    result.wait_until_finish()
+    with ScriptedServer() as server:
+        server.post("/ml/ats/predict", status=503, body="busy")  # first ATS call is retried once
+        server.post("/ml/ats/predict", json={"prediction": 900.0})
+        server.post("/ml/resp/predict", json={"prediction": 0.5})
+        server.post("/offer/assign", json={"offer": "OFFER_2"})
+        p = TestPipeline(runner=local_runner)
+        _ = p | beam.Create(members) | E.CallEndpoints(FAST.with_endpoint_url(server.url))
+        result = p.run()
+        result.wait_until_finish()
 
     snap = progress.snapshot()
     assert snap[progress.MEMBERS_CALLED] == 12
@@ -38,6 +37,10 @@ def test_endpoint_calls_count_live_progress_and_beam_latency(local_runner):
                      result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["distributions"]}
     assert {k: distributions[f"latency_ms_{k}"].count for k in ("ats", "resp", "offer")} == {
         "ats": 12, "resp": 12, "offer": 12}
+    # Each endpoint's limit on calls in flight: in Beam and live, never above the ceiling of 4.
+    limits = {k: distributions[f"concurrency_limit_{k}"] for k in ("ats", "resp", "offer")}
+    assert all(d.count >= 1 and 1 <= d.min <= d.max <= 4 for d in limits.values())
+    assert all(1 <= snap[f"concurrency_limit_{k}"] <= 4 for k in ("ats", "resp", "offer"))
 
 
 def test_progress_counter_counts_in_beam_and_in_the_registry(local_runner):

@@ -1,15 +1,19 @@
 """The endpoint client against the real reference service with faults injected (``faults.py``).
 
-No mocks here: every request goes through requests, urllib3's Retry and uvicorn.
+No mocks here: every request goes through aiohttp, the client's retries and uvicorn.
 """
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import pytest
 
 from lantern.partner import load
+from tests.broken_server import BrokenServer
 from tests.conftest import free_port, uvicorn_server, write_partner
+from tests.scripted_server import ScriptedServer
 from transforms import endpoints as E
 
 FEATURES = {
@@ -58,9 +62,13 @@ def client_for(tmp_path):
 
 @pytest.fixture
 def sleeps(monkeypatch):
-    """Every time.sleep of the test (urllib3 backoff, Retry-After, throttling), recorded, not slept."""
+    """Every wait of the client (backoff, Retry-After, rate limit), recorded, not waited."""
     recorded = []
-    monkeypatch.setattr(time, "sleep", lambda seconds: recorded.append(seconds))
+
+    async def record(seconds):
+        recorded.append(seconds)
+
+    monkeypatch.setattr(E, "pause", record)
     return recorded
 
 
@@ -177,3 +185,61 @@ def test_an_unexpected_error_fails_the_member_instead_of_the_bundle(server_url, 
     assert decision["STATUS"] == "FAILED"
     assert decision["ERROR"] == "internal error: KeyError: 'AVG_POINTS_BOUGHT'"
     assert decision["OFFER"] is None and decision["ATTEMPTS"] == 0
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("hang", "ConnectionError: read timeout"),
+    ("reset", "ConnectionError: connection lost: "),
+    ("garbage", "ConnectionError: bad HTTP answer: "),
+])
+def test_an_endpoint_that_hangs_resets_or_answers_garbage_fails_each_member_with_the_reason(
+        client_for, mode, reason):
+    with BrokenServer(mode) as server:
+        client = client_for(server.url, retries=1, read_timeout_s=0.2, adaptive_throttling=False)
+        decisions = client.loop.run(decide_many(client, 12))
+        limits = {kind: client.limits[kind].limit for kind in ("ats", "resp")}
+    assert len(decisions) == 12 and {d["STATUS"] for d in decisions} == {"FAILED"}
+    for d in decisions:
+        assert d["ERROR"].startswith(f"ats: {reason}") and f"; resp: {reason}" in d["ERROR"], d["ERROR"]
+        assert d["ATTEMPTS"] == 4 and d["OFFER"] is None  # ATS and RESP: 1 + 1 retry each
+        assert "\n" not in d["ERROR"]
+    assert server.posts == 48
+    assert all(limit >= 1 for limit in limits.values())  # cut down, never to zero
+
+
+def test_the_limit_shrinks_while_an_endpoint_is_slow_and_grows_back_when_it_is_fast(client_for):
+    slow = threading.Event()
+    slow.set()
+
+    def answer(request):
+        if slow.is_set():
+            time.sleep(0.3)
+        return 200, {}, '{"prediction": 1.0}'
+
+    with ScriptedServer() as server:
+        server.post("/ml/ats/predict", callback=answer)
+        client = client_for(server.url, retries=0, concurrency=64)
+        limit = client.limits["ats"]
+        # The server shares this process (and its GIL) with the client: allow it 50 ms of
+        # jitter when fast, far below the 300 ms of its slow phase.
+        limit.slack_s = 0.05
+
+        async def calls(n):
+            return await asyncio.gather(*(client.call_async("ats", FEATURES) for _ in range(n)))
+
+        # Fast first (the floor), then slow: the server handles the calls one thread each,
+        # so latency grows with the calls in flight and the limit is cut.
+        slow.clear()
+        assert all(r.error is None for r in client.loop.run(calls(200)))
+        slow.set()
+        assert all(r.error is None for r in client.loop.run(calls(100)))
+        assert limit.decreases > 0
+        cut = limit.limit
+        slow.clear()
+        for _ in range(5):
+            assert all(r.error is None for r in client.loop.run(calls(400)))
+        assert limit.limit > cut
+
+
+async def decide_many(client, n):
+    return await asyncio.gather(*(E.decide_async(client, FEATURES) for _ in range(n)))

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import cli, preflight, summary
+from tests.broken_server import BrokenServer
 from tests.conftest import free_port, uvicorn_process, uvicorn_server, write_partner
 
 AS_OF = "2026-11-24"
@@ -240,3 +241,26 @@ def test_accounting_catches_a_member_without_a_results_row():
     counters["members_with_features"] = 3
     with pytest.raises(summary.AccountingError, match="3 members had features but 2 results rows"):
         summary.accounting(counters, results, dead)
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("reset", r"ConnectionError: connection lost: .*"),
+    ("garbage", r"ConnectionError: bad HTTP answer: .*"),
+    ("hang", r"ConnectionError: read timeout"),
+])
+def test_an_endpoint_that_resets_hangs_or_answers_garbage_fails_every_member_and_exit_3(
+        export, baseline, tmp_path, mode, reason):
+    with BrokenServer(mode) as server:
+        partner = write_partner(tmp_path, server.url, retries=1, read_timeout_s=0.2)
+        code, run_summary, rows = run(export, tmp_path / "out", partner)
+    assert code == 3
+    assert_consistent(run_summary, rows, tmp_path / "out")
+    assert [r["MEMBER_ID"] for r in rows] == [r["MEMBER_ID"] for r in baseline]  # no member lost
+    for row, base in zip(rows, baseline, strict=True):
+        if base["STATUS"] == "NO_TRANSACTIONS":
+            assert row["STATUS"] == "NO_TRANSACTIONS"
+            continue
+        assert row["STATUS"] == "FAILED" and row["OFFER"] is None
+        for error in row["ERROR"].split("; "):
+            assert re.fullmatch(rf"(ats|resp): (not sent: most calls are failing \(last: )?{reason}\)?", error), error
+    assert all(limit["min"] >= 1 for limit in run_summary["concurrency_limit"].values())

@@ -53,6 +53,8 @@ def test_page_answers_offers_times_and_rejections(built):
         assert f"<td>{step['name']}</td>" in page
     for kind in ("ats", "resp", "offer"):
         assert f"<td>{kind}</td><td class='n'>{acc['members_ok']:,}</td>" in page
+        limit = run["concurrency_limit"][kind]
+        assert f"{limit['mean']:,.1f} ({limit['min']:,}\u2013{limit['max']:,})</td>" in page
     assert "MISSING_MEMBER_ID" in page and "M-BAD,yesterday,buy,10,1.5" in page
     assert "No member failed." in page
 

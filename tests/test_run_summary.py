@@ -54,6 +54,8 @@ def test_run_json_matches_schema_and_the_outputs(small_run):
     for kind in ("ats", "resp", "offer"):
         assert run["latency_ms"][kind]["count"] == acc["members_ok"]
         assert run["requests"][kind]["ok"] == acc["members_ok"]
+        limit = run["concurrency_limit"][kind]
+        assert 1 <= limit["min"] <= limit["mean"] <= limit["max"] <= 256 and limit["samples"] >= 1
     assert run["inputs"][0]["size_bytes"] > 0
     assert run["options"]["cli"]["as_of"] == "2026-11-24"
 
@@ -114,6 +116,17 @@ def test_requests_by_endpoint_and_outcome():
             _row("offer_pipeline", "requests_offer_throttled", "s1", value=1.0),
             _row("other", "requests_ats_ok", "s1", value=100.0)]
     assert summary.requests(rows) == {"ats": {"ok": 7, "http_error": 1, "retries": 3}, "offer": {"throttled": 1}}
+
+
+def test_concurrency_limits_combine_every_worker_and_step():
+    def limit(step, count, total, low, high, namespace="offer_pipeline"):
+        return {**_row(namespace, "concurrency_limit_ats", step, "distribution", total=total),
+                "COUNT": count, "MIN": low, "MAX": high}
+
+    rows = [limit("w1", 4, 400.0, 60.0, 140.0), limit("w2", 6, 300.0, 20.0, 80.0),
+            limit("w1", 5, 5000.0, 1000.0, 1000.0, namespace="other"),
+            {**limit("w3", 0, 0.0, 0.0, 0.0)}]
+    assert summary.concurrency_limits(rows) == {"ats": {"mean": 70.0, "min": 20, "max": 140, "samples": 10}}
 
 
 def test_redact_masks_secrets_and_url_passwords():

@@ -1,30 +1,42 @@
-"""Calls to a partner's ATS, RESP and offer endpoints, and the batched DoFns that make them.
+"""Calls to a partner's ATS, RESP and offer endpoints, and the DoFn that makes them.
 
-Retries are urllib3's ``Retry`` mounted on a ``requests`` session (exponential
-backoff with jitter, ``Retry-After`` honoured), so there is no hand-written retry
-loop. A member whose calls still fail is not an exception: it becomes a FAILED
-result with the reason, so one bad member never fails a bundle.
+The calls run on one asyncio event loop per DoFn instance (aiohttp; why in
+docs/decisions.md): the DoFn hands each member to the loop and emits members
+as their calls finish, so hundreds of calls are in flight at a fraction of a
+millisecond of CPU each. Per member, ATS and RESP go out together and the offer
+as soon as both answered; no member waits for another. How many calls to each
+endpoint may be in flight is learnt from latency and errors
+(``transforms.concurrency_limit``). Each attempt has its own timeouts; retries
+follow urllib3's ``Retry`` rules (exponential backoff with jitter,
+``Retry-After`` honoured and capped, a separate budget for connections that
+cannot be made). A member whose calls still fail is not an exception: it
+becomes a FAILED result with the reason, so one bad member never fails a bundle.
 """
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import json
 import logging
 import math
+import queue
+import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import urllib.request
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
+import aiohttp
 import apache_beam as beam
-import requests
-import urllib3
 from apache_beam.io.components.adaptive_throttler import ReactiveThrottler
 from apache_beam.metrics import Metrics
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from apache_beam.utils.windowed_value import WindowedValue
 
 from lantern.partner import PartnerConfig
 from transforms import NAMESPACE, progress
+from transforms.concurrency_limit import AdaptiveLimit, Slots
+from transforms.event_loop import LoopThread
 from transforms.rate_limit import RateLimiter
 from transforms.thread_metrics import PooledMetrics
 from transforms.timing import TimedDoFn
@@ -32,6 +44,8 @@ from transforms.timing import TimedDoFn
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_AFTER_STATUSES = frozenset({413, 429, 503})  # urllib3's: where a Retry-After header is honoured
+INITIAL_LIMIT = 16  # calls in flight per endpoint before the first answers; slow start takes it from there
 KINDS = ("ats", "resp", "offer")
 # The batch routes' convention (Vertex AI, TF Serving): {"instances": [...]} -> {"predictions": [...]}.
 BATCH_REQUEST_FIELD = "instances"
@@ -98,99 +112,111 @@ def read_batch(body: Any, n: int) -> list:
     return items
 
 
-_retry_count = threading.local()
+def describe_error(exc: BaseException) -> tuple[str, bool]:
+    """A transport failure as a short reason, e.g. ``ConnectionError: connection refused``, and
+    whether no connection could be made (those draw on the separate connect-retry budget)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):  # before ClientOSError: it is one
+        if isinstance(exc.os_error, ConnectionRefusedError) or "refused" in str(exc).lower():
+            return "ConnectionError: connection refused", True
+        return f"ConnectionError: cannot connect: {exc.os_error or exc}", True
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "ConnectionError: connect timeout", True
+    if isinstance(exc, TimeoutError):  # aiohttp's SocketTimeoutError is one
+        return "ConnectionError: read timeout", False
+    if isinstance(exc, aiohttp.ClientResponseError):  # the answer is not HTTP
+        return f"ConnectionError: bad HTTP answer: {_one_line(exc.message)}", False
+    return f"ConnectionError: connection lost: {type(exc).__name__}: {_one_line(str(exc))}", False
 
 
-class CountingRetry(Retry):
-    """urllib3's Retry, counting the retries of the calling thread's current request.
-
-    The count survives both real urllib3 and test doubles that drive ``increment``,
-    which a response object's retry history does not.
-    """
-
-    def increment(self, *args, **kwargs):
-        _retry_count.value = getattr(_retry_count, "value", 0) + 1
-        return super().increment(*args, **kwargs)
+def _one_line(text: str) -> str:
+    """aiohttp's parser errors span lines (the bad line and a caret under it); a reason is one line."""
+    return " ".join(str(text).split())
 
 
-def describe_exception(exc: requests.RequestException) -> str:
-    """The exception's type and a short cause, e.g. ``ConnectionError: connection refused``."""
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None  # MaxRetryError's last error
-    cause = reason or exc
-    text = str(cause)
-    if "refused" in text.lower():  # before timeouts: NewConnectionError is a ConnectTimeoutError
-        short = "connection refused"
-    elif isinstance(cause, urllib3.exceptions.ReadTimeoutError) or isinstance(exc, requests.ReadTimeout):
-        short = "read timeout"
-    elif isinstance(cause, urllib3.exceptions.ConnectTimeoutError) or isinstance(exc, requests.ConnectTimeout):
-        short = "connect timeout"
-    elif isinstance(cause, urllib3.exceptions.ProtocolError) or "aborted" in text or "reset" in text:
-        short = f"connection lost: {text}"
+def retry_after_s(value: str | None, cap: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (a number or an HTTP date), capped; None
+    when absent or unreadable (the exponential backoff applies then), as in urllib3."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
     else:
-        short = text
-    return f"{type(exc).__name__}: {short}"
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        seconds = max(email.utils.mktime_tz(parsed) - time.time(), 0.0)
+    return min(seconds, cap)
 
 
-def make_session(partner: PartnerConfig, pool_size: int) -> requests.Session:
-    """A keep-alive session with the partner's retry policy and a pool sized to the concurrency."""
-    policy = partner.calls
-    retry = CountingRetry(
-        total=policy.retries,
-        connect=min(policy.connect_retries, policy.retries),  # nothing listening: fail fast
-        read=policy.retries,
-        status=policy.retries,
-        other=0,
-        allowed_methods=None,  # predictions are idempotent: retry POST too
-        status_forcelist=RETRY_STATUSES,
-        backoff_factor=policy.backoff_s,
-        backoff_max=policy.backoff_max_s,
-        backoff_jitter=policy.backoff_jitter_s,
-        respect_retry_after_header=True,
-        retry_after_max=policy.retry_after_max_s,  # a server asking for an hour does not stall the run
-        raise_on_status=False,
-    )
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=pool_size)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers.update({"Content-Type": "application/json", **partner.auth_headers()})
-    return session
+def backoff_s(failed: int, factor: float, jitter: float, cap: float) -> float:
+    """urllib3's backoff before the next attempt after ``failed`` consecutive failed attempts:
+    none after the first, then ``factor * 2**(failed - 1)`` plus jitter, at most ``cap``."""
+    if failed <= 1:
+        return 0.0
+    value = factor * 2 ** (failed - 1)
+    if jitter:
+        value += random.random() * jitter
+    return max(0.0, min(cap, value))
 
 
-def prepare_post(session: requests.Session, url: str) -> tuple[requests.PreparedRequest, dict]:
-    """A POST to ``url`` prepared as ``Session.request`` prepares it (session headers and
-    auth, ``.netrc``), without a body, and the send settings the environment gives that URL
-    (proxy variables and ``no_proxy``, CA bundle): done once per URL instead of once per call."""
-    template = session.prepare_request(requests.Request("POST", url))
-    return template, session.merge_environment_settings(url, {}, None, None, None)
+async def pause(seconds: float) -> None:
+    """Every wait of the client (backoff, Retry-After, rate limit): one place for tests to watch."""
+    await asyncio.sleep(seconds)
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTP_PROXY``, ``NO_PROXY``...), read once."""
+    parts = urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+class _Answer(NamedTuple):
+    status: int
+    body: bytes
 
 
 class PartnerClient:
-    """One partner's three endpoints behind a shared session, thread-safe for a pool."""
+    """One partner's three endpoints behind one aiohttp session on the client's own event loop.
+
+    Coroutines (``call_async``, ``decide_async``...) run on ``self.loop``; the plain
+    methods (``call``, ``decide``...) wait for them from any other thread.
+    """
 
     def __init__(self, partner: PartnerConfig):
         self.partner = partner
-        self.session = make_session(partner, partner.calls.concurrency)
-        self.timeout = (partner.calls.connect_timeout_s, partner.calls.read_timeout_s)
+        policy = partner.calls
+        self.policy = policy
         self.urls = {kind: partner.url(kind) for kind in KINDS}
         self.wire = partner.wire_names()
         self.batch_urls = {kind: partner.url(kind, batch=True) for kind in KINDS} if partner.endpoints.batch else {}
-        self._posts = {url: prepare_post(self.session, url) for url in (*self.urls.values(), *self.batch_urls.values())}
-        # The environment was read just above, once per URL; reading it again for every call
-        # (proxy variables, no_proxy, .netrc) cost a third of the client's CPU per call.
-        self.session.trust_env = False
+        # The environment is read here, once per URL, not on every call.
+        self._proxies = {url: env_proxy(url) for url in (*self.urls.values(), *self.batch_urls.values())}
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.connect_timeout_s,
+                                              sock_read=policy.read_timeout_s)
+        headers = {"Content-Type": "application/json", **partner.auth_headers()}
         self._throttlers = {
             kind: ReactiveThrottler(
                 window_ms=60_000, bucket_ms=1_000, overload_ratio=2,
                 namespace=f"{NAMESPACE}.{kind}",
             )
             for kind in KINDS
-        } if partner.calls.adaptive_throttling else {}
+        } if policy.adaptive_throttling else {}
         self._lock = threading.Lock()
         self._last_error: dict[str, str] = {}  # per endpoint, quoted when a call is held back
-        rate = partner.calls.rate_limit_per_s
+        rate = policy.rate_limit_per_s
         self._rate_limiter = RateLimiter(rate) if rate else None
-        self.metrics = PooledMetrics(NAMESPACE)  # updated from pool threads: see thread_metrics
+        self.limits = {
+            kind: AdaptiveLimit(
+                initial=policy.concurrency if not policy.adaptive_concurrency else min(INITIAL_LIMIT, policy.concurrency),
+                max_limit=policy.concurrency, fixed=not policy.adaptive_concurrency)
+            for kind in KINDS
+        }
+        self.slots = {kind: Slots(limit) for kind, limit in self.limits.items()}
+        self.metrics = PooledMetrics(NAMESPACE)  # updated from the loop's thread: see thread_metrics
         self.outcomes = {
             (kind, outcome): self.metrics.counter(f"requests_{kind}_{outcome}")
             for kind in KINDS for outcome in ("ok", "http_error", "bad_response", "exception", "throttled")
@@ -198,9 +224,36 @@ class PartnerClient:
         self.retries = {kind: self.metrics.counter(f"retries_{kind}") for kind in KINDS}
         self.bad_items = {kind: self.metrics.counter(f"batch_bad_items_{kind}") for kind in KINDS}
         self.latency = {kind: self.metrics.distribution(f"latency_ms_{kind}") for kind in KINDS}
+        self.loop = LoopThread(name=f"endpoints-{partner.name}")
+        try:
+            self.session = self.loop.run(self._open(headers))
+        except BaseException:
+            self.loop.close()
+            raise
+
+    async def _open(self, headers: dict) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)  # the slots bound the connections
+        # unsafe: keep cookies set by hosts named by IP address too (load balancers' stickiness), as requests does
+        return aiohttp.ClientSession(connector=connector, headers=headers,
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True))
 
     def close(self) -> None:
-        self.session.close()
+        if not self.loop.loop.is_closed():
+            self.loop.run(self.session.close())
+            self.loop.close()
+
+    def flush_metrics(self) -> None:
+        """Hand the tallies to Beam, with each endpoint's current limit on calls in flight;
+        call from the thread that runs the DoFn."""
+        self.metrics.flush()
+        for kind in self.active_kinds():
+            limit = self.limits[kind].limit
+            Metrics.distribution(NAMESPACE, f"concurrency_limit_{kind}").update(limit)
+            progress.set_value(f"concurrency_limit_{kind}", limit)
+
+    def active_kinds(self) -> list[str]:
+        """Endpoints that have been called at least once (an unused limit would only blur the metric)."""
+        return [kind for kind in KINDS if self.limits[kind].floor_s is not None or self.limits[kind].decreases]
 
     def _held_back(self, kind: str) -> CallResult | None:
         """Client-side throttling (Beam's ReactiveThrottler, the SRE book's algorithm).
@@ -234,64 +287,86 @@ class PartnerClient:
             with self._lock:
                 throttler.successful_request(start * 1000)
 
-    def _attempts(self, raised: bool = False) -> int:
-        # Retry.increment runs once per failed attempt; when a budget runs out the last
-        # increment raises, so a raised error means every counted attempt failed. An answer
-        # that exhausted the budget was counted too; cap it at 1 + retries.
-        if raised:
-            return max(_retry_count.value, 1)
-        return min(_retry_count.value + 1, self.partner.calls.retries + 1)
+    async def _attempt(self, kind: str, url: str, data: bytes, first: bool) -> tuple:
+        """One attempt inside one of the endpoint's slots: (answer or None, transport failure,
+        whether it was a connect failure, the Retry-After seconds asked for), or a held-back
+        CallResult when the throttler refuses the call (decided once a slot is free, so calls
+        queued behind failing ones are held back too)."""
+        slots = self.slots[kind]
+        in_flight = await slots.acquire(first)
+        if first:
+            held_back = self._held_back(kind)
+            if held_back is not None:
+                slots.give_back()
+                return held_back, None, False, None
+        t0 = time.perf_counter()
+        try:
+            async with self.session.post(url, data=data, timeout=self._timeout, proxy=self._proxies[url]) as response:
+                body = await response.read()
+                status = response.status
+                wait = (retry_after_s(response.headers.get("Retry-After"), self.policy.retry_after_max_s)
+                        if status in RETRY_AFTER_STATUSES else None)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            slots.release(time.perf_counter() - t0, in_flight, dropped=True)
+            reason, connect = describe_error(exc)
+            return None, reason, connect, None
+        except BaseException:  # cancelled: give the slot back all the same
+            slots.release(time.perf_counter() - t0, in_flight, dropped=False)
+            raise
+        slots.release(time.perf_counter() - t0, in_flight, dropped=status in RETRY_STATUSES)
+        return _Answer(status, body), None, False, wait
 
-    def _post(self, kind: str, url: str, body: dict) -> CallResult:
-        """POST with the session's retries: the parsed JSON body as the value, or the reason
-        it failed as the error, never an exception."""
+    async def _post(self, kind: str, url: str, data: bytes) -> CallResult:
+        """POST with retries: the parsed JSON body as the value, or the reason it failed as the
+        error, never an exception. Budgets as urllib3's ``Retry``: ``retries`` in all, of which
+        at most ``connect_retries`` for connections that cannot be made."""
+        policy = self.policy
         if self._rate_limiter is not None:
-            self._rate_limiter.acquire()
-        held_back = self._held_back(kind)
-        if held_back is not None:
-            return held_back
+            wait = self._rate_limiter.reserve()
+            if wait:
+                await pause(wait)
         start = time.time()
         t0 = time.perf_counter()
-        _retry_count.value = 0
-        try:
-            response = self._send(url, json.dumps(body).encode())
-        except requests.RequestException as exc:
-            latency = (time.perf_counter() - t0) * 1000
-            self.outcomes[kind, "exception"].inc()
-            attempts = self._attempts(raised=True)
-            if attempts > 1:
-                self.retries[kind].inc(attempts - 1)
-            return self._failed(kind, latency, attempts, f"{describe_exception(exc):.200}")
+        attempts = 0
+        connect_left = min(policy.connect_retries, policy.retries)
+        retries_left = policy.retries
+        while True:
+            attempts += 1
+            answer, failure, connect, retry_after = await self._attempt(kind, url, data, first=attempts == 1)
+            if isinstance(answer, CallResult):
+                return answer
+            retry = answer is None or answer.status in RETRY_STATUSES
+            if retry and retries_left > 0 and not (connect and connect_left <= 0):
+                retries_left -= 1
+                connect_left -= connect
+                wait = retry_after or backoff_s(attempts, policy.backoff_s, policy.backoff_jitter_s,
+                                                policy.backoff_max_s)
+                if wait:
+                    await pause(wait)
+                continue
+            break
         latency = (time.perf_counter() - t0) * 1000
-        self.latency[kind].update(int(latency))
-        attempts = self._attempts()
         if attempts > 1:
             self.retries[kind].inc(attempts - 1)
-        if response.status_code not in RETRY_STATUSES:
+        if answer is None:
+            self.outcomes[kind, "exception"].inc()
+            return self._failed(kind, latency, attempts, f"{failure:.200}")
+        self.latency[kind].update(int(latency))
+        if answer.status not in RETRY_STATUSES:
             # The backend handled the request: not a sign of overload, whatever the answer.
             # (A 401 or 422 for every member must not make the throttler slow the run down.)
             self._succeeded(kind, start)
-        if response.status_code != 200:
+        if answer.status != 200:
             self.outcomes[kind, "http_error"].inc()
-            text = response.text.replace("\n", " ")
-            return self._failed(kind, latency, attempts, f"HTTP {response.status_code}: {text:.160}")
+            text = answer.body.decode("utf-8", "replace").replace("\n", " ")
+            return self._failed(kind, latency, attempts, f"HTTP {answer.status}: {text:.160}")
         try:
-            payload = response.json()
+            payload = json.loads(answer.body)
         except ValueError:
             self.outcomes[kind, "bad_response"].inc()
-            return self._failed(kind, latency, attempts, f"bad response: body is not JSON: {response.text!r:.60}")
+            text = answer.body.decode("utf-8", "replace")
+            return self._failed(kind, latency, attempts, f"bad response: body is not JSON: {text!r:.60}")
         return CallResult(payload, latency, attempts, None)
-
-    def _send(self, url: str, body: bytes) -> requests.Response:
-        """``session.post(url, data=body)``, from a request prepared once per URL: what
-        ``Session.request`` would send (headers, auth, proxies, cookies a server set)."""
-        template, settings = self._posts[url]
-        request = template.copy()
-        request.body = body
-        request.headers["Content-Length"] = str(len(body))
-        if self.session.cookies:
-            request.prepare_cookies(self.session.cookies)
-        return self.session.send(request, timeout=self.timeout, allow_redirects=True, **settings)
 
     def _value(self, kind: str, item: Any) -> Any:
         """One member's answer: a prediction number, or an offer among the partner's offers."""
@@ -299,9 +374,10 @@ class PartnerClient:
             return check_offer(item, self.partner.endpoints.offer.offers)
         return check_prediction(item, getattr(self.partner.endpoints, kind).response_field)
 
-    def call(self, kind: str, body: dict) -> CallResult:
-        """One member's call to a per-member route."""
-        posted = self._post(kind, self.urls[kind], body)
+    async def call_async(self, kind: str, body: dict | bytes) -> CallResult:
+        """One member's call to a per-member route (``body`` as a dict or already as JSON)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        posted = await self._post(kind, self.urls[kind], data)
         if posted.error:
             return posted
         field = getattr(self.partner.endpoints, kind).response_field
@@ -313,14 +389,15 @@ class PartnerClient:
         self.outcomes[kind, "ok"].inc()
         return CallResult(value, posted.latency_ms, posted.attempts, None)
 
-    def call_batch(self, kind: str, bodies: list[dict]) -> list[CallResult]:
+    async def call_batch_async(self, kind: str, bodies: list[dict]) -> list[CallResult]:
         """Many members' calls in one request to a batch route, one result per body, in order.
 
         A failed request fails each of its members with the same reason; an item
         that is not a valid answer fails only its own member. Latency and attempts
         are the request's, shared by its members.
         """
-        posted = self._post(kind, self.batch_urls[kind], {BATCH_REQUEST_FIELD: bodies})
+        data = json.dumps({BATCH_REQUEST_FIELD: bodies}).encode()
+        posted = await self._post(kind, self.batch_urls[kind], data)
         failed = posted.error
         if not failed:
             try:
@@ -341,21 +418,31 @@ class PartnerClient:
             results.append(CallResult(value, posted.latency_ms, posted.attempts, error))
         return results
 
+    def call(self, kind: str, body: dict) -> CallResult:
+        """``call_async`` from a thread other than the loop's (tests, benchmarks)."""
+        return self.loop.run(self.call_async(kind, body))
 
-def decide(client: PartnerClient, features: dict) -> dict:
-    """ATS and RESP for one member, then the offer: the per-member call sequence.
+    def call_batch(self, kind: str, bodies: list[dict]) -> list[CallResult]:
+        return self.loop.run(self.call_batch_async(kind, bodies))
+
+
+async def decide_async(client: PartnerClient, features: dict) -> dict:
+    """ATS and RESP for one member at once, then the offer as soon as both answered.
 
     An unexpected error (a bug, not an endpoint failure) fails this member with
     the reason instead of failing the bundle, so no member is ever lost.
     """
     try:
         partner = client.partner
-        body = prediction_body(partner, features, client.wire)
-        ats = client.call("ats", body)
-        resp = client.call("resp", body)
+        data = json.dumps(prediction_body(partner, features, client.wire)).encode()  # one body, sent twice
+        resp_call = asyncio.ensure_future(client.call_async("resp", data))  # in flight while ATS is
+        try:
+            ats = await client.call_async("ats", data)
+        finally:
+            resp = await resp_call
         offer = None
         if ats.error is None and resp.error is None:
-            offer = client.call("offer", offer_body(partner, ats.value, resp.value))
+            offer = await client.call_async("offer", offer_body(partner, ats.value, resp.value))
         return decision(ats, resp, offer)
     except Exception as exc:
         log.exception("unexpected error while calling the endpoints for one member")
@@ -363,7 +450,12 @@ def decide(client: PartnerClient, features: dict) -> dict:
         return internal_error(exc)
 
 
-def internal_error(exc: Exception) -> dict:
+def decide(client: PartnerClient, features: dict) -> dict:
+    """``decide_async`` from a thread other than the client's loop (tests, benchmarks)."""
+    return client.loop.run(decide_async(client, features))
+
+
+def internal_error(exc: BaseException) -> dict:
     failed = CallResult(None, None, 0, f"internal error: {type(exc).__name__}: {exc}"[:200])
     return decision(failed, failed._replace(error=None), None)
 
@@ -394,97 +486,147 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def decide_batch(client: PartnerClient, pool: ThreadPoolExecutor, features: list[dict]) -> list[dict]:
+async def decide_batch_async(client: PartnerClient, features: list[dict]) -> list[dict]:
     """The batch-route call sequence for many members: ATS and RESP requests in parallel,
     then one offer request for the members whose predictions both succeeded.
 
     Each request carries at most the partner's ``max_batch_size`` instances; the
     decisions come back in the order of ``features``. An unexpected error fails
-    these members with the reason, as in ``decide``.
+    these members with the reason, as in ``decide_async``.
     """
     try:
-        return _decide_batch(client, pool, features)
+        return await _decide_batch(client, features)
     except Exception as exc:
         log.exception("unexpected error while calling the batch endpoints")
         client.metrics.counter("members_internal_error").inc(len(features))
         return [internal_error(exc) for _ in features]
 
 
-def _decide_batch(client: PartnerClient, pool: ThreadPoolExecutor, features: list[dict]) -> list[dict]:
+async def _decide_batch(client: PartnerClient, features: list[dict]) -> list[dict]:
     partner = client.partner
     size = partner.endpoints.max_batch_size
     parts = chunks([prediction_body(partner, f, client.wire) for f in features], size)
-    ats_jobs = [pool.submit(client.call_batch, "ats", part) for part in parts]
-    resp_jobs = [pool.submit(client.call_batch, "resp", part) for part in parts]
-    ats = [r for job in ats_jobs for r in job.result()]
-    resp = [r for job in resp_jobs for r in job.result()]
+    answers = await asyncio.gather(*(client.call_batch_async(kind, part) for kind in ("ats", "resp") for part in parts))
+    ats = [r for part in answers[:len(parts)] for r in part]
+    resp = [r for part in answers[len(parts):] for r in part]
     ready = [i for i, (a, r) in enumerate(zip(ats, resp, strict=True)) if a.error is None and r.error is None]
     offers: list[CallResult | None] = [None] * len(features)
     offer_parts = chunks(ready, size)
-    offer_jobs = [
-        pool.submit(client.call_batch, "offer", [offer_body(partner, ats[i].value, resp[i].value) for i in part])
-        for part in offer_parts
-    ]
-    for part, job in zip(offer_parts, offer_jobs, strict=True):
-        for i, result in zip(part, job.result(), strict=True):
+    offer_answers = await asyncio.gather(*(
+        client.call_batch_async("offer", [offer_body(partner, ats[i].value, resp[i].value) for i in part])
+        for part in offer_parts))
+    for part, results in zip(offer_parts, offer_answers, strict=True):
+        for i, result in zip(part, results, strict=True):
             offers[i] = result
     return [decision(a, r, o) for a, r, o in zip(ats, resp, offers, strict=True)]
 
 
-class CallEndpointsFn(TimedDoFn):
-    """A batch of (member id, summary) -> (member id, summary, decision).
+def decide_batch(client: PartnerClient, features: list[dict]) -> list[dict]:
+    """``decide_batch_async`` from a thread other than the client's loop (tests, benchmarks)."""
+    return client.loop.run(decide_batch_async(client, features))
 
-    Per-member partners: each member's calls run in a thread pool. Batch
-    partners (``endpoints.batch``): one request per route per ``max_batch_size``
-    members, requests in the pool. The session and the pool live for the DoFn
-    instance (``setup``/``teardown``), so keep-alive connections are reused
-    across bundles.
+
+class CallEndpointsFn(TimedDoFn):
+    """(member id, summary) -> (member id, summary, decision), as the calls finish.
+
+    Each member (per-member routes) or batch of members (``endpoints.batch``) is
+    handed to the client's event loop at once; ``process`` emits the members
+    whose calls have finished meanwhile, ``finish_bundle`` waits for the rest.
+    Outputs keep their own element's window and timestamp. At most
+    ``max_pending`` members or batches are in the loop at a time: past that,
+    ``process`` waits for one to finish (the endpoints' own limits decide how
+    many calls are actually in flight). The client, its session and loop live
+    for the DoFn instance (``setup``/``teardown``), so keep-alive connections are
+    reused across bundles.
     """
+
+    FLUSH_S = 0.5  # metrics and the live limits reach Beam and the heartbeat this often
 
     def __init__(self, partner: PartnerConfig):
         self._partner = partner
-        self.batch_ms = Metrics.distribution(NAMESPACE, "call_batch_ms")
-        self.batch_size = Metrics.distribution(NAMESPACE, "call_batch_size")
 
     def setup(self):
         self._client = PartnerClient(self._partner)
-        self._pool = ThreadPoolExecutor(self._partner.calls.concurrency, thread_name_prefix="endpoints")
+        calls = self._partner.calls
+        self._max_pending = 8 if self._partner.endpoints.batch else max(64, 4 * calls.concurrency)
 
     def teardown(self):
-        self._pool.shutdown(wait=True)
         self._client.close()
 
-    def process(self, batch: list):
-        t0 = time.perf_counter()
-        if self._partner.endpoints.batch:
-            decisions = decide_batch(self._client, self._pool, [summary["FEATURES"] for _, summary in batch])
+    def start_bundle(self):
+        super().start_bundle()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()  # per bundle: a failed bundle's stragglers stay out
+        self._pending = 0
+        self._flushed_at = time.monotonic()
+
+    def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
+        batch = self._partner.endpoints.batch
+        self._client.loop.spawn(_decide_and_report(self._client, element, batch, window, timestamp, self._done))
+        self._pending += 1
+        yield from self._collect(final=False)
+
+    def finish_bundle(self):
+        yield from self._collect(final=True)
+        self._client.flush_metrics()
+        super().finish_bundle()
+
+    def _collect(self, final: bool):
+        """Emit what has finished; wait while too much is pending (or, when ``final``, for all)."""
+        while self._pending:
+            wait = final or self._pending >= self._max_pending
+            try:
+                outputs = self._done.get(timeout=self.FLUSH_S) if wait else self._done.get_nowait()
+            except queue.Empty:
+                self._maybe_flush()
+                if wait:
+                    continue
+                break
+            self._pending -= 1
+            for output in outputs:
+                progress.member_called(output.value[1]["N_TRANSACTIONS"])
+                yield output
+            self._maybe_flush()
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        now = time.monotonic()
+        if now - self._flushed_at >= self.FLUSH_S:
+            self._flushed_at = now
+            self._client.flush_metrics()
+
+
+async def _decide_and_report(client: PartnerClient, element, batch: bool, window, timestamp,
+                             done: queue.SimpleQueue) -> None:
+    """Decide one member (or one batch of members) on the loop and put the outputs on ``done``:
+    always, whatever happens, so the DoFn never waits for a member that is gone."""
+    members = element if batch else [element]
+    try:
+        if batch:
+            decisions = await decide_batch_async(client, [summary["FEATURES"] for _, summary in members])
         else:
-            decisions = self._pool.map(lambda kv: decide(self._client, kv[1]["FEATURES"]), batch)
-        for (member_id, summary), decision_ in zip(batch, decisions, strict=True):
-            progress.member_called(summary["N_TRANSACTIONS"])
-            yield member_id, summary, decision_
-        self._client.metrics.flush()
-        self.batch_ms.update(int((time.perf_counter() - t0) * 1000))
-        self.batch_size.update(len(batch))
+            decisions = [await decide_async(client, element[1]["FEATURES"])]
+    except BaseException as exc:  # noqa: BLE001 - reported as the members' failure, never lost
+        decisions = [internal_error(exc) for _ in members]
+    done.put([WindowedValue((member_id, summary, d), timestamp, (window,))
+              for (member_id, summary), d in zip(members, decisions, strict=True)])
 
 
 class CallEndpoints(beam.PTransform):
-    """Members with features -> members with predictions and an offer, in batches."""
+    """Members with features -> members with predictions and an offer.
+
+    Per-member routes take the members one by one; batch routes take them in
+    batches of two full requests per route (ATS and RESP requests overlap, and
+    the server sees few, large requests).
+    """
 
     def __init__(self, partner: PartnerConfig):
         super().__init__()
         self._partner = partner
 
     def expand(self, members):
-        size = self._partner.calls.batch_size
         if self._partner.endpoints.batch:
-            # Two full requests per route and batch: ATS and RESP requests overlap, and
-            # the server sees few, large requests.
             size = 2 * self._partner.endpoints.max_batch_size
-        # Fixed-size batches (a bundle's last one is smaller): BatchElements' adaptive
-        # sizing would start at one member and ramp up, a round trip per tiny batch.
-        return (
-            members
-            | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-            | "Call" >> beam.ParDo(CallEndpointsFn(self._partner))
-        )
+            # Fixed-size batches (a bundle's last one is smaller): BatchElements' adaptive
+            # sizing would start at one member and ramp up, a round trip per tiny batch.
+            members = members | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+        return members | "Call" >> beam.ParDo(CallEndpointsFn(self._partner))

@@ -117,3 +117,9 @@ class TalliedDoFn(TimedDoFn):
     def finish_bundle(self):
         self.tally.flush()
         super().finish_bundle()
+
+
+def set_value(name: str, value: int) -> None:
+    """A level rather than a count (e.g. an endpoint's current limit on calls in flight)."""
+    with _lock:
+        _counts[name] = value

@@ -23,12 +23,17 @@ class RateLimiter:
 
     def acquire(self) -> float:
         """Take one token, sleeping until one is available; returns the seconds waited."""
+        wait = self.reserve()
+        if wait:
+            self._sleep(wait)
+        return wait
+
+    def reserve(self) -> float:
+        """Take one token now; returns how long the caller must wait before using it
+        (an event loop awaits that instead of blocking its thread)."""
         with self._lock:
             now = self._clock()
             self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
             self._last = now
             self._tokens -= 1
-            wait = -self._tokens / self._rate if self._tokens < 0 else 0.0
-        if wait:
-            self._sleep(wait)
-        return wait
+            return -self._tokens / self._rate if self._tokens < 0 else 0.0
