@@ -15,7 +15,7 @@ from beam_pipeline.outputs import join
 from lantern.partner import PartnerConfig
 from transforms import NAMESPACE
 from transforms.endpoints import CallEndpoints
-from transforms.features import MemberFeaturesFn
+from transforms.features import CombineMemberShardsFn, MemberFeaturesFn
 from transforms.parquet_rows import WriteParquetRows
 from transforms.parse import DEAD_LETTER, FileLayout, ParseExport, ParseExportBlocks
 from transforms.results import DEAD_LETTER_SCHEMA, NOT_CALLED, ToResultRowFn, feature_columns, results_schema
@@ -136,27 +136,36 @@ def _has_transactions(member) -> bool:
 
 
 class CountMembersFn(beam.DoFn):
-    """Counts the members that leave the feature step, so the run can prove each got a results row."""
+    """Counts the members that leave the feature step, so the run can prove each got a results row.
+    With ``batched``, each element is a list of members."""
 
-    def __init__(self):
+    def __init__(self, batched: bool = False):
         self.members = Metrics.counter(NAMESPACE, MEMBERS_WITH_FEATURES)
+        self._batched = batched
 
     def process(self, member):
-        self.members.inc()
+        self.members.inc(len(member) if self._batched else 1)
         yield member
+
+
+def _not_called(member) -> tuple:
+    return member[0], member[1], NOT_CALLED if _has_transactions(member) else None
 
 
 class DecideOffers(beam.PTransform):
     """Member summaries -> (member, summary, decision); no calls for members without transactions."""
 
-    def __init__(self, partner: PartnerConfig, features_only: bool = False):
+    def __init__(self, partner: PartnerConfig, features_only: bool = False, batched: bool = False):
         super().__init__()
         self._partner = partner
         self._features_only = features_only
+        self._batched = batched  # features-only runs of the block reader: lists of members
 
     def expand(self, members):
+        if self._features_only and self._batched:
+            return members | "NotCalled" >> beam.Map(lambda batch: [_not_called(m) for m in batch])
         if self._features_only:  # one step per member: nothing to split, batch or call
-            return members | "NotCalled" >> beam.Map(lambda m: (m[0], m[1], NOT_CALLED if _has_transactions(m) else None))
+            return members | "NotCalled" >> beam.Map(_not_called)
         active, idle = members | "SplitByActivity" >> beam.Partition(
             lambda m, _: 0 if _has_transactions(m) else 1, 2
         )
@@ -165,11 +174,36 @@ class DecideOffers(beam.PTransform):
         return (decided, skipped) | "Merge" >> beam.Flatten()
 
 
+class MemberFeatures(beam.PTransform):
+    """(member, value) -> (member, summary) with ``MemberFeaturesFn``.
+
+    The line reader's values are rows: ``CombinePerKey`` lifts the combine so rows are folded
+    before the shuffle. The block reader has already folded each bundle into one packed
+    accumulator per member and sends them in batches by member shard: the shuffle groups the
+    batches by shard, and each shard's members are merged and summarised in one call.
+    """
+
+    def __init__(self, fn: MemberFeaturesFn, prefolded: bool, batched: bool = False):
+        super().__init__()
+        self._fn = fn
+        self._prefolded = prefolded
+        self._batched = batched
+
+    def expand(self, values):
+        if not self._prefolded:
+            return values | "Combine" >> beam.CombinePerKey(self._fn)
+        combine = CombineMemberShardsFn(self._fn, batched=self._batched)
+        return values | "Group" >> beam.GroupByKey() | "Combine" >> beam.ParDo(combine)
+
+
 def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     partner = job.partner
     columns = feature_columns(partner.feature_names)
 
     parse = ParseExportBlocks if job.reader == BLOCKS else ParseExport
+    # A features-only run of the block reader moves members from the combine to the results in
+    # lists (one per shard): no calls to batch, so no step per member in between.
+    batched = job.features_only and job.reader == BLOCKS
     parsed = (
         p
         | READ_EXPORTS >> ReadExports(job.input_patterns, job.reader)
@@ -178,10 +212,11 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     )
     (
         parsed.transactions
-        | MEMBER_FEATURES >> beam.CombinePerKey(MemberFeaturesFn(job.as_of, partner.feature_names))
-        | "CountMembers" >> beam.ParDo(CountMembersFn())
-        | DECIDE_OFFERS >> DecideOffers(partner, job.features_only)
-        | TO_RESULT_ROW >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
+        | MEMBER_FEATURES >> MemberFeatures(MemberFeaturesFn(job.as_of, partner.feature_names), job.reader == BLOCKS,
+                                            batched)
+        | "CountMembers" >> beam.ParDo(CountMembersFn(batched))
+        | DECIDE_OFFERS >> DecideOffers(partner, job.features_only, batched)
+        | TO_RESULT_ROW >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of, batched))
         | WRITE_RESULTS >> WriteParquetRows(join(job.staging, "results", "part"), results_schema(partner.feature_names))
     )
     (

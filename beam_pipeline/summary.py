@@ -38,6 +38,7 @@ from beam_pipeline.pipeline import (
 from lantern.partner import PartnerConfig
 from lantern.run_record import RunSummary
 from transforms import NAMESPACE
+from transforms.parse import MEMBER_ACCUMULATORS
 from transforms.results import FAILED, FEATURES_ONLY, NO_TRANSACTIONS, OK
 from transforms.timing import BUNDLE_MS
 
@@ -213,12 +214,16 @@ class Step(NamedTuple):
     transform: str  # top-level transform label (pipeline.py)
     unit: str  # what an element is
     elements: Callable[[dict], int]  # its element count, from the accounting
+    # Where the block reader folds rows before the step: (unit, counter of its elements) then.
+    prefolded: tuple[str, str] | None = None
 
 
 STEPS = (
     Step("read", READ_EXPORTS, "lines", lambda a: a["rows_read"] + a["header_lines"]),
     Step("parse", PARSE, "rows", lambda a: a["rows_read"]),
-    Step("features", MEMBER_FEATURES, "rows", lambda a: a["transactions"] + a["member_only_rows"]),
+    # The line reader sends every row to the combine; the block reader about one accumulator per member.
+    Step("features", MEMBER_FEATURES, "rows", lambda a: a["transactions"] + a["member_only_rows"],
+         prefolded=("accumulators", MEMBER_ACCUMULATORS)),
     Step("call_endpoints", DECIDE_OFFERS, "members", lambda a: a["members_ok"] + a["members_failed"]),
     Step("result_rows", TO_RESULT_ROW, "members", lambda a: a["members"]),
     Step("write_results", WRITE_RESULTS, "rows", lambda a: a["members"]),
@@ -241,13 +246,16 @@ def steps(rows: list[dict], acc: dict, table: tuple[Step, ...] = STEPS) -> list[
     execution = [r for r in rows if r["NAMESPACE"] == "beam" and r["NAME"] == EXECUTION_MSECS]
     bundles = [r for r in rows if r["KIND"] == "distribution" and r["NAME"] == BUNDLE_MS and r["SUM"] is not None]
     source = "execution_time" if execution else BUNDLE_MS
+    counted = counter_totals(rows)
     out = []
     for step in table:
         timed = [r["VALUE"] for r in execution if _under(r["STEP"], step.transform)] if execution else [
             r["SUM"] for r in bundles if _under(r["STEP"], step.transform)]
         secs = round(sum(timed) / 1000, 3) if timed else None
-        elements = step.elements(acc)
-        out.append({"name": step.name, "transform": step.transform, "unit": step.unit, "elements": elements,
+        unit, elements = step.unit, step.elements(acc)
+        if step.prefolded and step.prefolded[1] in counted:
+            unit, elements = step.prefolded[0], counted[step.prefolded[1]]
+        out.append({"name": step.name, "transform": step.transform, "unit": unit, "elements": elements,
                     "seconds": secs, "per_second": round(elements / secs, 1) if secs else None,
                     "seconds_source": source if secs is not None else None})
     return out

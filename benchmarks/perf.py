@@ -3,27 +3,32 @@
     python benchmarks/perf.py                         # 10k, 100k, 1M rows, 3 runs each
     python benchmarks/perf.py --sizes 10000 --runs 1  # a quick look
 
-Needs the project installed (``scripts/venv.sh`` or /work/venv), ``pandas`` for
-the in-memory reference (``pip install pandas``; benchmark only, never a
-dependency of the pipeline) and ``wrk`` for the endpoint capacity
+Needs the project installed (``scripts/venv.sh`` or /work/venv), polars and
+pandas for the in-memory references (``pip install -e ".[bench]"``; benchmark
+only, never a dependency of the pipeline) and ``wrk`` for the endpoint capacity
 (``apt-get install -y wrk``). Exports are generated under ``benchmarks/data/``
 (ignored by git) and reused; run outputs go to a temporary folder.
 
 Scenarios, medians of ``--runs`` runs each:
 
 1. ``features``: a ``--features-only`` run, against the same 8 features computed
-   by a pandas group-by on the same file in the same run (limit = pandas time).
+   by a polars and by a pandas group-by on the same file in the same run.
 2. ``per_member``: the ``default`` partner (three calls per member), against the
    endpoint capacity measured by wrk on the ATS, RESP and offer routes in the same
    run: limit (members/s) = 1 / (1/ats + 1/resp + 1/offer).
-3. ``batch``: the ``reference_batch`` partner, against scenario 2 at the same size.
+3. ``batch``: the ``reference_batch`` partner, against scenario 1 (time ratio) and
+   scenario 2 (members/s) at the same size.
 4. ``beam_floor`` (opt in with ``--scenarios``): ``benchmarks/beam_floor.py``, the
    same shape (read, key, CombinePerKey) with trivial steps on the same runner:
    the framework's own cost, below which no features-only run can go.
 5. ``features_2p`` (opt in with ``--scenarios``): scenario 1 with two SDK worker
    processes (``--direct_num_workers 2 --direct_running_mode multi_processing``),
    against pandas and against scenario 1 when both ran.
-6. ``remote`` (opt in with ``--scenarios``): ``benchmarks/remote.py``, per-member
+6. ``members_fixed`` and ``members_10m`` (opt in with ``--scenarios``; once per
+   invocation; members_fixed ``--memory-runs`` times, members_10m once): ``--features-only`` on 5M rows holding the
+   ~200k members of the 1M-row export (peak RSS against scenario 1 at 1M rows), and
+   on 10M rows with 2M members (wall time and peak RSS).
+7. ``remote`` (opt in with ``--scenarios``): ``benchmarks/remote.py``, per-member
    calls against the reference service with 25 ms added per call, the pipeline
    against a bare asyncio + aiohttp client on the same export and server
    (``--remote-rows``, default 20,000); it saves its own results file.
@@ -35,6 +40,7 @@ server share the machine's cores, and other jobs on them move every figure.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -104,9 +110,16 @@ def _sum_over_tree(root: int, name: str, read) -> int:
     return total
 
 
-def _tree_rss_kb(root: int) -> int:
-    return _sum_over_tree(root, "status", lambda text: next(
-        int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS:")))
+def _rss_kb(pids: list[int]) -> int:
+    """Resident memory of these processes now; processes that ended meanwhile count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                total += next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError):
+            pass
+    return total
 
 
 def tree_cpu_s(root: int) -> float:
@@ -127,8 +140,13 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, i
     stderr: list[str] = []
     reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
     reader.start()
+    pids, listed = [proc.pid], 0.0
     while proc.poll() is None:
-        peak = max(peak, _tree_rss_kb(proc.pid))
+        # Listing the process tree reads every /proc entry: done once a second, not at every sample,
+        # so the measuring takes little of the 2 cores it shares with the pipeline.
+        if time.perf_counter() - listed > 1.0:
+            pids, listed = _tree(proc.pid), time.perf_counter()
+        peak = max(peak, _rss_kb(pids))
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -197,6 +215,41 @@ def pandas_features(path: Path) -> tuple[float, int]:
     return time.perf_counter() - t0, members
 
 
+def polars_features(path: Path) -> tuple[float, int]:
+    """The same 8 features as ``pandas_features`` with polars (multi-threaded, columnar): the
+    in-memory reference the issue's target names. Returns (seconds, members)."""
+    import polars as pl
+
+    t0 = time.perf_counter()
+    df = pl.read_csv(path, infer_schema=False, new_columns=["id", "ts", "type", "points", "revenue"],
+                     truncate_ragged_lines=True)
+    df = df.with_columns(
+        pl.col("id").fill_null("").str.strip_chars(),
+        pl.col("ts").str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False),
+        pl.col("type").str.to_lowercase().replace_strict({"buy": 0, "gift": 1, "redeem": 2}, default=None,
+                                                         return_dtype=pl.Int8),
+        pl.col("points").cast(pl.Float64, strict=False),
+        pl.col("revenue").cast(pl.Float64, strict=False),
+    )
+    members = df.filter(pl.col("id") != "")["id"].n_unique()
+    ok = df.filter((pl.col("id") != "") & pl.col("ts").is_not_null() & pl.col("type").is_not_null()
+                   & pl.col("points").is_finite() & pl.col("revenue").is_finite())
+    ok = ok.sort(["id", "ts", "points", "revenue", "type"], descending=[False, True, True, True, True])
+    as_of = dt.date.fromisoformat(AS_OF)
+    features = ok.group_by("id", maintain_order=True).agg(
+        pl.col("points").mean().alias("AVG_POINTS_BOUGHT"),
+        pl.col("revenue").mean().alias("AVG_REVENUE_USD"),
+        pl.col("points").head(3).mean().alias("LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT"),
+        pl.col("revenue").head(3).mean().alias("LAST_3_TRANSACTIONS_AVG_REVENUE_USD"),
+        (pl.col("type") == 0).mean().alias("PCT_BUY_TRANSACTIONS"),
+        (pl.col("type") == 1).mean().alias("PCT_GIFT_TRANSACTIONS"),
+        (pl.col("type") == 2).mean().alias("PCT_REDEEM_TRANSACTIONS"),
+        (pl.lit(as_of) - pl.col("ts").first().dt.date()).dt.total_days().alias("DAYS_SINCE_LAST_TRANSACTION"),
+    )
+    assert len(features) <= members
+    return time.perf_counter() - t0, members
+
+
 def wrk_rate(url: str, route: str, body: dict, seconds: int, connections: int) -> float:
     """Requests/s the server sustains on one route (wrk, keep-alive, ``connections`` in flight)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -224,13 +277,15 @@ TWO_PROCESSES = ["--direct_num_workers", "2", "--direct_running_mode", "multi_pr
 
 # --- the scenarios --------------------------------------------------------------------------
 
-def export(rows: int) -> Path:
-    path = DATA / f"export-{rows}.csv"
+def export(rows: int, members: int | None = None) -> Path:
+    """The export of ``rows`` rows (made once, kept under benchmarks/data/): about ``rows / 5`` members
+    unless ``members`` is given, spread through the whole file either way."""
+    path = DATA / (f"export-{rows}.csv" if members is None else f"export-{rows}-{members}m.csv")
     if not path.exists():
         DATA.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8", newline="") as out:
-            generate.write(out, rows, seed=rows)
+            generate.write(out, rows, seed=rows, rows_per_member=5.0 if members is None else rows / members)
         tmp.rename(path)
     return path
 
@@ -272,6 +327,11 @@ def pipeline_run(path: Path, out: Path, server: tuple[str, int], scenario: str, 
             "cpu": cpu, "server_cpu": server_cpu, "load": os.getloadavg()[0]}
 
 
+# Memory scenarios (opt in with --scenarios, run once per invocation, not per size): features-only on
+# an export of (rows, members). members_fixed: the 1M-row export's ~200k members spread through 5M rows,
+# its peak RSS against the 1M-row features run of the same invocation; members_10m: 10M rows, 2M members.
+MEMORY = {"members_fixed": (5_000_000, 200_000), "members_10m": (10_000_000, None)}
+
 COLUMNS = ("scenario", "rows", "members", "wall_s", "members_per_s", "peak_rss_mb", "vs_limit")
 
 
@@ -293,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-connections", type=int, default=16)
     parser.add_argument("--beam-args", default="", help="extra pipeline options, e.g. '--direct_num_workers 2'")
+    parser.add_argument("--memory-runs", type=int, default=1, help="runs of members_fixed (median); members_10m runs once")
     parser.add_argument("--no-docs", action="store_true", help="save the results, leave docs/performance.md alone")
     parser.add_argument("--remote-rows", type=int, default=20_000, help="rows of the remote scenario's export")
     args = parser.parse_args(argv)
@@ -334,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
             path = export(rows)
             per_member_rate = None
             for scenario in scenarios:
-                if scenario == "per_member" and rows > args.per_member_max_rows:
+                if scenario in MEMORY or (scenario == "per_member" and rows > args.per_member_max_rows):
                     continue
                 runs, refs = [], []
                 for i in range(args.runs):
@@ -343,12 +404,13 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"    run {i + 1}: {run['wall']:.2f} s, pipeline CPU {run['cpu']:.1f} s, "
                           f"server CPU {run['server_cpu']:.1f} s, load average {run['load']:.1f}", flush=True)
                     if scenario.startswith("features") or scenario == "beam_floor":
-                        refs.append(pandas_features(path)[0])
+                        refs.append((pandas_features(path)[0], polars_features(path)[0]))
                 r = median_run(runs)
                 rate = r["members"] / r["wall"]
                 if scenario.startswith("features") or scenario == "beam_floor":
-                    ref = statistics.median(refs)
-                    versus = f"{r['wall'] / ref:.1f}x pandas ({ref:.2f} s)"
+                    ref = statistics.median(pandas for pandas, _ in refs)
+                    fast = statistics.median(polars for _, polars in refs)
+                    versus = f"{r['wall'] / fast:.1f}x polars ({fast:.2f} s), {r['wall'] / ref:.1f}x pandas ({ref:.2f} s)"
                     if scenario == "features_2p" and (rows, "features") in walls:
                         versus += f", speed {walls[rows, 'features'] / r['wall']:.2f}x one process's"
                 elif scenario == "per_member":
@@ -358,12 +420,31 @@ def main(argv: list[str] | None = None) -> None:
                     versus = f"{achieved / limit['members_per_s']:.0%} of limit ({achieved:.0f} called/s)"
                 else:
                     versus = f"{rate / per_member_rate:.1f}x per-member" if per_member_rate else "-"
+                    if (rows, "features") in walls:
+                        versus = f"{r['wall'] / walls[rows, 'features']:.2f}x features-only, {versus}"
                 rows_out.append((scenario, rows, r["members"], r["wall"], rate, r["rss_mb"], versus))
                 recorder.row(**dict(zip(COLUMNS, rows_out[-1], strict=True)), runs=runs)
                 walls[rows, scenario] = r["wall"]
                 rss[rows, scenario] = r["rss_mb"]
                 print(f"  {scenario:10} {rows:>9,} rows: {r['wall']:7.2f} s, {rate:8.0f} members/s, "
                       f"{r['rss_mb']} MB, {versus}", flush=True)
+        for scenario in [s for s in scenarios if s in MEMORY]:
+            rows, members = MEMORY[scenario]
+            path = export(rows, members)
+            runs = []
+            for i in range(args.memory_runs if scenario == "members_fixed" else 1):  # 10M rows: once
+                runs.append(pipeline_run(path, Path(tmp) / f"{scenario}-{i}", server, "features", beam_args))
+                print(f"    run {i + 1}: {runs[-1]['wall']:.2f} s, {runs[-1]['rss_mb']} MB, pipeline CPU "
+                      f"{runs[-1]['cpu']:.1f} s, load average {runs[-1]['load']:.1f}", flush=True)
+            r = median_run(runs)
+            if scenario == "members_fixed" and (1_000_000, "features") in rss:
+                base = rss[1_000_000, "features"]
+                versus = f"peak RSS {r['rss_mb'] / base:.2f}x the 1,000,000-row features run ({base} MB)"
+            else:
+                versus = f"{r['wall']:.0f} s, {r['rss_mb'] / 1024:.2f} GB peak"
+            rows_out.append((scenario, rows, r["members"], r["wall"], r["members"] / r["wall"], r["rss_mb"], versus))
+            recorder.row(**dict(zip(COLUMNS, rows_out[-1], strict=True)), runs=runs)
+            print(f"  {scenario:10} {rows:>9,} rows: {r['wall']:7.2f} s, {r['rss_mb']} MB, {versus}", flush=True)
         if per_member_called:
             # The capacity moves with the machine's load: measured again once the runs are done.
             after = endpoint_limit(url, args.wrk_seconds, args.wrk_connections)

@@ -211,6 +211,62 @@ def unpack(data: bytes) -> list:
     return [n, points, revenue, n_buy, n_gift, n_redeem, last3]
 
 
+_ENTRIES = [struct.Struct(">" + "qddB" * k) for k in range(4)]
+_SUM_HEAD = _COUNTS.size + _SUM.size
+
+
+def _exact_mean_of(values: tuple[float, ...]) -> float:
+    """The correctly rounded mean of up to three floats: their exact sum over a common
+    power-of-two denominator (small integers, not the 2**1074 scale), divided once."""
+    if len(values) == 3:
+        (na, da), (nb, db), (nc, dc) = (values[0].as_integer_ratio(), values[1].as_integer_ratio(),
+                                        values[2].as_integer_ratio())
+        den = da if da > db else db
+        den = den if den > dc else dc
+        return (na * (den // da) + nb * (den // db) + nc * (den // dc)) / (3 * den)
+    if len(values) == 1:
+        return values[0] + 0.0  # x / 1, and -0.0 becomes 0.0 as the integer division makes it
+    ratios = [value.as_integer_ratio() for value in values]
+    den = max(d for _, d in ratios)
+    return sum(num * (den // d) for num, d in ratios) / (den * len(ratios))
+
+
+def _packed_mean(odd: int, shift: int, n: int) -> float:
+    # total == odd << shift and the mean is total / (n << 1074): the same rational, smaller integers.
+    return odd / (n << (_SCALE_BITS - shift)) if shift <= _SCALE_BITS else (odd << (shift - _SCALE_BITS)) / n
+
+
+def extract_packed(data: bytes, as_of: dt.date, names: tuple[str, ...] = SPEC_FEATURES) -> tuple[int, dict | None]:
+    """(n, features) straight from a packed accumulator: ``extract(unpack(data))`` digit for digit.
+
+    Runs once per member after the combine. The contract's 8 features are computed with small
+    integers and no intermediate lists (a fifth of the time of unpack + extract); other feature
+    sets take the general path.
+    """
+    n, n_buy, n_gift, n_redeem, count = _COUNTS.unpack_from(data, 0)
+    if not n:
+        return 0, None
+    if names != SPEC_FEATURES:
+        return n, extract(unpack(data), as_of, names)
+    shift_p, size = _SUM.unpack_from(data, _COUNTS.size)
+    pos = _SUM_HEAD + size
+    points = int.from_bytes(data[_SUM_HEAD:pos], "big", signed=True)
+    shift_r, size = _SUM.unpack_from(data, pos)
+    pos += _SUM.size
+    revenue = int.from_bytes(data[pos:pos + size], "big", signed=True)
+    last3 = _ENTRIES[count].unpack_from(data, pos + size)
+    return n, {
+        "AVG_POINTS_BOUGHT": _packed_mean(points, shift_p, n),
+        "AVG_REVENUE_USD": _packed_mean(revenue, shift_r, n),
+        "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT": _exact_mean_of(last3[1::4]),
+        "LAST_3_TRANSACTIONS_AVG_REVENUE_USD": _exact_mean_of(last3[2::4]),
+        "PCT_BUY_TRANSACTIONS": n_buy / n,
+        "PCT_GIFT_TRANSACTIONS": n_gift / n,
+        "PCT_REDEEM_TRANSACTIONS": n_redeem / n,
+        "DAYS_SINCE_LAST_TRANSACTION": as_of.toordinal() - (_EPOCH_ORDINAL + last3[0] // _US_PER_DAY),
+    }
+
+
 def at_rest(acc: list | bytes) -> bytes:
     """An accumulator as it crosses the shuffle: packed, once."""
     return acc if isinstance(acc, bytes) else pack(acc)

@@ -8,7 +8,8 @@ them one by one with ``lantern.features.add``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ _LIMB_BITS = 32
 _LIMB_MASK = (1 << _LIMB_BITS) - 1
 _WINDOW = 6  # limbs per sum kept in int64 columns: 192 bits around the values first seen
 _CHUNK = 1 << 20  # rows per vectorised step: limb sums stay below 2**52, exact in a float64 bincount
+_BUFFER_ROWS = 1 << 20  # rows buffered before a fold: one slot lookup per buffer, memory still bounded
 _NO_TS = np.iinfo(np.int64).min  # an empty last-3 slot: older than any transaction
 
 
@@ -70,7 +72,10 @@ class MemberTable:
     ``add``. Memory grows with the members held, not with the rows folded.
     """
 
-    def __init__(self, capacity: int = 1024):
+    def __init__(self, capacity: int = 1024, buffer_rows: int = _BUFFER_ROWS):
+        self._buffer_rows = buffer_rows
+        self._pending: list[tuple] = []  # blocks' rows not folded yet (see ``add``)
+        self._pending_rows = 0
         self._ids = pa.array([], pa.string())  # member of each slot
         self._alloc(capacity)
         self._base: int | None = None  # limb index of column 0 of the sums
@@ -95,6 +100,7 @@ class MemberTable:
         self._sums[:, :size] = old[1]
 
     def __len__(self) -> int:
+        """Members folded so far (rows still buffered are not counted until ``flush``)."""
         return len(self._ids)
 
     def slots(self, members) -> np.ndarray:
@@ -118,9 +124,37 @@ class MemberTable:
         members = members if isinstance(members, pa.Array) else pa.array(members, pa.string())
         self.slots(pc.unique(members))
 
-    def add(self, members: list[str], codes: np.ndarray, ts: np.ndarray, types: np.ndarray,
+    def add(self, members, codes: np.ndarray, ts: np.ndarray, types: np.ndarray,
             points: np.ndarray, revenue: np.ndarray) -> None:
-        """Fold transactions: row i is member ``members[codes[i]]`` (``members`` distinct)."""
+        """Fold transactions: row i is member ``members[codes[i]]`` (``members`` distinct; a list or
+        a pyarrow string array).
+
+        Rows are buffered and folded together once ``buffer_rows`` are held (and before ``drain``):
+        finding the members' slots costs a hash of every member held, so it is paid once per
+        buffer, not once per block.
+        """
+        members = members if isinstance(members, pa.Array) else pa.array(members, pa.string())
+        self._pending.append((members, codes, ts, types, points, revenue))
+        self._pending_rows += len(codes)
+        if self._pending_rows >= self._buffer_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold the buffered rows: their members dictionary-encoded together, one slot lookup."""
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        if not pending:
+            return
+        if len(pending) == 1:
+            self._fold_all(*pending[0])
+            return
+        encoded = pa.concat_arrays([part[0] for part in pending]).dictionary_encode()
+        remap = encoded.indices.to_numpy().astype(np.int64)
+        offsets = np.cumsum([0] + [len(part[0]) for part in pending])
+        codes = np.concatenate([remap[offset + part[1]] for offset, part in zip(offsets, pending, strict=False)])
+        columns = [np.concatenate([part[k] for part in pending]) for k in range(2, 6)]
+        self._fold_all(encoded.dictionary, codes, *columns)
+
+    def _fold_all(self, members, codes, ts, types, points, revenue) -> None:
         slots = self.slots(members)
         for start in range(0, len(codes), _CHUNK):
             part = slice(start, start + _CHUNK)
@@ -205,6 +239,7 @@ class MemberTable:
 
     def drain(self) -> Iterable[tuple[str, bytes]]:
         """(member, packed accumulator) for every member held; the table is empty afterwards."""
+        self.flush()
         n = len(self._ids)
         ids = self._ids.to_pylist()
         packed: list[bytes] = []
@@ -218,8 +253,44 @@ class MemberTable:
             acc[POINTS] += extra[0]
             acc[REVENUE] += extra[1]
             packed[slot] = pack(acc)
-        self.__init__()
+        self.__init__(buffer_rows=self._buffer_rows)
         return zip(ids, packed, strict=True)
+
+
+SHARDS = 256  # member shards of the batch shuffle: enough to spread the merge over many workers
+
+
+def shard_of(member: str, shards: int = SHARDS) -> int:
+    """A member's shard: a checksum of its id, the same in every process (``hash`` is salted per process)."""
+    return zlib.crc32(member.encode()) % shards
+
+
+def shard_batches(members: Iterable[tuple[str, bytes]], shards: int = SHARDS) -> Iterator[tuple[int, bytes]]:
+    """(member, packed accumulator) pairs -> (shard, batch) with every member in its ``shard_of``.
+
+    The batch shuffle then moves a few hundred elements per bundle instead of one per member;
+    a batch is an Arrow IPC stream of (MEMBER_ID string, ACC binary), read by ``read_batch``.
+    """
+    ids: list[list[str]] = [[] for _ in range(shards)]
+    accs: list[list[bytes]] = [[] for _ in range(shards)]
+    for member, acc in members:
+        shard = zlib.crc32(member.encode()) % shards
+        ids[shard].append(member)
+        accs[shard].append(acc)
+    for shard in range(shards):
+        if ids[shard]:
+            batch = pa.record_batch([pa.array(ids[shard], pa.string()), pa.array(accs[shard], pa.binary())],
+                                    names=["MEMBER_ID", "ACC"])
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
+                writer.write_batch(batch)
+            yield shard, sink.getvalue().to_pybytes()
+
+
+def read_batch(data: bytes) -> tuple[list[str], list[bytes]]:
+    """A ``shard_batches`` batch -> (member ids, packed accumulators)."""
+    table = pa.ipc.open_stream(data).read_all()
+    return table.column("MEMBER_ID").to_pylist(), table.column("ACC").to_pylist()
 
 
 _CTZ = np.array([0] + [(i & -i).bit_length() - 1 for i in range(1, 256)], dtype=np.int64)

@@ -1,6 +1,7 @@
 """The compact accumulator coder is exact: decode(encode(acc)) == acc for any transactions."""
 from __future__ import annotations
 
+import datetime as dt
 import sys
 
 from hypothesis import given
@@ -60,3 +61,15 @@ def test_packed_accumulators_at_rest_work_in_every_combine_fn_method(first, seco
     assert fn.extract_output(fn.merge_accumulators([packed, fn.compact(other)])) == whole
     if not second:
         assert fn.extract_output(packed) == whole
+
+
+@given(transactions)
+def test_features_read_from_packed_bytes_equal_the_unpacked_ones(txns):
+    acc = features.create()
+    for txn in txns:
+        features.add(acc, txn)
+    as_of = dt.date(2026, 11, 24)
+    n, got = features.extract_packed(features.pack(acc), as_of)
+    want = features.extract(acc, as_of)
+    assert n == acc[features.N]
+    assert repr(got) == repr(want)  # digit for digit, the sign of zero included

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bz2
 import datetime as dt
 import gzip
+import io
 import json
 import random
 from pathlib import Path
@@ -23,12 +24,13 @@ from apache_beam.io.textio import _TextSourceWithFilename
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from beam_pipeline import cli, inputs
+from beam_pipeline import cli, generate, inputs
 from beam_pipeline.pipeline import ExportBlockSource
 from lantern import features as F
+from lantern.member_table import read_batch, shard_of
 from lantern.partner import load_named
 from tests.test_inputs import FILES
-from transforms.features import MemberFeaturesFn
+from transforms.features import CombineMemberShardsFn, MemberFeaturesFn
 from transforms.parse import FileLayout, ParseBlocksFn, ParseLineFn, parse_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +58,9 @@ def _fold_lines(fn, element, accs, dead):
 COMBINE = MemberFeaturesFn(AS_OF, (*F.SPEC_FEATURES, "N_TRANSACTIONS", "TOTAL_REVENUE_USD", "TOTAL_POINTS_BOUGHT"))
 
 
+SPEC_COMBINE = MemberFeaturesFn(AS_OF)
+
+
 def line_path(paths: list[str], layouts, delimiter=",", formats=("iso",)):
     fn = _quiet(ParseLineFn(layouts, delimiter, formats, AS_OF))
     accs, dead = {}, []
@@ -68,8 +73,9 @@ def line_path(paths: list[str], layouts, delimiter=",", formats=("iso",)):
 
 def block_path(paths: list[str], layouts, rng: random.Random, delimiter=",", formats=("iso",)):
     """Blocks of random sizes over random splits, several bundles, folded and merged as the runner would."""
-    fn = _quiet(ParseBlocksFn(layouts, delimiter, formats, AS_OF))
-    partials: dict[str, list] = {}
+    fn = _quiet(ParseBlocksFn(layouts, delimiter, formats, AS_OF, buffer_rows=rng.choice([1, 5, 1 << 20]),
+                              max_members=rng.choice([1, 3, 4_000_000])))
+    shards: dict[int, list[bytes]] = {}
     dead: list = []
     for path in paths:
         source = ExportBlockSource(path, block_bytes=rng.choice([1, 7, 64, 1000, 1 << 20]))
@@ -77,37 +83,45 @@ def block_path(paths: list[str], layouts, rng: random.Random, delimiter=",", for
         for split in source.split(desired_bundle_size=max(1, size // rng.choice([1, 3, 10, 30]))):
             tracker = split.source.get_range_tracker(split.start_position, split.stop_position)
             for element in split.source.read(tracker):
-                _fold_lines_blocks(fn, element, partials, dead)
+                _keep(fn.process(element), shards, dead)
             if rng.random() < 0.5:  # a new bundle: drain what the table holds
-                _drain(fn, partials)
-    _drain(fn, partials)
-    accs = {}
-    for member, packed in partials.items():
-        acc = COMBINE.create_accumulator()
-        for value in packed[: len(packed) // 2]:  # some through add_input, the rest merged
-            acc = COMBINE.add_input(acc, value)
-        accs[member] = COMBINE.merge_accumulators([acc, *packed[len(packed) // 2:]])
-    return _outcome(fn, accs, dead)
+                _keep((wv.value for wv in fn.finish_bundle() or ()), shards, dead)
+    _keep((wv.value for wv in fn.finish_bundle() or ()), shards, dead)
+    features = {}
+    for shard, batches in shards.items():  # the shuffle's groups, merged and summarised as the pipeline does
+        for combine in (COMBINE, SPEC_COMBINE):  # the SPEC's 8 features have their own reader of packed bytes
+            for member, summary in CombineMemberShardsFn(combine).process((shard, batches)):
+                features[member] = features.get(member, "") + _summary(summary)
+    return _counts(fn), features, _sorted(dead)
 
 
-def _fold_lines_blocks(fn, element, partials, dead):
-    for out in fn.process(element):
+def _keep(outputs, shards, dead):
+    for out in outputs:
         if hasattr(out, "tag"):
             dead.append(out.value)
-        else:
-            partials.setdefault(out[0], []).append(out[1])
+            continue
+        shard, batch = out
+        assert all(shard_of(member) == shard for member in read_batch(batch)[0])  # members meet in one shard
+        shards.setdefault(shard, []).append(batch)
 
 
-def _drain(fn, partials):
-    for wv in fn.finish_bundle() or ():
-        member, packed = wv.value
-        partials.setdefault(member, []).append(packed)
+def _summary(summary: dict) -> str:
+    return repr(sorted(summary.items(), key=str))
+
+
+def _counts(fn) -> dict:
+    # bytes_read counts separators differently; member_accumulators is the block path's own.
+    return {k: v for k, v in fn.tally.counts.items() if k not in ("bytes_read", "member_accumulators") and v}
+
+
+def _sorted(dead):
+    return sorted(dead, key=lambda d: sorted(d.items()))
 
 
 def _outcome(fn, accs, dead):
-    counts = {k: v for k, v in fn.tally.counts.items() if k != "bytes_read" and v}
-    features = {m: repr(sorted(COMBINE.extract_output(acc).items(), key=str)) for m, acc in accs.items()}
-    return counts, features, sorted(dead, key=lambda d: sorted(d.items()))
+    features = {m: _summary(COMBINE.extract_output(acc)) + _summary(SPEC_COMBINE.extract_output(acc))
+                for m, acc in accs.items()}
+    return _counts(fn), features, _sorted(dead)
 
 
 def _layouts(paths, partner="default"):
@@ -226,7 +240,12 @@ def _run(tmp_path, name, source: Path, reader: str) -> tuple[dict, list, list]:
     code = cli.main(["--input", str(source), "--output", str(out), "--features-only", "--as-of", AS_OF.isoformat(),
                      "--reader", reader, "--log-level", "WARNING"])
     assert code == 0
-    acc = json.loads((out / "run.json").read_text())["accounting"]
+    summary = json.loads((out / "run.json").read_text())
+    acc = summary["accounting"]
+    features = next(step for step in summary["steps"] if step["name"] == "features")
+    # the block reader hands the combine one accumulator per member (one bundle here); the line reader every row
+    assert (features["unit"], features["elements"]) == (
+        ("accumulators", acc["members"]) if reader == "blocks" else ("rows", acc["transactions"] + acc["member_only_rows"]))
     results = sorted(pq.read_table(out / "results").to_pylist(), key=lambda r: r["MEMBER_ID"])
     dead = sorted(pq.read_table(out / "dead_letter").to_pylist(), key=lambda r: (r["RAW_LINE"], r["REASON"]))
     for row in dead:
@@ -252,3 +271,21 @@ def test_a_corrupt_compressed_export_stops_before_the_run(tmp_path, capsys):
     code = cli.main(["--input", str(bad), "--output", str(tmp_path / "out"), "--features-only"])
     assert code == 2
     assert capsys.readouterr().err.startswith(f"error: input {bad}: cannot decompress")
+
+
+def test_day_first_timestamps_take_the_fast_path_and_match_the_line_path(tmp_path):
+    config = load_named("acme_rewards")
+    out = io.StringIO()
+    generate.write(out, 400, seed=5, partner=config)
+    tricky = ["X1;1/05/2024 10:00:00;buy;1;1", "X2;31/02/2024 10:00:00;buy;1;1", "X3;2024-05-01 10:00:00;gift;2;2",
+              "X4;2024-05-01T10:00:00Z;redeem;-3;0", "X5;29/02/2023 10:00:00;buy;1;1", "X6;01/05/2024 10:00:60;buy;1;1",
+              "X7;24/11/2026 23:59:59;buy;5;5", "X8;25/11/2026 00:00:00;buy;5;5"]
+    path = tmp_path / "acme.csv"
+    path.write_text(out.getvalue() + "\n".join(tricky) + "\n")
+    for seed in range(2):
+        blocks, lines = _both([str(path)], "acme_rewards", seed)
+        assert blocks == lines
+    layout = _layouts([str(path)], "acme_rewards")[str(path)]
+    rows = parse_block(b"M1;24/11/2026 10:00:00;buy;1;1\n", layout, ";", tuple(config.input.timestamp_formats),
+                       2**62)
+    assert len(rows.codes) == 1 and not rows.slow  # vouched for by the fast path

@@ -115,7 +115,7 @@ def test_the_whole_graph_reaches_dataflow(translated, tmp_path):
     assert expected - got == set()
     # our DoFns and CombineFn travel pickled; they load back as the same steps
     assert user_functions(job.proto_pipeline) == user_functions(local_proto)
-    assert {"ParseBlocksFn", "MemberFeaturesFn", "CallEndpointsFn", "ToResultRowFn"} <= set(
+    assert {"ParseBlocksFn", "CombineMemberShardsFn", "CallEndpointsFn", "ToResultRowFn"} <= set(
         user_functions(job.proto_pipeline).values())
     for step in ("ReadExports", "Parse", "MemberFeatures", "DecideOffers/CallEndpoints/Call", "ToResultRow",
                  "WriteResults", "WriteDeadLetters"):

@@ -19,11 +19,13 @@ from lantern.features import (
     at_rest,
     create,
     extract,
+    extract_packed,
     live,
     merge,
     pack,
     unpack,
 )
+from lantern.member_table import read_batch
 
 _EMPTY = create()
 
@@ -100,8 +102,8 @@ class MemberFeaturesFn(beam.CombineFn):
 
     def merge_accumulators(self, accs: Iterable[list | bytes]) -> list:
         accs = list(accs)
-        if len(accs) == 1:  # most members: one partial accumulator, nothing to merge
-            return live(accs[0])
+        if len(accs) == 1:  # most members: one partial accumulator, nothing to merge (kept packed)
+            return accs[0]
         return merge(live(acc) for acc in accs)
 
     def compact(self, acc: list | bytes) -> bytes:
@@ -112,5 +114,37 @@ class MemberFeaturesFn(beam.CombineFn):
         return PackedAccumulatorCoder()
 
     def extract_output(self, acc: list | bytes) -> dict:
-        acc = live(acc)
+        if isinstance(acc, bytes):  # most members: read straight from the packed partial accumulator
+            n, features = extract_packed(acc, self._as_of, self._names)
+            return {"N_TRANSACTIONS": n, "FEATURES": features}
         return {"N_TRANSACTIONS": acc[N], "FEATURES": extract(acc, self._as_of, self._names)}
+
+
+class CombineMemberShardsFn(beam.DoFn):
+    """(shard, batches of (member, packed partial accumulator)) -> (member, summary), one per member.
+
+    The block reader's shuffle: each bundle sends its members' accumulators in one batch per
+    shard (``lantern.member_table.shard_batches``), so the shuffle moves batches, not members.
+    Here a shard's batches are merged with ``MemberFeaturesFn`` (a member's accumulators from
+    several bundles merged, a single one read straight from its bytes) and every member leaves
+    with its summary, as ``CombinePerKey(MemberFeaturesFn)`` would give it.
+    """
+
+    def __init__(self, fn: MemberFeaturesFn, batched: bool = False):
+        self._fn = fn
+        self._batched = batched  # a shard's members as one list (features-only runs), or one element each
+
+    def process(self, element: tuple[int, Iterable[bytes]]):
+        _, batches = element
+        fn = self._fn
+        accs: dict[str, list | bytes] = {}
+        for batch in batches:
+            for member, acc in zip(*read_batch(batch), strict=True):
+                held = accs.get(member)
+                accs[member] = acc if held is None else fn.merge_accumulators([held, acc])
+        extract = fn.extract_output
+        if self._batched:
+            yield [(member, extract(acc)) for member, acc in accs.items()]
+        else:
+            for member, acc in accs.items():
+                yield member, extract(acc)

@@ -27,7 +27,7 @@ TABLE_BYTES = 64 * 1024 * 1024
 
 
 class RowsToTablesFn(beam.DoFn):
-    """Rows of the global window -> one Arrow table per bundle (or per ``table_bytes``)."""
+    """Rows (dicts, or lists of them) of the global window -> one Arrow table per bundle (or per ``table_bytes``)."""
 
     def __init__(self, schema: pa.Schema, batch_rows: int = BATCH_ROWS, table_bytes: int = TABLE_BYTES):
         self._schema = schema
@@ -40,7 +40,10 @@ class RowsToTablesFn(beam.DoFn):
         self._bytes = 0
 
     def process(self, row):
-        self._rows.append(row)
+        if isinstance(row, list):  # a list of rows (features-only runs of the block reader)
+            self._rows.extend(row)
+        else:
+            self._rows.append(row)
         if len(self._rows) >= self._batch_rows:
             self._convert()
             if self._bytes >= self._table_bytes:

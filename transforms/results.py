@@ -57,21 +57,29 @@ def results_schema(feature_names: Iterable[str]) -> pa.Schema:
     )
 
 
+_DECISION_NAMES = tuple(name for name, _ in _DECISION_FIELDS)
+_NO_DECISION = {**dict.fromkeys(_DECISION_NAMES), "STATUS": NO_TRANSACTIONS, "ATTEMPTS": 0}
+
+
 def result_row(
     member_id: str, summary: dict, decision: dict | None, columns: list[str], partner: str, as_of: dt.date
 ) -> dict:
     """One results row; a member without transactions gets nulls and no decision."""
-    features = summary["FEATURES"] or {}
+    features = summary["FEATURES"]
     row = {"MEMBER_ID": member_id}
-    for name in columns:
-        row[name] = features.get(name)
+    if features is None:
+        row.update(dict.fromkeys(columns))
+    else:
+        get = features.get
+        for name in columns:
+            row[name] = get(name)
     row["N_TRANSACTIONS"] = summary["N_TRANSACTIONS"]
     if decision is None:
-        row.update({name: None for name, _ in _DECISION_FIELDS})
-        row["STATUS"] = NO_TRANSACTIONS
-        row["ATTEMPTS"] = 0
+        row.update(_NO_DECISION)
     else:
-        row.update({name: decision.get(name) for name, _ in _DECISION_FIELDS})
+        get = decision.get
+        for name in _DECISION_NAMES:
+            row[name] = get(name)
     row["PARTNER"] = partner
     row["AS_OF"] = as_of
     return row
@@ -80,18 +88,25 @@ def result_row(
 class ToResultRowFn(progress.TalliedDoFn):
     """Members -> results rows, counted by status in plain integers handed to Beam per bundle (progress.Tally)."""
 
-    def __init__(self, columns: list[str], partner: str, as_of: dt.date):
+    def __init__(self, columns: list[str], partner: str, as_of: dt.date, batched: bool = False):
         self._columns = columns
         self._partner = partner
         self._as_of = as_of
+        self._batched = batched  # elements are lists of members, and a list of rows leaves for each
         self._status_counter = {s: f"members_{s.lower()}" for s in STATUSES}
         self.tally = progress.Tally(self._status_counter.values())
 
     def process(self, element):
-        member_id, summary, decision = element
+        if self._batched:
+            yield [self._row(member) for member in element]
+        else:
+            yield self._row(element)
+
+    def _row(self, member) -> dict:
+        member_id, summary, decision = member
         row = result_row(member_id, summary, decision, self._columns, self._partner, self._as_of)
         self.tally.counts[self._status_counter[row["STATUS"]]] += 1
-        yield row
+        return row
 
 
 # Streaming: one row per emitted member update, with when it happened (docs/streaming.md).
