@@ -159,11 +159,13 @@ class DecideOffers(beam.PTransform):
         super().__init__()
         self._partner = partner
         self._features_only = features_only
-        self._batched = batched  # features-only runs of the block reader: lists of members
+        self._batched = batched  # the block reader's features-only and batch-route runs: lists of members
 
     def expand(self, members):
         if self._features_only and self._batched:
             return members | "NotCalled" >> beam.Map(lambda batch: [_not_called(m) for m in batch])
+        if self._batched:  # batch routes: lists in, lists out; members without transactions are not sent
+            return members | "CallEndpoints" >> CallEndpoints(self._partner, lists=True)
         if self._features_only:  # one step per member: nothing to split, batch or call
             return members | "NotCalled" >> beam.Map(_not_called)
         active, idle = members | "SplitByActivity" >> beam.Partition(
@@ -201,9 +203,10 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     columns = feature_columns(partner.feature_names)
 
     parse = ParseExportBlocks if job.reader == BLOCKS else ParseExport
-    # A features-only run of the block reader moves members from the combine to the results in
-    # lists (one per shard): no calls to batch, so no step per member in between.
-    batched = job.features_only and job.reader == BLOCKS
+    # The block reader moves members from the combine to the results in lists (one per shard) when
+    # nothing is called per member: features-only runs, and batch routes (a list is cut into
+    # requests anyway). No Beam step per member in between.
+    batched = job.reader == BLOCKS and (job.features_only or partner.endpoints.batch)
     parsed = (
         p
         | READ_EXPORTS >> ReadExports(job.input_patterns, job.reader)

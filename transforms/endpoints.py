@@ -554,8 +554,11 @@ class CallEndpointsFn(TimedDoFn):
 
     FLUSH_S = 0.5  # metrics and the live limits reach Beam and the heartbeat this often
 
-    def __init__(self, partner: PartnerConfig):
+    def __init__(self, partner: PartnerConfig, lists: bool = False):
         self._partner = partner
+        # With ``lists`` (batch routes only), each element is a group of lists of members, with and
+        # without transactions, and one list of (member, summary, decision or None) leaves for it.
+        self._lists = lists
 
     def setup(self):
         self._client = PartnerClient(self._partner)
@@ -573,7 +576,11 @@ class CallEndpointsFn(TimedDoFn):
 
     def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         batch = self._partner.endpoints.batch
-        self._client.loop.spawn(_decide_and_report(self._client, element, batch, window, timestamp, self._done))
+        if self._lists:
+            members = [member for part in element for member in part]
+            self._client.loop.spawn(_decide_list_and_report(self._client, members, window, timestamp, self._done))
+        else:
+            self._client.loop.spawn(_decide_and_report(self._client, element, batch, window, timestamp, self._done))
         self._pending += 1
         yield from self._collect(final=False)
 
@@ -595,7 +602,9 @@ class CallEndpointsFn(TimedDoFn):
                 break
             self._pending -= 1
             for output in outputs:
-                progress.member_called(output.value[1]["N_TRANSACTIONS"])
+                for member in output.value if self._lists else (output.value,):
+                    if member[2] is not None:
+                        progress.member_called(member[1]["N_TRANSACTIONS"])
                 yield output
             self._maybe_flush()
         self._maybe_flush()
@@ -623,6 +632,21 @@ async def _decide_and_report(client: PartnerClient, element, batch: bool, window
               for (member_id, summary), d in zip(members, decisions, strict=True)])
 
 
+async def _decide_list_and_report(client: PartnerClient, members: list, window, timestamp,
+                                  done: queue.SimpleQueue) -> None:
+    """A list of members on the batch routes: those with transactions called, the others passed
+    on with no decision; one list leaves, always (as in ``_decide_and_report``)."""
+    active = [i for i, (_, summary) in enumerate(members) if summary["N_TRANSACTIONS"] > 0]
+    try:
+        decisions = await decide_batch_async(client, [members[i][1]["FEATURES"] for i in active]) if active else []
+    except BaseException as exc:  # noqa: BLE001 - reported as the members' failure, never lost
+        decisions = [internal_error(exc) for _ in active]
+    out = [(member_id, summary, None) for member_id, summary in members]
+    for i, decision_ in zip(active, decisions, strict=True):
+        out[i] = (*members[i], decision_)
+    done.put([WindowedValue(out, timestamp, (window,))])
+
+
 class CallEndpoints(beam.PTransform):
     """Members with features -> members with predictions and an offer.
 
@@ -631,14 +655,20 @@ class CallEndpoints(beam.PTransform):
     the server sees few, large requests).
     """
 
-    def __init__(self, partner: PartnerConfig):
+    def __init__(self, partner: PartnerConfig, lists: bool = False):
         super().__init__()
         self._partner = partner
+        self._lists = lists  # elements are lists of members (batch routes only)
 
     def expand(self, members):
-        if self._partner.endpoints.batch:
+        if self._lists:
+            size = 2 * self._partner.endpoints.max_batch_size
+            # Small lists (few members per shard) are grouped so requests stay full.
+            members = members | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size,
+                                                              element_size_fn=len)
+        elif self._partner.endpoints.batch:
             size = 2 * self._partner.endpoints.max_batch_size
             # Fixed-size batches (a bundle's last one is smaller): BatchElements' adaptive
             # sizing would start at one member and ramp up, a round trip per tiny batch.
             members = members | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-        return members | "Call" >> beam.ParDo(CallEndpointsFn(self._partner))
+        return members | "Call" >> beam.ParDo(CallEndpointsFn(self._partner, self._lists))
