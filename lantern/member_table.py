@@ -120,9 +120,20 @@ class MemberTable:
         return out
 
     def add_members(self, members) -> None:
-        """Members seen without a transaction (member-only rows): they get an accumulator with n=0."""
+        """Members seen without a transaction (member-only rows): they get an accumulator with n=0.
+
+        Buffered like transactions: the slot lookup hashes every member held, so it is paid
+        once per buffer, and not at all for a block without member-only rows.
+        """
+        if not len(members):
+            return
         members = members if isinstance(members, pa.Array) else pa.array(members, pa.string())
-        self.slots(pc.unique(members))
+        members = pc.unique(members)
+        none = np.empty(0, dtype=np.int64)
+        self._pending.append((members, none, none, none, np.empty(0), np.empty(0)))
+        self._pending_rows += len(members)
+        if self._pending_rows >= self._buffer_rows:
+            self.flush()
 
     def add(self, members, codes: np.ndarray, ts: np.ndarray, types: np.ndarray,
             points: np.ndarray, revenue: np.ndarray) -> None:
