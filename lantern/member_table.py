@@ -23,6 +23,8 @@ _WINDOW = 6  # limbs per sum kept in int64 columns: 192 bits around the values f
 _CHUNK = 1 << 20  # rows per vectorised step: limb sums stay below 2**52, exact in a float64 bincount
 _BUFFER_ROWS = 1 << 20  # rows buffered before a fold: one slot lookup per buffer, memory still bounded
 _NO_TS = np.iinfo(np.int64).min  # an empty last-3 slot: older than any transaction
+# An empty last-3 entry as int64 fields (ts, points bits, revenue bits, type).
+_EMPTY_ENTRY = np.array([_NO_TS, np.array(-np.inf).view(np.int64), np.array(-np.inf).view(np.int64), -1])
 
 
 def limbs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +64,22 @@ def _greater(a: tuple, b: tuple) -> np.ndarray:
         (p_a > p_b) | ((p_a == p_b) & ((r_a > r_b) | ((r_a == r_b) & (t_a > t_b))))))
 
 
+def _order_by_member_then_time(codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row order ascending by (code, ts); ties in any order. One int64 sort key when the codes
+    and the timestamps' span fit in it (timestamps of whole seconds usually do), else a lexsort."""
+    if not len(codes):
+        return np.empty(0, dtype=np.int64)
+    low = int(ts.min())
+    span = int(ts.max()) - low
+    unit = 1_000_000 if not ((ts - low) % 1_000_000).any() else 1
+    code_bits = int(codes.max()).bit_length()
+    time_bits = (span // unit).bit_length()
+    if code_bits + time_bits > 62:
+        return np.lexsort((ts, codes))
+    key = (codes << time_bits) | ((ts - low) // unit)
+    return np.argsort(key, kind="stable")
+
+
 class MemberTable:
     """Accumulators of many members as columns: the batch reader's fold of a whole bundle.
 
@@ -84,19 +102,17 @@ class MemberTable:
     def _alloc(self, capacity: int) -> None:
         self._counts = np.zeros((capacity, 4), dtype=np.int64)  # n, n_buy, n_gift, n_redeem
         self._sums = np.zeros((2, capacity, _WINDOW), dtype=np.int64)  # points, revenue
-        self._ts = np.full((capacity, 3), _NO_TS, dtype=np.int64)
-        self._points = np.full((capacity, 3), -np.inf)
-        self._revenue = np.full((capacity, 3), -np.inf)
-        self._types = np.full((capacity, 3), -1, dtype=np.int64)
+        # Last three as one record per slot: 3 x (ts, points bits, revenue bits, type), one gather per slot.
+        self._last3 = np.empty((capacity, 3, 4), dtype=np.int64)
+        self._last3[:] = _EMPTY_ENTRY
 
     def _grow(self, needed: int) -> None:
         size = len(self._counts)
         if needed <= size:
             return
-        old = (self._counts, self._sums, self._ts, self._points, self._revenue, self._types)
+        old = (self._counts, self._sums, self._last3)
         self._alloc(max(needed, 2 * size))
-        self._counts[:size], self._ts[:size], self._points[:size] = old[0], old[2], old[3]
-        self._revenue[:size], self._types[:size] = old[4], old[5]
+        self._counts[:size], self._last3[:size] = old[0], old[2]
         self._sums[:, :size] = old[1]
 
     def __len__(self) -> int:
@@ -201,41 +217,44 @@ class MemberTable:
         self._sums[field, slots] += sums.reshape(g, _WINDOW).astype(np.int64)
 
     def _fold_last3(self, slots, codes, ts, types, points, revenue) -> None:
-        # Ascending by (member, ts, points, revenue, type): a member's last three rows are its most recent.
-        order = np.lexsort((ts, codes))
-        same = (codes[order[1:]] == codes[order[:-1]]) & (ts[order[1:]] == ts[order[:-1]])
-        if same.any():  # equal timestamps within a member: the full order decides
-            order = np.lexsort((types, revenue, points, ts, codes))
+        order = _order_by_member_then_time(codes, ts)
         sorted_codes = codes[order]
+        if len(order) > 1 and ((sorted_codes[1:] == sorted_codes[:-1]) & (ts[order[1:]] == ts[order[:-1]])).any():
+            order = np.lexsort((types, revenue, points, ts, codes))  # equal timestamps: the full order decides
+            sorted_codes = codes[order]
         ends = np.flatnonzero(np.append(sorted_codes[1:] != sorted_codes[:-1], True)) + 1
         starts = np.append(0, ends[:-1])
-        present = sorted_codes[starts]  # the codes that have rows, ascending
-        new = []
-        for k in range(3):
-            pos = ends - 1 - k
-            valid = pos >= starts
-            take = order[np.where(valid, pos, 0)]
-            new.append((np.where(valid, ts[take], _NO_TS), np.where(valid, points[take], -np.inf),
-                        np.where(valid, revenue[take], -np.inf), np.where(valid, types[take], -1)))
-        target = slots[present]
-        old = [(self._ts[target, k], self._points[target, k], self._revenue[target, k], self._types[target, k])
-               for k in range(3)]
-        # Merge two lists sorted most recent first, keep three.
-        i = np.zeros(len(target), dtype=np.int64)
-        j = np.zeros(len(target), dtype=np.int64)
-        merged = []
-        for _ in range(3):
-            a = tuple(np.choose(np.minimum(i, 2), [old[k][f] for k in range(3)]) for f in range(4))
-            b = tuple(np.choose(np.minimum(j, 2), [new[k][f] for k in range(3)]) for f in range(4))
-            a = tuple(np.where(i < 3, a[f], (_NO_TS, -np.inf, -np.inf, -1)[f]) for f in range(4))
-            b = tuple(np.where(j < 3, b[f], (_NO_TS, -np.inf, -np.inf, -1)[f]) for f in range(4))
-            from_a = ~_greater(b, a)
-            merged.append(tuple(np.where(from_a, a[f], b[f]) for f in range(4)))
-            i += from_a
-            j += ~from_a
-        for k, (t, p, r, ty) in enumerate(merged):
-            self._ts[target, k], self._points[target, k] = t, p
-            self._revenue[target, k], self._types[target, k] = r, ty
+        target = slots[sorted_codes[starts]]  # the slots that have rows
+        g = len(target)
+        rows = np.empty((len(order) + 1, 4), dtype=np.int64)  # sorted rows as entries; the last one empty
+        for f, column in enumerate((ts, points.view(np.int64), revenue.view(np.int64), types)):
+            rows[:-1, f] = column[order]
+        rows[-1] = _EMPTY_ENTRY
+        # Candidates, most recent first: the slot's three held (0-2), the buffer's last three (3-5).
+        pos = ends[:, None] - 1 - np.arange(3)
+        cand = np.concatenate([self._last3[target], rows[np.where(pos >= starts[:, None], pos, -1)]], axis=1)
+        # Merge of two lists sorted most recent first: a held entry's rank is its place plus the
+        # buffer entries more recent than it; a tie keeps the held entry first (as ``add`` does).
+        c_ts = cand[:, :, 0]
+        newer = [[c_ts[:, 3 + j] > c_ts[:, i] for j in range(3)] for i in range(3)]
+        tied = (c_ts[:, :3, None] == c_ts[:, None, 3:]) & (c_ts[:, :3, None] != _NO_TS)  # two empties: equal
+        if tied.any():
+            at, i_s, j_s = np.nonzero(tied)
+            def entry(col):
+                e = cand[at, col]
+                return (e[:, 0], e[:, 1].view(np.float64), e[:, 2].view(np.float64), e[:, 3])
+            decided = _greater(entry(3 + j_s), entry(i_s))
+            for i in range(3):
+                for j in range(3):
+                    sel = (i_s == i) & (j_s == j)
+                    newer[i][j][at[sel]] = decided[sel]
+        pick = np.empty((g, 6), dtype=np.int64)
+        rows_g = np.arange(g)
+        for i in range(3):
+            pick[rows_g, i + newer[i][0] + newer[i][1] + newer[i][2]] = i
+        for j in range(3):
+            pick[rows_g, j + 3 - newer[0][j] - newer[1][j] - newer[2][j]] = 3 + j
+        self._last3[target] = cand.reshape(6 * g, 4)[(6 * rows_g)[:, None] + pick[:, :3]]
 
     def _limb_bytes(self, field: int, rows: slice) -> np.ndarray:
         """Members' exact sums (in window units) as little-endian two's complement bytes, one row each."""
@@ -256,7 +275,8 @@ class MemberTable:
         packed: list[bytes] = []
         for start in range(0, n, 1 << 16):
             rows = slice(start, min(start + (1 << 16), n))
-            last3 = tuple(a[rows] for a in (self._ts, self._points, self._revenue, self._types))
+            held = self._last3[rows]
+            last3 = (held[:, :, 0], held[:, :, 1].view(np.float64), held[:, :, 2].view(np.float64), held[:, :, 3])
             sums = [(self._limb_bytes(f, rows), _LIMB_BITS * (self._base or 0)) for f in (0, 1)]
             packed += pack_columns(self._counts[rows], sums, last3)
         for slot, extra in self._outside.items():  # rare: rebuilt from the exact parts in Python
