@@ -20,7 +20,9 @@ from lantern.features import POINTS, REVENUE, exact, pack, unpack
 _LIMB_BITS = 32
 _LIMB_MASK = (1 << _LIMB_BITS) - 1
 _WINDOW = 6  # limbs per sum kept in int64 columns: 192 bits around the values first seen
-_CHUNK = 1 << 20  # rows per vectorised step: limb sums stay below 2**52, exact in a float64 bincount
+# Rows per vectorised step: limbs are below 2**32 in magnitude, so a sum of 2**21 of them stays below
+# 2**53, exact in a float64 bincount; above the buffer size, so a buffer folds in one pass over its members.
+_CHUNK = 1 << 21
 _BUFFER_ROWS = 1 << 20  # rows buffered before a fold: one slot lookup per buffer, memory still bounded
 _NO_TS = np.iinfo(np.int64).min  # an empty last-3 slot: older than any transaction
 # An empty last-3 entry as int64 fields (ts, points bits, revenue bits, type).
