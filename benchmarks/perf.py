@@ -157,13 +157,19 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, i
     return wall, peak // 1024, proc.returncode, cpu
 
 
+def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
+    """``cmd`` run on one core (``taskset``), where a core is given and taskset exists."""
+    return ["taskset", "-c", str(cpu), *cmd] if cpu is not None and shutil.which("taskset") else cmd
+
+
 @contextmanager
-def reference_server(workers: int):
-    """``benchmarks/serve.py`` (uvicorn, ``workers`` processes, TCP_NODELAY) on a free port:
-    yields (base URL, the server's pid)."""
+def reference_server(workers: int, env: dict | None = None, cpu: int | None = None):
+    """``benchmarks/serve.py`` (uvicorn, ``workers`` processes, TCP_NODELAY) on a free port, with
+    ``env`` (e.g. ``FAULT_*`` settings) and pinned to ``cpu`` if given: yields (base URL, the server's pid)."""
     url = f"http://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--port", url.rsplit(":", 1)[1],
-                             "--workers", str(workers)], cwd=ROOT, stderr=subprocess.DEVNULL)
+    cmd = pinned(cpu, [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--port", url.rsplit(":", 1)[1],
+                       "--workers", str(workers)])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
             try:

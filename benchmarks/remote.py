@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,9 +39,8 @@ sys.path.insert(0, str(ROOT))
 import pyarrow.parquet as pq  # noqa: E402
 
 from beam_pipeline import generate  # noqa: E402
-from benchmarks.perf import AS_OF, DATA  # noqa: E402
+from benchmarks.perf import AS_OF, DATA, pinned, reference_server  # noqa: E402
 from benchmarks.results import Recorder  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 
 KINDS = ("ats", "resp", "offer")
 COLUMNS = ["scenario", "rows", "members", "pipeline_s", "asyncio_s", "wall_ratio", "pipeline_call_members_per_s",
@@ -62,30 +59,11 @@ def export(rows: int, rows_per_member: float) -> Path:
     return path
 
 
-def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
-    return ["taskset", "-c", str(cpu), *cmd] if cpu is not None and shutil.which("taskset") else cmd
-
-
 @contextmanager
 def server(env: dict, cpu: int | None = None):
-    """``benchmarks/serve.py`` (one uvicorn worker) with ``FAULT_*`` settings, on a free port."""
-    url = f"http://127.0.0.1:{free_port()}"
-    cmd = pinned(cpu, [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--port", url.rsplit(":", 1)[1],
-                       "--workers", "1"])
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    sys.exit("the reference server did not start")
-                time.sleep(0.1)
+    """The reference service (one uvicorn worker) with ``FAULT_*`` settings, on a free port."""
+    with reference_server(1, env, cpu) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def run_pipeline(path: Path, url: str, out: Path, cpu: int | None) -> dict:
