@@ -1,9 +1,10 @@
-"""Beam metrics updated from a DoFn's own thread pool.
+"""Beam metrics updated from threads other than the DoFn's own, such as the endpoints' event loop.
 
 A Beam counter reports into the metrics container of the thread that runs the
-DoFn; an ``inc()`` made in a pool thread has no container and is silently lost.
-The endpoint calls run in a pool, so their counters and latencies are tallied
-here, under a lock, and ``flush`` reports them from the DoFn's thread.
+DoFn; an ``inc()`` made in another thread has no container and is silently lost.
+The endpoint calls run on the client's event-loop thread, so their counters and
+latencies are tallied here, under a lock, and ``flush`` reports them from the
+DoFn's thread.
 """
 from __future__ import annotations
 
