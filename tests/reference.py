@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 
 def expected_member(txns: list[tuple], as_of: dt.date) -> dict | None:
     """(time, type, points, revenue) tuples -> features, predictions, offer; None without transactions."""
@@ -30,3 +32,13 @@ def expected_member(txns: list[tuple], as_of: dt.date) -> dict | None:
     f.update(ATS_PREDICTION=ats, RESP_PREDICTION=resp, OFFER="OFFER_2" if ats * resp >= 200 else "OFFER_1",
              N_TRANSACTIONS=n)
     return f
+
+
+def assert_row_matches(row: dict, expected: dict, member: str, abs_tol: float) -> None:
+    """An OK results row against ``expected_member``'s values: floats to 1e-9 relative, the rest exactly."""
+    assert row["STATUS"] == "OK", row["ERROR"]
+    for name, value in expected.items():
+        if isinstance(value, float):
+            assert row[name] == pytest.approx(value, rel=1e-9, abs=abs_tol), (member, name)
+        else:
+            assert row[name] == value, (member, name)

@@ -21,7 +21,7 @@ import pytest
 
 from beam_pipeline import cli, generate
 from tests.conftest import ROOT, free_port
-from tests.reference import expected_member
+from tests.reference import assert_row_matches, expected_member
 from tests.test_run_summary import SCHEMA
 
 AS_OF = dt.date(2026, 11, 24)
@@ -124,12 +124,7 @@ def test_a_partner_from_the_docs_runs_end_to_end_and_matches_a_direct_computatio
         if features is None:
             assert row["STATUS"] == "NO_TRANSACTIONS"
             continue
-        assert row["STATUS"] == "OK", row["ERROR"]
-        for name, value in features.items():
-            if isinstance(value, float):
-                assert row[name] == pytest.approx(value, rel=1e-9, abs=1e-12), (member, name)
-            else:
-                assert row[name] == value, (member, name)
+        assert_row_matches(row, features, member, abs_tol=1e-12)
     assert summary["dead_letter_reasons"] == {"BAD_TIMESTAMP": 1, "UNKNOWN_TYPE": 1} and rejected == 2
     detail = {d["REASON"]: d["DETAIL"] for d in pq.read_table(out / "dead_letter").to_pylist()}
     assert "accepted (any case): purchase, present, redemption" in detail["UNKNOWN_TYPE"]
