@@ -12,13 +12,21 @@ from apache_beam.io.textio import ReadFromTextWithFilename
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.outputs import join
+from lantern.feature_table import summaries
 from lantern.partner import PartnerConfig
 from transforms import NAMESPACE
 from transforms.endpoints import CallEndpoints
 from transforms.features import CombineMemberShardsFn, MemberFeaturesFn
 from transforms.parquet_rows import WriteParquetRows
 from transforms.parse import DEAD_LETTER, FileLayout, ParseExport, ParseExportBlocks
-from transforms.results import DEAD_LETTER_SCHEMA, NOT_CALLED, ToResultRowFn, feature_columns, results_schema
+from transforms.results import (
+    DEAD_LETTER_SCHEMA,
+    NOT_CALLED,
+    ToResultRowFn,
+    feature_columns,
+    not_called_table,
+    results_schema,
+)
 
 MEMBERS_WITH_FEATURES = "members_with_features"
 READERS = (BLOCKS, LINES) = ("blocks", "lines")
@@ -162,10 +170,13 @@ class DecideOffers(beam.PTransform):
         self._batched = batched  # the block reader's features-only and batch-route runs: lists of members
 
     def expand(self, members):
-        if self._features_only and self._batched:
-            return members | "NotCalled" >> beam.Map(lambda batch: [_not_called(m) for m in batch])
+        if self._features_only and self._batched:  # tables of members in, tables with decisions out
+            return members | "NotCalled" >> beam.Map(not_called_table)
         if self._batched:  # batch routes: lists in, lists out; members without transactions are not sent
-            return members | "CallEndpoints" >> CallEndpoints(self._partner, lists=True)
+            names = self._partner.feature_names
+            return (members
+                    | "ToMembers" >> beam.Map(summaries, names)
+                    | "CallEndpoints" >> CallEndpoints(self._partner, lists=True))
         if self._features_only:  # one step per member: nothing to split, batch or call
             return members | "NotCalled" >> beam.Map(_not_called)
         active, idle = members | "SplitByActivity" >> beam.Partition(

@@ -9,7 +9,7 @@ them one by one with ``lantern.features.add``.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -324,6 +324,29 @@ def read_batch(data: bytes) -> tuple[list[str], list[bytes]]:
     """A ``shard_batches`` batch -> (member ids, packed accumulators)."""
     table = pa.ipc.open_stream(data).read_all()
     return table.column("MEMBER_ID").to_pylist(), table.column("ACC").to_pylist()
+
+
+def merge_batches(batches: Iterable[bytes], merge: Callable[[list[bytes]], bytes]) -> tuple[pa.Array, pa.Array]:
+    """A shard's ``shard_batches`` batches -> (member ids, packed accumulators), one row per member.
+
+    A member folded in several bundles has an accumulator in several batches: those are
+    combined with ``merge`` (given the member's packed accumulators, it returns one); the
+    others are passed on as they are, columns in, columns out.
+    """
+    tables = [pa.ipc.open_stream(data).read_all() for data in batches]
+    if not tables:
+        return pa.array([], pa.string()), pa.array([], pa.binary())
+    table = pa.concat_tables(tables).combine_chunks()
+    if not table.num_rows:
+        return pa.array([], pa.string()), pa.array([], pa.binary())
+    ids, accs = table.column("MEMBER_ID").chunk(0), table.column("ACC").chunk(0)
+    if len(tables) == 1 or pc.count_distinct(ids).as_py() == len(ids):
+        return ids, accs
+    held: dict[str, list[bytes]] = {}
+    for member, acc in zip(ids.to_pylist(), accs.to_pylist(), strict=True):
+        held.setdefault(member, []).append(acc)
+    return (pa.array(list(held), pa.string()),
+            pa.array([parts[0] if len(parts) == 1 else merge(parts) for parts in held.values()], pa.binary()))
 
 
 _CTZ = np.array([0] + [(i & -i).bit_length() - 1 for i in range(1, 256)], dtype=np.int64)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import apache_beam as beam
 from apache_beam import coders
 
+from lantern.feature_table import members_table, summaries
 from lantern.features import (
     SPEC_FEATURES,
     N,
@@ -25,7 +26,7 @@ from lantern.features import (
     pack,
     unpack,
 )
-from lantern.member_table import read_batch
+from lantern.member_table import merge_batches
 
 _EMPTY = create()
 
@@ -81,6 +82,14 @@ class MemberFeaturesFn(beam.CombineFn):
         self._as_of = as_of
         self._names = tuple(names)
 
+    @property
+    def as_of(self) -> dt.date:
+        return self._as_of
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self._names
+
     def create_accumulator(self) -> list:
         return create()
 
@@ -121,30 +130,29 @@ class MemberFeaturesFn(beam.CombineFn):
 
 
 class CombineMemberShardsFn(beam.DoFn):
-    """(shard, batches of (member, packed partial accumulator)) -> (member, summary), one per member.
+    """(shard, batches of (member, packed partial accumulator)) -> the shard's members with their features.
 
     The block reader's shuffle: each bundle sends its members' accumulators in one batch per
     shard (``lantern.member_table.shard_batches``), so the shuffle moves batches, not members.
-    Here a shard's batches are merged with ``MemberFeaturesFn`` (a member's accumulators from
-    several bundles merged, a single one read straight from its bytes) and every member leaves
-    with its summary, as ``CombinePerKey(MemberFeaturesFn)`` would give it.
+    Here a shard's batches are merged (a member's accumulators from several bundles combined with
+    ``MemberFeaturesFn``) and the features of all its members are computed at once, as columns
+    (``lantern.feature_table``), with the digits ``CombinePerKey(MemberFeaturesFn)`` gives.
+    With ``batched`` the shard leaves as one ``members_table``; otherwise member by member, as
+    (member, summary) pairs.
     """
 
     def __init__(self, fn: MemberFeaturesFn, batched: bool = False):
         self._fn = fn
-        self._batched = batched  # a shard's members as one list (features-only runs), or one element each
+        self._batched = batched
+
+    def _merge(self, parts: list[bytes]) -> bytes:
+        return at_rest(self._fn.merge_accumulators(parts))
 
     def process(self, element: tuple[int, Iterable[bytes]]):
         _, batches = element
-        fn = self._fn
-        accs: dict[str, list | bytes] = {}
-        for batch in batches:
-            for member, acc in zip(*read_batch(batch), strict=True):
-                held = accs.get(member)
-                accs[member] = acc if held is None else fn.merge_accumulators([held, acc])
-        extract = fn.extract_output
+        ids, packed = merge_batches(batches, self._merge)
+        table = members_table(ids, packed, self._fn.as_of, self._fn.names)
         if self._batched:
-            yield [(member, extract(acc)) for member, acc in accs.items()]
+            yield table
         else:
-            for member, acc in accs.items():
-                yield member, extract(acc)
+            yield from summaries(table, self._fn.names)

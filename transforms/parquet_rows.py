@@ -27,7 +27,8 @@ TABLE_BYTES = 64 * 1024 * 1024
 
 
 class RowsToTablesFn(beam.DoFn):
-    """Rows (dicts, or lists of them) of the global window -> one Arrow table per bundle (or per ``table_bytes``)."""
+    """Rows (dicts, lists of them, or Arrow tables) of the global window -> one Arrow table per bundle
+    (or per ``table_bytes``)."""
 
     def __init__(self, schema: pa.Schema, batch_rows: int = BATCH_ROWS, table_bytes: int = TABLE_BYTES):
         self._schema = schema
@@ -40,14 +41,18 @@ class RowsToTablesFn(beam.DoFn):
         self._bytes = 0
 
     def process(self, row):
-        if isinstance(row, list):  # a list of rows (features-only runs of the block reader)
+        if isinstance(row, pa.Table):  # rows already as columns (features-only runs of the block reader)
+            table = row.select(self._schema.names).cast(self._schema)
+            self._batches.extend(table.to_batches())
+            self._bytes += table.nbytes
+        elif isinstance(row, list):  # a list of rows (batch routes of the block reader)
             self._rows.extend(row)
         else:
             self._rows.append(row)
         if len(self._rows) >= self._batch_rows:
             self._convert()
-            if self._bytes >= self._table_bytes:
-                yield self._take_table()
+        if self._bytes >= self._table_bytes:
+            yield self._take_table()
 
     def finish_bundle(self):
         if self._rows:

@@ -6,7 +6,9 @@ import time
 from collections.abc import Iterable
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from lantern.features import INTEGER_FEATURES, SPEC_FEATURES
@@ -85,19 +87,53 @@ def result_row(
     return row
 
 
+def not_called_table(members: pa.Table) -> pa.Table:
+    """A ``members_table`` with the decisions of a features-only run as columns: FEATURES_ONLY for
+    members with transactions, NO_TRANSACTIONS for the others, no calls."""
+    active = pc.greater(members.column("N_TRANSACTIONS"), 0)
+    status = pc.if_else(active, pa.scalar(FEATURES_ONLY), pa.scalar(NO_TRANSACTIONS))
+    return members.append_column("STATUS", status).append_column(
+        "ATTEMPTS", pa.array(np.zeros(members.num_rows, dtype=np.int64)))
+
+
+def result_table(decided: pa.Table, schema: pa.Schema, partner: str, as_of: dt.date) -> pa.Table:
+    """Members with their decisions as columns -> results rows as one table of ``schema``: the
+    columns ``result_row`` fills, nulls where ``decided`` has none, the partner and as-of date."""
+    n = decided.num_rows
+    constants = {"PARTNER": pa.scalar(partner, pa.string()), "AS_OF": pa.scalar(as_of, pa.date32())}
+    columns = []
+    for field in schema:
+        if field.name in constants:
+            columns.append(pa.repeat(constants[field.name], n))
+        elif field.name in decided.column_names:
+            columns.append(decided.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(n, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 class ToResultRowFn(progress.TalliedDoFn):
-    """Members -> results rows, counted by status in plain integers handed to Beam per bundle (progress.Tally)."""
+    """Members -> results rows, counted by status in plain integers handed to Beam per bundle (progress.Tally).
+
+    With ``batched``, an element is a list of members (a list of rows leaves) or a table of members
+    with their decisions as columns (``not_called_table``; a results table leaves)."""
 
     def __init__(self, columns: list[str], partner: str, as_of: dt.date, batched: bool = False):
         self._columns = columns
         self._partner = partner
         self._as_of = as_of
         self._batched = batched  # elements are lists of members, and a list of rows leaves for each
+        self._schema = results_schema(columns)
         self._status_counter = {s: f"members_{s.lower()}" for s in STATUSES}
         self.tally = progress.Tally(self._status_counter.values())
 
     def process(self, element):
-        if self._batched:
+        if isinstance(element, pa.Table):
+            table = result_table(element, self._schema, self._partner, self._as_of)
+            for status in pc.value_counts(table.column("STATUS")).to_pylist():
+                self.tally.counts[self._status_counter[status["values"]]] += status["counts"]
+            yield table
+        elif self._batched:
             yield [self._row(member) for member in element]
         else:
             yield self._row(element)
