@@ -5,6 +5,7 @@ import dataclasses
 import datetime as dt
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam import coders
 from apache_beam.io.filebasedsource import FileBasedSource
 from apache_beam.io.filesystem import CompressionTypes
@@ -27,6 +28,7 @@ from transforms.results import (
     not_called_table,
     results_schema,
 )
+from transforms.table_coder import ArrowTableCoder  # noqa: F401 - registers the coder of table elements
 
 MEMBERS_WITH_FEATURES = "members_with_features"
 READERS = (BLOCKS, LINES) = ("blocks", "lines")
@@ -171,7 +173,7 @@ class DecideOffers(beam.PTransform):
 
     def expand(self, members):
         if self._features_only and self._batched:  # tables of members in, tables with decisions out
-            return members | "NotCalled" >> beam.Map(not_called_table)
+            return members | "NotCalled" >> beam.Map(not_called_table).with_output_types(pa.Table)
         if self._batched:  # batch routes: lists in, lists out; members without transactions are not sent
             names = self._partner.feature_names
             return (members
@@ -205,8 +207,10 @@ class MemberFeatures(beam.PTransform):
     def expand(self, values):
         if not self._prefolded:
             return values | "Combine" >> beam.CombinePerKey(self._fn)
-        combine = CombineMemberShardsFn(self._fn, batched=self._batched)
-        return values | "Group" >> beam.GroupByKey() | "Combine" >> beam.ParDo(combine)
+        combine = beam.ParDo(CombineMemberShardsFn(self._fn, batched=self._batched))
+        if self._batched:
+            combine = combine.with_output_types(pa.Table)  # transforms.table_coder: no pickling to size them
+        return values | "Group" >> beam.GroupByKey() | "Combine" >> combine
 
 
 def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
@@ -218,6 +222,11 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     # nothing is called per member: features-only runs, and batch routes (a list is cut into
     # requests anyway). No Beam step per member in between.
     batched = job.reader == BLOCKS and (job.features_only or partner.endpoints.batch)
+    count_members = beam.ParDo(CountMembersFn(batched))
+    to_result_row = beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of, batched))
+    if batched and job.features_only:  # tables of members from the combine to the results
+        count_members = count_members.with_output_types(pa.Table)
+        to_result_row = to_result_row.with_output_types(pa.Table)
     parsed = (
         p
         | READ_EXPORTS >> ReadExports(job.input_patterns, job.reader)
@@ -228,9 +237,9 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
         parsed.transactions
         | MEMBER_FEATURES >> MemberFeatures(MemberFeaturesFn(job.as_of, partner.feature_names), job.reader == BLOCKS,
                                             batched)
-        | "CountMembers" >> beam.ParDo(CountMembersFn(batched))
+        | "CountMembers" >> count_members
         | DECIDE_OFFERS >> DecideOffers(partner, job.features_only, batched)
-        | TO_RESULT_ROW >> beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of, batched))
+        | TO_RESULT_ROW >> to_result_row
         | WRITE_RESULTS >> WriteParquetRows(join(job.staging, "results", "part"), results_schema(partner.feature_names))
     )
     (

@@ -56,3 +56,15 @@ def test_no_rows_still_give_one_valid_empty_file(local_runner, tmp_path):
     beams = write(local_runner, tmp_path / "beam", [], beam_writer)
     assert ours[0] == beams[0] == ["part-00000-of-00001.parquet"]
     assert ours[1].num_rows == 0 and ours[1].schema == SCHEMA
+
+
+def test_tables_travel_with_their_own_coder_and_are_sized_without_pickling():
+    from apache_beam import coders
+
+    from transforms.table_coder import ArrowTableCoder
+
+    table = pa.table({"MEMBER_ID": ["A", "B"], "N_TRANSACTIONS": [1, 0]})
+    coder = coders.registry.get_coder(pa.Table)
+    assert isinstance(coder, ArrowTableCoder)
+    assert coder.decode(coder.encode(table)).equals(table)
+    assert coder.get_impl().estimate_size(table) == table.nbytes

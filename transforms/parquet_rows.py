@@ -18,6 +18,8 @@ import pyarrow as pa
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms.table_coder import ArrowTableCoder  # noqa: F401 - registers the coder of table elements
+
 # Rows held as Python dicts before they become one Arrow record batch: big enough
 # that pyarrow's per-call cost vanishes, small enough to stay in the CPU cache.
 BATCH_ROWS = 4096
@@ -85,6 +87,6 @@ class WriteParquetRows(beam.PTransform):
     def expand(self, rows):
         return (
             rows
-            | "ToArrow" >> beam.ParDo(self._to_tables)
+            | "ToArrow" >> beam.ParDo(self._to_tables).with_output_types(pa.Table)
             | "Write" >> WriteToParquetBatched(self._prefix, self._schema, file_name_suffix=".parquet")
         )
