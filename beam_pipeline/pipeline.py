@@ -13,7 +13,6 @@ from apache_beam.io.textio import ReadFromTextWithFilename
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.outputs import join
-from lantern.feature_table import summaries
 from lantern.partner import PartnerConfig
 from transforms import NAMESPACE
 from transforms.endpoints import CallEndpoints
@@ -147,7 +146,7 @@ def _has_transactions(member) -> bool:
 
 class CountMembersFn(beam.DoFn):
     """Counts the members that leave the feature step, so the run can prove each got a results row.
-    With ``batched``, each element is a list of members."""
+    With ``batched``, each element is a table of members."""
 
     def __init__(self, batched: bool = False):
         self.members = Metrics.counter(NAMESPACE, MEMBERS_WITH_FEATURES)
@@ -169,16 +168,13 @@ class DecideOffers(beam.PTransform):
         super().__init__()
         self._partner = partner
         self._features_only = features_only
-        self._batched = batched  # the block reader's features-only and batch-route runs: lists of members
+        self._batched = batched  # the block reader's features-only and batch-route runs: tables of members
 
     def expand(self, members):
         if self._features_only and self._batched:  # tables of members in, tables with decisions out
             return members | "NotCalled" >> beam.Map(not_called_table).with_output_types(pa.Table)
-        if self._batched:  # batch routes: lists in, lists out; members without transactions are not sent
-            names = self._partner.feature_names
-            return (members
-                    | "ToMembers" >> beam.Map(summaries, names)
-                    | "CallEndpoints" >> CallEndpoints(self._partner, lists=True))
+        if self._batched:  # batch routes: tables in, tables out; members without transactions are not sent
+            return members | "CallEndpoints" >> CallEndpoints(self._partner, tables=True)
         if self._features_only:  # one step per member: nothing to split, batch or call
             return members | "NotCalled" >> beam.Map(_not_called)
         active, idle = members | "SplitByActivity" >> beam.Partition(
@@ -218,13 +214,13 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     columns = feature_columns(partner.feature_names)
 
     parse = ParseExportBlocks if job.reader == BLOCKS else ParseExport
-    # The block reader moves members from the combine to the results in lists (one per shard) when
-    # nothing is called per member: features-only runs, and batch routes (a list is cut into
-    # requests anyway). No Beam step per member in between.
+    # The block reader moves members from the combine to the results as Arrow tables (one per shard)
+    # when nothing is called per member: features-only runs, and batch routes (a table is cut into
+    # requests anyway). No Beam step and no Python object per member in between.
     batched = job.reader == BLOCKS and (job.features_only or partner.endpoints.batch)
     count_members = beam.ParDo(CountMembersFn(batched))
-    to_result_row = beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of, batched))
-    if batched and job.features_only:  # tables of members from the combine to the results
+    to_result_row = beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
+    if batched:  # tables of members from the combine to the results
         count_members = count_members.with_output_types(pa.Table)
         to_result_row = to_result_row.with_output_types(pa.Table)
     parsed = (

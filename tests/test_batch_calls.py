@@ -1,15 +1,17 @@
-"""Batch-route calls (``decide_batch``): every member gets a decision, whatever the batch answer."""
+"""Batch-route calls: every member gets a decision, whatever the batch answer; members given one
+by one (``decide_batch``) or as a table (``decide_table_async``, the block reader's) alike."""
 from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 
 from lantern.errors import ConfigError
 from lantern.partner import load, load_named
 from tests.conftest import free_port
 from tests.scripted_server import ScriptedServer
-from transforms.endpoints import PartnerClient, decide_batch
+from transforms.endpoints import DECISION_TYPES, PartnerClient, decide_batch, decide_table_async
 
 ATS, RESP, OFFER = "/ml/ats/predict/batch", "/ml/resp/predict/batch", "/offer/assign/batch"
 
@@ -18,6 +20,16 @@ ATS, RESP, OFFER = "/ml/ats/predict/batch", "/ml/resp/predict/batch", "/offer/as
 def server():
     with ScriptedServer() as scripted:
         yield scripted
+
+
+@pytest.fixture(params=["members", "table"], autouse=True)
+def path(request, monkeypatch):
+    """Each test runs with the members given one by one, then as a table."""
+    monkeypatch.setitem(PATHS, "current", request.param)
+    return request.param
+
+
+PATHS = {"current": "members"}
 
 
 def make_partner(server, max_batch_size: int = 100):
@@ -46,9 +58,28 @@ def offers_by_ats(request):
     return 200, {}, json.dumps({"predictions": [f"OFFER_{1 + int(p['ats_prediction']) % 2}" for p in instances]})
 
 
+def members_table(rows: list[dict | None]) -> pa.Table:
+    """Members M0, M1... with these features (None: a member without transactions)."""
+    names = list(features(0))
+    return pa.table({
+        "MEMBER_ID": [f"M{i}" for i in range(len(rows))],
+        "N_TRANSACTIONS": [0 if row is None else 1 for row in rows],
+        **{name: [None if row is None else row[name] for row in rows] for name in names},
+    })
+
+
+def decide_table(client, rows: list[dict | None]) -> list[dict]:
+    """``decide_table_async`` on a table of ``rows``, its decisions read back in member order."""
+    decided = client.loop.run(decide_table_async(client, members_table(rows))).to_pylist()
+    by_member = {row["MEMBER_ID"]: {name: row[name] for name in DECISION_TYPES} for row in decided}
+    return [by_member[f"M{i}"] for i in range(len(rows))]
+
+
 def run(partner, n: int) -> list[dict]:
     client = PartnerClient(partner)
     try:
+        if PATHS["current"] == "table":
+            return decide_table(client, [features(i) for i in range(n)])
         return decide_batch(client, [features(i) for i in range(n)])
     finally:
         client.close()
@@ -110,3 +141,41 @@ def test_batch_partner_without_batch_paths_is_a_config_error(tmp_path):
     path.write_text("name: p\nendpoints:\n  batch: true\n")
     with pytest.raises(ConfigError, match="batch is true but ats, resp, offer has no batch_path"):
         load(path)
+
+
+def test_a_table_sends_only_members_with_transactions_and_the_same_instances(server):
+    server.post(ATS, callback=echo_points)
+    server.post(RESP, callback=echo_points)
+    server.post(OFFER, callback=offers_by_ats)
+    partner = make_partner(server, max_batch_size=100)
+    rows = [features(0), None, {**features(2), "AVG_REVENUE_USD": 0.1 + 0.2, "PCT_BUY_TRANSACTIONS": 1 / 3}, None]
+    client = PartnerClient(partner)
+    try:
+        decisions = decide_table(client, rows)
+        sent_by_table = [c.json()["instances"] for c in server.calls_to(ATS)]
+        expected = decide_batch(client, [rows[0], rows[2]])
+    finally:
+        client.close()
+    assert [d["STATUS"] for d in decisions] == ["OK", "NO_TRANSACTIONS", "OK", "NO_TRANSACTIONS"]
+    assert decisions[1] == {**dict.fromkeys(DECISION_TYPES), "STATUS": "NO_TRANSACTIONS", "ATTEMPTS": 0}
+    same = [name for name in DECISION_TYPES if not name.endswith("_LATENCY_MS")]  # timings differ, of course
+    assert [{name: d[name] for name in same} for d in (decisions[0], decisions[2])] == [
+        {name: d[name] for name in same} for d in expected]
+    sent_one_by_one = [c.json()["instances"] for c in server.calls_to(ATS)][len(sent_by_table):]
+    assert sent_by_table == sent_one_by_one  # value for value, the types of the values too
+    assert [[type(v) for v in i.values()] for i in sent_by_table[0]] == [[float] * 7 + [int]] * 2
+
+
+def test_an_unexpected_error_fails_the_tables_members_instead_of_the_bundle(server, monkeypatch):
+    def broken(self, columns):
+        raise KeyError("AVG_POINTS_BOUGHT")
+
+    monkeypatch.setattr("lantern.json_columns.ObjectTemplate.render", broken)
+    client = PartnerClient(make_partner(server))
+    try:
+        decisions = decide_table(client, [features(0), None])
+    finally:
+        client.close()
+    assert decisions[0]["STATUS"] == "FAILED" and decisions[0]["OFFER"] is None
+    assert decisions[0]["ERROR"] == "internal error: KeyError: 'AVG_POINTS_BOUGHT'"
+    assert decisions[1]["STATUS"] == "NO_TRANSACTIONS"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import logging
 import math
@@ -29,10 +30,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.components.adaptive_throttler import ReactiveThrottler
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
+from lantern.json_columns import ObjectTemplate, json_list_field
 from lantern.partner import PartnerConfig
 from transforms import NAMESPACE, progress
 from transforms.concurrency_limit import AdaptiveLimit, Slots
@@ -231,6 +235,15 @@ class PartnerClient:
             self.loop.close()
             raise
 
+    @functools.cached_property
+    def body_template(self) -> ObjectTemplate:
+        """The prediction request body for a table of members, written column by column (json_columns)."""
+        return ObjectTemplate(lambda values: prediction_body(self.partner, values, self.wire), list(self.wire))
+
+    @functools.cached_property
+    def offer_template(self) -> ObjectTemplate:
+        return ObjectTemplate(lambda values: offer_body(self.partner, values["ats"], values["resp"]), ["ats", "resp"])
+
     async def _open(self, headers: dict) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)  # the slots bound the connections
         # unsafe: keep cookies set by hosts named by IP address too (load balancers' stickiness), as requests does
@@ -389,25 +402,28 @@ class PartnerClient:
         self.outcomes[kind, "ok"].inc()
         return CallResult(value, posted.latency_ms, posted.attempts, None)
 
-    async def call_batch_async(self, kind: str, bodies: list[dict], data: bytes | None = None) -> list[CallResult]:
+    async def call_batch_async(self, kind: str, bodies: list[dict] | None, data: bytes | None = None,
+                               count: int | None = None) -> list[CallResult]:
         """Many members' calls in one request to a batch route, one result per body, in order.
 
         A failed request fails each of its members with the same reason; an item
         that is not a valid answer fails only its own member. Latency and attempts
         are the request's, shared by its members. ``data`` is the request already
-        encoded (``batch_request``): ATS and RESP send the same instances.
+        encoded (``batch_request``): ATS and RESP send the same instances. Without
+        ``bodies``, ``count`` says how many instances ``data`` holds.
         """
         data = data if data is not None else batch_request(bodies)
+        count = len(bodies) if count is None else count
         posted = await self._post(kind, self.batch_urls[kind], data)
         failed = posted.error
         if not failed:
             try:
-                items = read_batch(posted.value, len(bodies))
+                items = read_batch(posted.value, count)
             except BadResponse as exc:
                 self.outcomes[kind, "bad_response"].inc()
                 failed = self._failed(kind, posted.latency_ms, posted.attempts, f"bad response: {exc}").error
         if failed:
-            return [CallResult(None, posted.latency_ms, posted.attempts, failed)] * len(bodies)
+            return [CallResult(None, posted.latency_ms, posted.attempts, failed)] * count
         self.outcomes[kind, "ok"].inc()
         if kind != "offer" and all(type(v) is float for v in items) and all(map(math.isfinite, items)):
             # The usual answer, every item a finite number: checked at once, not item by item.
@@ -533,6 +549,85 @@ async def _decide_batch(client: PartnerClient, features: list[dict]) -> list[dic
     return [decision(a, r, o) for a, r, o in zip(ats, resp, offers, strict=True)]
 
 
+DECISION_TYPES = {
+    "ATS_PREDICTION": pa.float64(), "RESP_PREDICTION": pa.float64(), "OFFER": pa.string(), "STATUS": pa.string(),
+    "ERROR": pa.string(), "ATS_LATENCY_MS": pa.float64(), "RESP_LATENCY_MS": pa.float64(),
+    "OFFER_LATENCY_MS": pa.float64(), "ATTEMPTS": pa.int64(),
+}
+
+
+def decision_columns(ats: list[CallResult], resp: list[CallResult], offers: list[CallResult | None]) -> dict:
+    """``decision`` for many members, as columns (lists), the same values member for member."""
+    attempts = [a.attempts + r.attempts + (o.attempts if o is not None else 0)
+                for a, r, o in zip(ats, resp, offers, strict=True)]
+    errors = [None] * len(ats)
+    for i, (a, r, o) in enumerate(zip(ats, resp, offers, strict=True)):
+        if a.error or r.error or (o is not None and o.error):
+            errors[i] = "; ".join(e for e in (a.error, r.error, o.error if o is not None else None) if e)
+    return {
+        "ATS_PREDICTION": [a.value for a in ats],
+        "RESP_PREDICTION": [r.value for r in resp],
+        "OFFER": [o.value if o is not None else None for o in offers],
+        "STATUS": ["FAILED" if e else "OK" for e in errors],
+        "ERROR": errors,
+        "ATS_LATENCY_MS": [a.latency_ms for a in ats],
+        "RESP_LATENCY_MS": [r.latency_ms for r in resp],
+        "OFFER_LATENCY_MS": [o.latency_ms if o is not None else None for o in offers],
+        "ATTEMPTS": attempts,
+    }
+
+
+async def _decide_table(client: PartnerClient, members: pa.Table) -> dict:
+    """``_decide_batch`` for a table of members with transactions: the requests written from the
+    columns (``ObjectTemplate``), the decisions returned as columns."""
+    size = client.partner.endpoints.max_batch_size
+    bodies = client.body_template.render([members.column(name) for name in client.body_template.names]).to_pylist()
+    parts = chunks(bodies, size)
+    encoded = [json_list_field(BATCH_REQUEST_FIELD, part) for part in parts]
+    answers = await asyncio.gather(*(client.call_batch_async(kind, None, data, count=len(part))
+                                     for kind in ("ats", "resp") for part, data in zip(parts, encoded, strict=True)))
+    ats = [r for part in answers[:len(parts)] for r in part]
+    resp = [r for part in answers[len(parts):] for r in part]
+    ready = [i for i, (a, r) in enumerate(zip(ats, resp, strict=True)) if a.error is None and r.error is None]
+    offers: list[CallResult | None] = [None] * len(ats)
+    if ready:
+        offer_texts = client.offer_template.render([pa.array([ats[i].value for i in ready], pa.float64()),
+                                                   pa.array([resp[i].value for i in ready], pa.float64())]).to_pylist()
+        offer_parts = chunks(list(range(len(ready))), size)
+        offer_answers = await asyncio.gather(*(
+            client.call_batch_async("offer", None, json_list_field(BATCH_REQUEST_FIELD, offer_texts[part[0]:part[-1] + 1]),
+                                    count=len(part))
+            for part in offer_parts))
+        for part, results in zip(offer_parts, offer_answers, strict=True):
+            for j, result in zip(part, results, strict=True):
+                offers[ready[j]] = result
+    return decision_columns(ats, resp, offers)
+
+
+async def decide_table_async(client: PartnerClient, members: pa.Table) -> pa.Table:
+    """A table of members (``lantern.feature_table.members_table``) with their decisions as columns:
+    the batch routes for members with transactions, NO_TRANSACTIONS for the others. An unexpected
+    error fails the members that were to be called, with the reason, as in ``decide_batch_async``."""
+    active = pc.greater(members.column("N_TRANSACTIONS"), 0)
+    called, idle = members.filter(active), members.filter(pc.invert(active))
+    try:
+        columns = await _decide_table(client, called) if called.num_rows else decision_columns([], [], [])
+    except Exception as exc:
+        log.exception("unexpected error while calling the batch endpoints")
+        client.metrics.counter("members_internal_error").inc(called.num_rows)
+        failed = internal_error(exc)
+        columns = {name: [failed[name]] * called.num_rows for name in DECISION_TYPES}
+    for name, kind in DECISION_TYPES.items():
+        called = called.append_column(name, pa.array(columns[name], kind))
+        if name == "STATUS":
+            idle = idle.append_column(name, pa.repeat(pa.scalar("NO_TRANSACTIONS"), idle.num_rows))
+        elif name == "ATTEMPTS":
+            idle = idle.append_column(name, pa.array([0] * idle.num_rows, pa.int64()))
+        else:
+            idle = idle.append_column(name, pa.nulls(idle.num_rows, kind))
+    return pa.concat_tables([called, idle])
+
+
 def decide_batch(client: PartnerClient, features: list[dict]) -> list[dict]:
     """``decide_batch_async`` from a thread other than the client's loop (tests, benchmarks)."""
     return client.loop.run(decide_batch_async(client, features))
@@ -554,11 +649,11 @@ class CallEndpointsFn(TimedDoFn):
 
     FLUSH_S = 0.5  # metrics and the live limits reach Beam and the heartbeat this often
 
-    def __init__(self, partner: PartnerConfig, lists: bool = False):
+    def __init__(self, partner: PartnerConfig, tables: bool = False):
         self._partner = partner
-        # With ``lists`` (batch routes only), each element is a group of lists of members, with and
-        # without transactions, and one list of (member, summary, decision or None) leaves for it.
-        self._lists = lists
+        # With ``tables`` (batch routes only), each element is a group of tables of members
+        # (``lantern.feature_table.members_table``), and one table with their decisions leaves for it.
+        self._tables = tables
 
     def setup(self):
         self._client = PartnerClient(self._partner)
@@ -576,9 +671,9 @@ class CallEndpointsFn(TimedDoFn):
 
     def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         batch = self._partner.endpoints.batch
-        if self._lists:
-            members = [member for part in element for member in part]
-            self._client.loop.spawn(_decide_list_and_report(self._client, members, window, timestamp, self._done))
+        if self._tables:
+            table = pa.concat_tables(element) if len(element) > 1 else element[0]
+            self._client.loop.spawn(_decide_table_and_report(self._client, table, window, timestamp, self._done))
         else:
             self._client.loop.spawn(_decide_and_report(self._client, element, batch, window, timestamp, self._done))
         self._pending += 1
@@ -602,9 +697,14 @@ class CallEndpointsFn(TimedDoFn):
                 break
             self._pending -= 1
             for output in outputs:
-                for member in output.value if self._lists else (output.value,):
-                    if member[2] is not None:
-                        progress.member_called(member[1]["N_TRANSACTIONS"])
+                if isinstance(output.value, pa.Table):
+                    called = output.value.filter(pc.greater(output.value.column("N_TRANSACTIONS"), 0))
+                    progress.members_called(called.num_rows, pc.sum(called.column("N_TRANSACTIONS")).as_py() or 0)
+                    yield output
+                    continue
+                member = output.value
+                if member[2] is not None:
+                    progress.member_called(member[1]["N_TRANSACTIONS"])
                 yield output
             self._maybe_flush()
         self._maybe_flush()
@@ -632,19 +732,20 @@ async def _decide_and_report(client: PartnerClient, element, batch: bool, window
               for (member_id, summary), d in zip(members, decisions, strict=True)])
 
 
-async def _decide_list_and_report(client: PartnerClient, members: list, window, timestamp,
-                                  done: queue.SimpleQueue) -> None:
-    """A list of members on the batch routes: those with transactions called, the others passed
-    on with no decision; one list leaves, always (as in ``_decide_and_report``)."""
-    active = [i for i, (_, summary) in enumerate(members) if summary["N_TRANSACTIONS"] > 0]
+async def _decide_table_and_report(client: PartnerClient, members: pa.Table, window, timestamp,
+                                   done: queue.SimpleQueue) -> None:
+    """``decide_table_async`` on the loop; one table leaves, always (as in ``_decide_and_report``)."""
     try:
-        decisions = await decide_batch_async(client, [members[i][1]["FEATURES"] for i in active]) if active else []
-    except BaseException as exc:  # noqa: BLE001 - reported as the members' failure, never lost
-        decisions = [internal_error(exc) for _ in active]
-    out = [(member_id, summary, None) for member_id, summary in members]
-    for i, decision_ in zip(active, decisions, strict=True):
-        out[i] = (*members[i], decision_)
-    done.put([WindowedValue(out, timestamp, (window,))])
+        decided = await decide_table_async(client, members)
+    except BaseException as exc:
+        log.exception("unexpected error while deciding a table of members")
+        failed = internal_error(exc)
+        active = pc.greater(members.column("N_TRANSACTIONS"), 0).to_pylist()
+        decided = members
+        for name, kind in DECISION_TYPES.items():
+            idle = {"STATUS": "NO_TRANSACTIONS", "ATTEMPTS": 0}.get(name)
+            decided = decided.append_column(name, pa.array([failed[name] if a else idle for a in active], kind))
+    done.put([WindowedValue(decided, timestamp, (window,))])
 
 
 class CallEndpoints(beam.PTransform):
@@ -655,15 +756,15 @@ class CallEndpoints(beam.PTransform):
     the server sees few, large requests).
     """
 
-    def __init__(self, partner: PartnerConfig, lists: bool = False):
+    def __init__(self, partner: PartnerConfig, tables: bool = False):
         super().__init__()
         self._partner = partner
-        self._lists = lists  # elements are lists of members (batch routes only)
+        self._tables = tables  # elements are tables of members (batch routes only)
 
     def expand(self, members):
-        if self._lists:
+        if self._tables:
             size = 2 * self._partner.endpoints.max_batch_size
-            # Small lists (few members per shard) are grouped so requests stay full.
+            # Small tables (few members per shard) are grouped so requests stay full.
             members = members | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size,
                                                               element_size_fn=len)
         elif self._partner.endpoints.batch:
@@ -671,4 +772,5 @@ class CallEndpoints(beam.PTransform):
             # Fixed-size batches (a bundle's last one is smaller): BatchElements' adaptive
             # sizing would start at one member and ramp up, a round trip per tiny batch.
             members = members | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-        return members | "Call" >> beam.ParDo(CallEndpointsFn(self._partner, self._lists))
+        call = beam.ParDo(CallEndpointsFn(self._partner, self._tables))
+        return members | "Call" >> (call.with_output_types(pa.Table) if self._tables else call)

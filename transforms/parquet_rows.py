@@ -29,7 +29,7 @@ TABLE_BYTES = 64 * 1024 * 1024
 
 
 class RowsToTablesFn(beam.DoFn):
-    """Rows (dicts, lists of them, or Arrow tables) of the global window -> one Arrow table per bundle
+    """Rows (dicts, or Arrow tables of them) of the global window -> one Arrow table per bundle
     (or per ``table_bytes``)."""
 
     def __init__(self, schema: pa.Schema, batch_rows: int = BATCH_ROWS, table_bytes: int = TABLE_BYTES):
@@ -43,12 +43,10 @@ class RowsToTablesFn(beam.DoFn):
         self._bytes = 0
 
     def process(self, row):
-        if isinstance(row, pa.Table):  # rows already as columns (features-only runs of the block reader)
+        if isinstance(row, pa.Table):  # rows already as columns (the block reader's batched runs)
             table = row.select(self._schema.names).cast(self._schema)
             self._batches.extend(table.to_batches())
             self._bytes += table.nbytes
-        elif isinstance(row, list):  # a list of rows (batch routes of the block reader)
-            self._rows.extend(row)
         else:
             self._rows.append(row)
         if len(self._rows) >= self._batch_rows:

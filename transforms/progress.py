@@ -45,8 +45,12 @@ def reset() -> None:
 
 
 def member_called(n_transactions: int) -> None:
+    members_called(1, n_transactions)
+
+
+def members_called(members: int, n_transactions: int) -> None:
     with _lock:
-        _counts[MEMBERS_CALLED] = _counts.get(MEMBERS_CALLED, 0) + 1
+        _counts[MEMBERS_CALLED] = _counts.get(MEMBERS_CALLED, 0) + members
         _counts[TRANSACTIONS_DONE] = _counts.get(TRANSACTIONS_DONE, 0) + n_transactions
 
 

@@ -115,14 +115,13 @@ def result_table(decided: pa.Table, schema: pa.Schema, partner: str, as_of: dt.d
 class ToResultRowFn(progress.TalliedDoFn):
     """Members -> results rows, counted by status in plain integers handed to Beam per bundle (progress.Tally).
 
-    With ``batched``, an element is a list of members (a list of rows leaves) or a table of members
-    with their decisions as columns (``not_called_table``; a results table leaves)."""
+    An element is one member (one row leaves), or a table of members with their decisions as
+    columns (the block reader's ``not_called_table`` or batch-route tables: a results table leaves)."""
 
-    def __init__(self, columns: list[str], partner: str, as_of: dt.date, batched: bool = False):
+    def __init__(self, columns: list[str], partner: str, as_of: dt.date):
         self._columns = columns
         self._partner = partner
         self._as_of = as_of
-        self._batched = batched  # elements are lists of members, and a list of rows leaves for each
         self._schema = results_schema(columns)
         self._status_counter = {s: f"members_{s.lower()}" for s in STATUSES}
         self.tally = progress.Tally(self._status_counter.values())
@@ -133,8 +132,6 @@ class ToResultRowFn(progress.TalliedDoFn):
             for status in pc.value_counts(table.column("STATUS")).to_pylist():
                 self.tally.counts[self._status_counter[status["values"]]] += status["counts"]
             yield table
-        elif self._batched:
-            yield [self._row(member) for member in element]
         else:
             yield self._row(element)
 
