@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,11 +25,17 @@ def number_text(column: pa.Array) -> pa.Array:
     """Numbers as JSON text, row for row; nulls stay null."""
     if pa.types.is_integer(column.type):
         return pc.cast(column, pa.string())
-    text = pc.cast(pc.cast(column, pa.float64()), pa.string())
-    # Arrow writes 100 and -0 for the floats 100.0 and -0.0: add the point json.dumps writes.
-    integral = pc.invert(pc.match_substring_regex(text, r"[.eEn]"))
-    text = pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
-    if pc.any(pc.match_substring(text, "n")).as_py():  # inf, -inf, nan: as json.dumps spells them
+    column = pc.cast(column, pa.float64())
+    text = pc.cast(column, pa.string())
+    values = column.fill_null(0.0).to_numpy(zero_copy_only=False)
+    finite = np.isfinite(values)
+    # Arrow writes 100 and -0 for the floats 100.0 and -0.0 (and 1e+16 for 1e16): add the point
+    # json.dumps writes where the text has neither a point nor an exponent.
+    integral = finite & (values == np.trunc(values))
+    if integral.any():
+        plain = integral & ~pc.match_substring(text, "e").fill_null(False).to_numpy(zero_copy_only=False)
+        text = pc.if_else(pa.array(plain), pc.binary_join_element_wise(text, ".0", ""), text)
+    if not finite.all():  # inf, -inf, nan: as json.dumps spells them
         text = pc.replace_substring(text, "inf", "Infinity")
         text = pc.replace_substring(text, "nan", "NaN")
     return text

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.components.adaptive_throttler import ReactiveThrottler
@@ -61,6 +62,16 @@ class CallResult(NamedTuple):
     latency_ms: float | None  # None when the call was not sent (held back by the throttler)
     attempts: int
     error: str | None
+
+
+class BatchAnswer(NamedTuple):
+    """One batch request's answer for its members: a value each (None where it failed), the
+    members' errors (None when none failed), and the request's latency and attempts."""
+
+    values: list
+    errors: list[str | None] | None
+    latency_ms: float | None
+    attempts: int
 
 
 class BadResponse(ValueError):
@@ -196,6 +207,7 @@ class PartnerClient:
         self.policy = policy
         self.urls = {kind: partner.url(kind) for kind in KINDS}
         self.wire = partner.wire_names()
+        self._offers = frozenset(partner.endpoints.offer.offers)
         self.batch_urls = {kind: partner.url(kind, batch=True) for kind in KINDS} if partner.endpoints.batch else {}
         # The environment is read here, once per URL, not on every call.
         self._proxies = {url: env_proxy(url) for url in (*self.urls.values(), *self.batch_urls.values())}
@@ -402,18 +414,13 @@ class PartnerClient:
         self.outcomes[kind, "ok"].inc()
         return CallResult(value, posted.latency_ms, posted.attempts, None)
 
-    async def call_batch_async(self, kind: str, bodies: list[dict] | None, data: bytes | None = None,
-                               count: int | None = None) -> list[CallResult]:
-        """Many members' calls in one request to a batch route, one result per body, in order.
+    async def post_batch_async(self, kind: str, data: bytes, count: int) -> BatchAnswer:
+        """One request of ``count`` instances (``data``, already encoded) to a batch route.
 
         A failed request fails each of its members with the same reason; an item
         that is not a valid answer fails only its own member. Latency and attempts
-        are the request's, shared by its members. ``data`` is the request already
-        encoded (``batch_request``): ATS and RESP send the same instances. Without
-        ``bodies``, ``count`` says how many instances ``data`` holds.
+        are the request's, shared by its members.
         """
-        data = data if data is not None else batch_request(bodies)
-        count = len(bodies) if count is None else count
         posted = await self._post(kind, self.batch_urls[kind], data)
         failed = posted.error
         if not failed:
@@ -423,20 +430,34 @@ class PartnerClient:
                 self.outcomes[kind, "bad_response"].inc()
                 failed = self._failed(kind, posted.latency_ms, posted.attempts, f"bad response: {exc}").error
         if failed:
-            return [CallResult(None, posted.latency_ms, posted.attempts, failed)] * count
+            return BatchAnswer([None] * count, [failed] * count, posted.latency_ms, posted.attempts)
         self.outcomes[kind, "ok"].inc()
-        if kind != "offer" and all(type(v) is float for v in items) and all(map(math.isfinite, items)):
-            # The usual answer, every item a finite number: checked at once, not item by item.
-            return [CallResult(v, posted.latency_ms, posted.attempts, None) for v in items]
-        results = []
+        if kind == "offer":
+            offers = self._offers
+            usual = all(type(v) is str and v in offers for v in items)
+        else:
+            usual = all(type(v) is float for v in items) and all(map(math.isfinite, items))
+        if usual:  # every item a valid answer: checked at once, not item by item
+            return BatchAnswer(items, None, posted.latency_ms, posted.attempts)
+        values: list = []
+        errors: list[str | None] = []
         for item in items:
             try:
-                value, error = self._value(kind, item), None
+                values.append(self._value(kind, item))
+                errors.append(None)
             except BadResponse as exc:
                 self.bad_items[kind].inc()
-                value, error = None, f"{kind}: bad response item: {exc}"
-            results.append(CallResult(value, posted.latency_ms, posted.attempts, error))
-        return results
+                values.append(None)
+                errors.append(f"{kind}: bad response item: {exc}")
+        return BatchAnswer(values, errors if any(errors) else None, posted.latency_ms, posted.attempts)
+
+    async def call_batch_async(self, kind: str, bodies: list[dict], data: bytes | None = None) -> list[CallResult]:
+        """``post_batch_async`` for these bodies, one result per body, in order. ``data`` is the
+        request already encoded (``batch_request``): ATS and RESP send the same instances."""
+        answer = await self.post_batch_async(kind, data if data is not None else batch_request(bodies), len(bodies))
+        errors = answer.errors or [None] * len(bodies)
+        return [CallResult(value, answer.latency_ms, answer.attempts, error)
+                for value, error in zip(answer.values, errors, strict=True)]
 
     def call(self, kind: str, body: dict) -> CallResult:
         """``call_async`` from a thread other than the loop's (tests, benchmarks)."""
@@ -528,25 +549,12 @@ def batch_request(bodies: list[dict]) -> bytes:
 
 
 async def _decide_batch(client: PartnerClient, features: list[dict]) -> list[dict]:
-    partner = client.partner
-    size = partner.endpoints.max_batch_size
-    parts = chunks([prediction_body(partner, f, client.wire) for f in features], size)
-    # The ATS and RESP routes take the same instances: each part is encoded once, sent to both.
-    encoded = [batch_request(part) for part in parts]
-    answers = await asyncio.gather(*(client.call_batch_async(kind, part, data)
-                                     for kind in ("ats", "resp") for part, data in zip(parts, encoded, strict=True)))
-    ats = [r for part in answers[:len(parts)] for r in part]
-    resp = [r for part in answers[len(parts):] for r in part]
-    ready = [i for i, (a, r) in enumerate(zip(ats, resp, strict=True)) if a.error is None and r.error is None]
-    offers: list[CallResult | None] = [None] * len(features)
-    offer_parts = chunks(ready, size)
-    offer_answers = await asyncio.gather(*(
-        client.call_batch_async("offer", [offer_body(partner, ats[i].value, resp[i].value) for i in part])
-        for part in offer_parts))
-    for part, results in zip(offer_parts, offer_answers, strict=True):
-        for i, result in zip(part, results, strict=True):
-            offers[i] = result
-    return [decision(a, r, o) for a, r, o in zip(ats, resp, offers, strict=True)]
+    # Members one by one (the line reader's) take the table path: one call sequence for both.
+    table = pa.table({name: [f[name] for f in features] for name in client.body_template.names})
+    columns = await _decide_table(client, table)
+    columns["ATTEMPTS"] = columns["ATTEMPTS"].tolist()
+    return [dict(zip(DECISION_TYPES, values, strict=True))
+            for values in zip(*(columns[name] for name in DECISION_TYPES), strict=True)]
 
 
 DECISION_TYPES = {
@@ -556,52 +564,52 @@ DECISION_TYPES = {
 }
 
 
-def decision_columns(ats: list[CallResult], resp: list[CallResult], offers: list[CallResult | None]) -> dict:
-    """``decision`` for many members, as columns (lists), the same values member for member."""
-    attempts = [a.attempts + r.attempts + (o.attempts if o is not None else 0)
-                for a, r, o in zip(ats, resp, offers, strict=True)]
-    errors = [None] * len(ats)
-    for i, (a, r, o) in enumerate(zip(ats, resp, offers, strict=True)):
-        if a.error or r.error or (o is not None and o.error):
-            errors[i] = "; ".join(e for e in (a.error, r.error, o.error if o is not None else None) if e)
-    return {
-        "ATS_PREDICTION": [a.value for a in ats],
-        "RESP_PREDICTION": [r.value for r in resp],
-        "OFFER": [o.value if o is not None else None for o in offers],
-        "STATUS": ["FAILED" if e else "OK" for e in errors],
-        "ERROR": errors,
-        "ATS_LATENCY_MS": [a.latency_ms for a in ats],
-        "RESP_LATENCY_MS": [r.latency_ms for r in resp],
-        "OFFER_LATENCY_MS": [o.latency_ms if o is not None else None for o in offers],
-        "ATTEMPTS": attempts,
-    }
+def _spread(answers: list[BatchAnswer]) -> tuple[list, list, list, list]:
+    """Per-request answers -> per-member columns: values, errors, latencies, attempts."""
+    values, errors, latency, attempts = [], [], [], []
+    for answer in answers:
+        n = len(answer.values)
+        values += answer.values
+        errors += answer.errors or [None] * n
+        latency += [answer.latency_ms] * n
+        attempts += [answer.attempts] * n
+    return values, errors, latency, attempts
 
 
-async def _decide_table(client: PartnerClient, members: pa.Table) -> dict:
+async def _decide_table(client: PartnerClient, members: pa.Table) -> dict[str, list]:
     """``_decide_batch`` for a table of members with transactions: the requests written from the
-    columns (``ObjectTemplate``), the decisions returned as columns."""
+    columns (``ObjectTemplate``), the decisions (``decision``'s values) returned as columns."""
     size = client.partner.endpoints.max_batch_size
     bodies = client.body_template.render([members.column(name) for name in client.body_template.names]).to_pylist()
     parts = chunks(bodies, size)
     encoded = [json_list_field(BATCH_REQUEST_FIELD, part) for part in parts]
-    answers = await asyncio.gather(*(client.call_batch_async(kind, None, data, count=len(part))
+    answers = await asyncio.gather(*(client.post_batch_async(kind, data, len(part))
                                      for kind in ("ats", "resp") for part, data in zip(parts, encoded, strict=True)))
-    ats = [r for part in answers[:len(parts)] for r in part]
-    resp = [r for part in answers[len(parts):] for r in part]
-    ready = [i for i, (a, r) in enumerate(zip(ats, resp, strict=True)) if a.error is None and r.error is None]
-    offers: list[CallResult | None] = [None] * len(ats)
+    ats, ats_errors, ats_latency, ats_attempts = _spread(answers[:len(parts)])
+    resp, resp_errors, resp_latency, resp_attempts = _spread(answers[len(parts):])
+    n = len(bodies)
+    ready = [i for i in range(n) if ats_errors[i] is None and resp_errors[i] is None]
+    offer, offer_errors, offer_latency, offer_attempts = [None] * n, [None] * n, [None] * n, [0] * n
     if ready:
-        offer_texts = client.offer_template.render([pa.array([ats[i].value for i in ready], pa.float64()),
-                                                   pa.array([resp[i].value for i in ready], pa.float64())]).to_pylist()
-        offer_parts = chunks(list(range(len(ready))), size)
+        texts = client.offer_template.render([pa.array([ats[i] for i in ready], pa.float64()),
+                                             pa.array([resp[i] for i in ready], pa.float64())]).to_pylist()
+        offer_parts = chunks(texts, size)
         offer_answers = await asyncio.gather(*(
-            client.call_batch_async("offer", None, json_list_field(BATCH_REQUEST_FIELD, offer_texts[part[0]:part[-1] + 1]),
-                                    count=len(part))
+            client.post_batch_async("offer", json_list_field(BATCH_REQUEST_FIELD, part), len(part))
             for part in offer_parts))
-        for part, results in zip(offer_parts, offer_answers, strict=True):
-            for j, result in zip(part, results, strict=True):
-                offers[ready[j]] = result
-    return decision_columns(ats, resp, offers)
+        for i, value, error, latency, attempts in zip(ready, *_spread(offer_answers), strict=True):
+            offer[i], offer_errors[i], offer_latency[i], offer_attempts[i] = value, error, latency, attempts
+    errors = [None] * n
+    for i, triple in enumerate(zip(ats_errors, resp_errors, offer_errors, strict=True)):
+        if any(triple):
+            errors[i] = "; ".join(e for e in triple if e)
+    return {
+        "ATS_PREDICTION": ats, "RESP_PREDICTION": resp, "OFFER": offer,
+        "STATUS": ["FAILED" if e else "OK" for e in errors], "ERROR": errors,
+        "ATS_LATENCY_MS": ats_latency, "RESP_LATENCY_MS": resp_latency, "OFFER_LATENCY_MS": offer_latency,
+        "ATTEMPTS": (np.asarray(ats_attempts, dtype=np.int64) + np.asarray(resp_attempts, dtype=np.int64)
+                     + np.asarray(offer_attempts, dtype=np.int64)),
+    }
 
 
 async def decide_table_async(client: PartnerClient, members: pa.Table) -> pa.Table:
@@ -611,7 +619,7 @@ async def decide_table_async(client: PartnerClient, members: pa.Table) -> pa.Tab
     active = pc.greater(members.column("N_TRANSACTIONS"), 0)
     called, idle = members.filter(active), members.filter(pc.invert(active))
     try:
-        columns = await _decide_table(client, called) if called.num_rows else decision_columns([], [], [])
+        columns = await _decide_table(client, called) if called.num_rows else {name: [] for name in DECISION_TYPES}
     except Exception as exc:
         log.exception("unexpected error while calling the batch endpoints")
         client.metrics.counter("members_internal_error").inc(called.num_rows)
