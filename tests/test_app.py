@@ -1,10 +1,12 @@
 """The reference service: every route, the formulas of docs/contract.md, and 422 on bad bodies."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
-from app import app
+from app import JSONRoute, app
 
 client = TestClient(app)
 
@@ -69,3 +71,20 @@ def test_bad_body_is_422_with_a_message(path, body):
 def test_not_json_is_422():
     response = client.post("/offer/assign", content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 422
+
+
+@pytest.mark.parametrize("path, field", [("/ml/ats/predict", "AVG_POINTS_BOUGHT"), ("/offer/assign", "resp_prediction")])
+@pytest.mark.parametrize("value", [b"Infinity", b"-Infinity", b"NaN"])
+def test_infinite_or_nan_numbers_are_422(path, field, value):
+    body = FEATURES if path.startswith("/ml") else {"ats_prediction": 1.0, "resp_prediction": 0.5}
+    text = json.dumps({**body, field: 1.0}).replace(f'"{field}": 1.0', f'"{field}": {value.decode()}')
+    response = client.post(path, content=text.encode(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+
+
+def test_the_json_parser_reads_what_json_loads_reads():
+    text = '{"ats_prediction": 1e2, "resp_prediction": 5E-1, "ignored": [null, true, "\\u00e9", {"a": -0}]}'
+    response = client.post("/offer/assign", content=text.encode(), headers={"Content-Type": "application/json"})
+    assert response.json() == {"offer": "OFFER_1"}
+    assert all(isinstance(route, JSONRoute) for route in app.router.routes if hasattr(route, "body_field"))
