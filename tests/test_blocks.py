@@ -16,6 +16,7 @@ import json
 import random
 from pathlib import Path
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 from apache_beam import coders
@@ -85,14 +86,20 @@ def block_path(paths: list[str], layouts, rng: random.Random, delimiter=",", for
             for element in split.source.read(tracker):
                 _keep(fn.process(element), shards, dead)
             if rng.random() < 0.5:  # a new bundle: drain what the table holds
-                _keep((wv.value for wv in fn.finish_bundle() or ()), shards, dead)
-    _keep((wv.value for wv in fn.finish_bundle() or ()), shards, dead)
+                _keep(_unwindowed(fn.finish_bundle()), shards, dead)
+    _keep(_unwindowed(fn.finish_bundle()), shards, dead)
     features = {}
     for shard, batches in shards.items():  # the shuffle's groups, merged and summarised as the pipeline does
         for combine in (COMBINE, SPEC_COMBINE):  # the SPEC's 8 features have their own reader of packed bytes
             for member, summary in CombineMemberShardsFn(combine).process((shard, batches)):
                 features[member] = features.get(member, "") + _summary(summary)
     return _counts(fn), features, _sorted(dead)
+
+
+def _unwindowed(outputs):
+    """finish_bundle's windowed values (tagged or not) as process() would have given them."""
+    for out in outputs or ():
+        yield beam.pvalue.TaggedOutput(out.tag, out.value.value) if hasattr(out, "tag") else out.value
 
 
 def _keep(outputs, shards, dead):

@@ -10,7 +10,9 @@ import csv
 import datetime as dt
 import logging
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -446,14 +448,17 @@ def parse_block(
     )
 
 
+PARSE_THREADS = 2  # blocks parsed at once, ahead of the fold
 _GLOBAL_WINDOWS = (GlobalWindow(),)  # one tuple for every drained member: building it was ~1 µs a member
 
 
 class ParseBlocksFn(ParseLineFn):
     """(file name, block of whole lines) -> (member id, packed partial accumulator), or dead letters.
 
-    Each block is parsed in one call (``parse_block``); lines the fast path does not vouch
-    for go through ``parse_line``. All of a bundle's rows are folded into one ``MemberTable``,
+    Each block is parsed in one call (``parse_block``), on a small thread pool that parses the
+    next blocks while this thread folds the last one (pyarrow and numpy let go of the GIL);
+    blocks are folded in the order they came. Lines the fast path does not vouch for go
+    through ``parse_line``. All of a bundle's rows are folded into one ``MemberTable``,
     drained when the bundle ends (or when it holds ``max_members``): one accumulator per member
     per bundle goes to ``CombinePerKey(MemberFeaturesFn)``, not one value per row.
     """
@@ -465,16 +470,36 @@ class ParseBlocksFn(ParseLineFn):
         self._max_members = max_members
         self._buffer_rows = buffer_rows
 
+    def setup(self):
+        # Blocks are parsed ahead on other threads: pyarrow and numpy let go of the GIL for most
+        # of parse_block, so a second core works while this thread folds and reads on.
+        self._pool = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="parse-block")
+
+    def teardown(self):
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
     def start_bundle(self):
         super().start_bundle()
+        if getattr(self, "_pool", None) is None:  # setup() not called (a DoFn driven by hand)
+            self.setup()
         self._table = MemberTable() if self._buffer_rows is None else MemberTable(buffer_rows=self._buffer_rows)
+        self._ahead: deque[tuple[str, Future]] = deque()
 
     def process(self, element: tuple[str, bytes]):
         source, block = element
+        self.tally.counts["bytes_read"] += len(block)
+        self._ahead.append((source, self._pool.submit(
+            parse_block, block, self._layouts[source], self._delimiter, self._formats, self._last_day_us,
+            self._type_codes)))
+        while len(self._ahead) > PARSE_THREADS:  # keep the threads busy, in block order
+            source, parsed = self._ahead.popleft()
+            yield from self._fold(source, parsed.result())
+
+    def _fold(self, source: str, rows: BlockRows):
+        """A parsed block into the bundle's table; its lines the fast path left go through parse_line."""
         counts = self.tally.counts
-        counts["bytes_read"] += len(block)
-        rows = parse_block(block, self._layouts[source], self._delimiter, self._formats, self._last_day_us,
-                           self._type_codes)
         table = self._table
         n_txn, n_idle = len(rows.codes), len(rows.member_only)
         counts["rows_read"] += n_txn + n_idle
@@ -509,6 +534,13 @@ class ParseBlocksFn(ParseLineFn):
             yield from shard_batches(table.drain())
 
     def finish_bundle(self):
+        while self._ahead:  # the blocks still being parsed: their outputs leave as windowed values
+            source, parsed = self._ahead.popleft()
+            for out in self._fold(source, parsed.result()):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, MIN_TIMESTAMP, _GLOBAL_WINDOWS))
+                else:
+                    yield WindowedValue(out, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
         self._table.flush()
         self.tally.counts[MEMBER_ACCUMULATORS] += len(self._table)
         for batch in shard_batches(self._table.drain()):
