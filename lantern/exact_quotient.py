@@ -28,6 +28,19 @@ def _bit_length(values: np.ndarray) -> np.ndarray:
     return np.frexp(values.astype(np.float64))[1].astype(np.int64)
 
 
+def _magnitudes(limbs: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """Two's complement limbs -> magnitudes where ``negative`` (``~x + 1``, the carry rippling up)."""
+    if negative.any():
+        neg = limbs[negative]
+        carry = np.ones(len(neg), dtype=np.uint64)
+        for k in range(neg.shape[1]):
+            value = (~neg[:, k] & _MASK) + carry
+            neg[:, k] = value & _MASK
+            carry = value >> _U64(LIMB_BITS)
+        limbs[negative] = neg
+    return limbs
+
+
 def from_signed_bytes(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Big-endian two's complement integers, one per row of ``data`` (uint8, shape (m, w)), as
     (magnitude limbs of shape (m, k), negative mask)."""
@@ -38,15 +51,7 @@ def from_signed_bytes(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fill = np.where(negative, 255, 0).astype(np.uint8)[:, None]
         data = np.concatenate([np.repeat(fill, pad, axis=1), data], axis=1)
     limbs = np.ascontiguousarray(data).view(">u4")[:, ::-1].astype(np.uint64)  # least significant first
-    if negative.any():  # magnitude = ~x + 1, the carry rippling up
-        neg = limbs[negative]
-        carry = np.ones(len(neg), dtype=np.uint64)
-        for k in range(neg.shape[1]):
-            value = (~neg[:, k] & _MASK) + carry
-            neg[:, k] = value & _MASK
-            carry = value >> _U64(LIMB_BITS)
-        limbs[negative] = neg
-    return limbs, negative
+    return _magnitudes(limbs, negative), negative
 
 
 def from_signed_limbs(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,15 +68,7 @@ def from_signed_limbs(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     top = parts[:, -1]
     wide = np.concatenate([parts[:, :-1], (top & 0xFFFFFFFF)[:, None], (top >> 32)[:, None]], axis=1)
     limbs = (wide.astype(np.uint64) & _MASK)
-    if negative.any():
-        neg = limbs[negative]
-        carry = np.ones(len(neg), dtype=np.uint64)
-        for j in range(neg.shape[1]):
-            value = (~neg[:, j] & _MASK) + carry
-            neg[:, j] = value & _MASK
-            carry = value >> _U64(LIMB_BITS)
-        limbs[negative] = neg
-    return limbs, negative
+    return _magnitudes(limbs, negative), negative
 
 
 def quotients(limbs: np.ndarray, negative: np.ndarray, scale: np.ndarray | int,
