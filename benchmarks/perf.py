@@ -4,7 +4,7 @@
     python benchmarks/perf.py --sizes 10000 --runs 1  # a quick look
 
 Needs the project installed (``scripts/venv.sh`` or /work/venv), polars and
-pandas for the in-memory references (``pip install -e ".[bench]"``; benchmark
+pandas for the in-memory references (``pip install -e ".[test,bench]"``; benchmark
 only, never a dependency of the pipeline) and ``wrk`` for the endpoint capacity
 (``apt-get install -y wrk``). Exports are generated under ``benchmarks/data/``
 (ignored by git) and reused; run outputs go to a temporary folder.
