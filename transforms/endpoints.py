@@ -612,28 +612,42 @@ async def _decide_table(client: PartnerClient, members: pa.Table) -> dict[str, l
     }
 
 
-async def decide_table_async(client: PartnerClient, members: pa.Table) -> pa.Table:
-    """A table of members (``lantern.feature_table.members_table``) with their decisions as columns:
-    the batch routes for members with transactions, NO_TRANSACTIONS for the others. An unexpected
-    error fails the members that were to be called, with the reason, as in ``decide_batch_async``."""
+def _split_by_activity(members: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(members with transactions, to be called; members without)."""
     active = pc.greater(members.column("N_TRANSACTIONS"), 0)
-    called, idle = members.filter(active), members.filter(pc.invert(active))
-    try:
-        columns = await _decide_table(client, called) if called.num_rows else {name: [] for name in DECISION_TYPES}
-    except Exception as exc:
-        log.exception("unexpected error while calling the batch endpoints")
-        client.metrics.counter("members_internal_error").inc(called.num_rows)
-        failed = internal_error(exc)
-        columns = {name: [failed[name]] * called.num_rows for name in DECISION_TYPES}
+    return members.filter(active), members.filter(pc.invert(active))
+
+
+def _failed_columns(exc: BaseException, n: int) -> dict[str, list]:
+    failed = internal_error(exc)
+    return {name: [failed[name]] * n for name in DECISION_TYPES}
+
+
+def _with_decisions(called: pa.Table, columns: dict[str, list], idle: pa.Table) -> pa.Table:
+    """The called members with their decision columns, then the idle ones with NO_TRANSACTIONS."""
     for name, kind in DECISION_TYPES.items():
         called = called.append_column(name, pa.array(columns[name], kind))
         if name == "STATUS":
             idle = idle.append_column(name, pa.repeat(pa.scalar("NO_TRANSACTIONS"), idle.num_rows))
         elif name == "ATTEMPTS":
-            idle = idle.append_column(name, pa.array([0] * idle.num_rows, pa.int64()))
+            idle = idle.append_column(name, pa.array(np.zeros(idle.num_rows, dtype=np.int64)))
         else:
             idle = idle.append_column(name, pa.nulls(idle.num_rows, kind))
     return pa.concat_tables([called, idle])
+
+
+async def decide_table_async(client: PartnerClient, members: pa.Table) -> pa.Table:
+    """A table of members (``lantern.feature_table.members_table``) with their decisions as columns:
+    the batch routes for members with transactions, NO_TRANSACTIONS for the others. An unexpected
+    error fails the members that were to be called, with the reason, as in ``decide_batch_async``."""
+    called, idle = _split_by_activity(members)
+    try:
+        columns = await _decide_table(client, called) if called.num_rows else {name: [] for name in DECISION_TYPES}
+    except Exception as exc:
+        log.exception("unexpected error while calling the batch endpoints")
+        client.metrics.counter("members_internal_error").inc(called.num_rows)
+        columns = _failed_columns(exc, called.num_rows)
+    return _with_decisions(called, columns, idle)
 
 
 def decide_batch(client: PartnerClient, features: list[dict]) -> list[dict]:
@@ -745,14 +759,10 @@ async def _decide_table_and_report(client: PartnerClient, members: pa.Table, win
     """``decide_table_async`` on the loop; one table leaves, always (as in ``_decide_and_report``)."""
     try:
         decided = await decide_table_async(client, members)
-    except BaseException as exc:
+    except BaseException as exc:  # reported as the members' failure, never lost
         log.exception("unexpected error while deciding a table of members")
-        failed = internal_error(exc)
-        active = pc.greater(members.column("N_TRANSACTIONS"), 0).to_pylist()
-        decided = members
-        for name, kind in DECISION_TYPES.items():
-            idle = {"STATUS": "NO_TRANSACTIONS", "ATTEMPTS": 0}.get(name)
-            decided = decided.append_column(name, pa.array([failed[name] if a else idle for a in active], kind))
+        called, idle = _split_by_activity(members)
+        decided = _with_decisions(called, _failed_columns(exc, called.num_rows), idle)
     done.put([WindowedValue(decided, timestamp, (window,))])
 
 
