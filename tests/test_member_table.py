@@ -1,0 +1,49 @@
+"""The column fold's packed records: byte for byte ``lantern.features.pack`` of the same rows."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from lantern import features as F
+from lantern.member_table import MemberTable, read_batch, shard_batches, shard_of
+
+
+def _size(values: list[float]) -> int:
+    """Bytes of the odd part of the exact sum of ``values`` (``_pack_sum``'s size field)."""
+    total = sum(F.exact(v) for v in values)
+    return int.from_bytes(F._pack_sum(total)[2:4], "big")
+
+
+def test_records_of_every_shape_pack_as_pack_does():
+    # Revenue sums whose odd parts need more than 64 bytes (values far apart in magnitude) next to
+    # points sums of other sizes: every (points size, revenue size, last-3 count) is its own shape.
+    candidates = [[1.0], [1.5, 2.25], [1e200, 1e-200], [1e300, 1e-300, 3.0], [1e100, 1e-100], [0.1, 0.2, 0.3],
+                  [2.0 ** 515, 1.0], [256.0, 1.0]]  # (1, 65) and (2, 1) bytes: one shape if sizes were mixed
+    members = {}
+    for i, (points, revenue) in enumerate(itertools.product(candidates, candidates)):
+        n = max(len(points), len(revenue))
+        members[f"M{i}"] = [F.Transaction(1_700_000_000_000_000 + j, j % 3, (points * 3)[j], (revenue * 3)[j])
+                            for j in range(n)]
+    assert len({(_size([t.points for t in txns]), _size([t.revenue for t in txns])) for txns in members.values()}) > 20
+    ids = list(members)
+    rows = [(code, txn) for code, member in enumerate(ids) for txn in members[member]]
+    table = MemberTable()
+    table.add(ids, np.array([c for c, _ in rows]), np.array([t.ts_us for _, t in rows]),
+              np.array([t.type_code for _, t in rows]), np.array([t.points for _, t in rows]),
+              np.array([t.revenue for _, t in rows]))
+    drained_ids, packed = table.drain()
+    expected = {}
+    for member, txns in members.items():
+        acc = F.create()
+        for txn in txns:
+            F.add(acc, txn)
+        expected[member] = F.pack(acc)
+    assert dict(zip(drained_ids.to_pylist(), packed.to_pylist(), strict=True)) == expected
+    # and through the shuffle's batches: every member once, in its shard
+    seen = {}
+    for shard, batch in shard_batches(drained_ids, packed):
+        for member, record in zip(*read_batch(batch), strict=True):
+            assert shard_of(member) == shard
+            seen[member] = record
+    assert seen == expected
