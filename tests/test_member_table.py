@@ -47,3 +47,26 @@ def test_records_of_every_shape_pack_as_pack_does():
             assert shard_of(member) == shard
             seen[member] = record
     assert seen == expected
+
+
+def test_a_bundles_shards_leave_the_combine_as_tables_of_about_table_members():
+    import datetime as dt
+
+    from lantern.feature_table import summaries
+    from transforms.features import CombineMemberShardsFn, MemberFeaturesFn
+
+    table = MemberTable()
+    ids = [f"M{i}" for i in range(300)]
+    codes = np.arange(600) % 300
+    table.add(ids, codes, 1_700_000_000_000_000 + codes * 1_000_000, codes % 3, codes * 1.5, codes * 0.25)
+    table.add_members(["IDLE1", "IDLE2"])
+    shards = list(shard_batches(*table.drain()))
+    fn = MemberFeaturesFn(dt.date(2026, 11, 24))
+    one_by_one = {m: s for shard in shards for m, s in CombineMemberShardsFn(fn).process((shard[0], [shard[1]]))}
+    batched = CombineMemberShardsFn(fn, batched=True, table_members=100)
+    batched.start_bundle()
+    tables = [t for shard in shards for t in batched.process((shard[0], [shard[1]]))]
+    tables += [wv.value for wv in batched.finish_bundle()]
+    assert all(t.num_rows >= 100 for t in tables[:-1]) and len(tables) < len(shards)
+    gathered = {m: s for t in tables for m, s in summaries(t)}
+    assert gathered == one_by_one and len(gathered) == 302

@@ -552,7 +552,6 @@ async def _decide_batch(client: PartnerClient, features: list[dict]) -> list[dic
     # Members one by one (the line reader's) take the table path: one call sequence for both.
     table = pa.table({name: [f[name] for f in features] for name in client.body_template.names})
     columns = await _decide_table(client, table)
-    columns["ATTEMPTS"] = columns["ATTEMPTS"].tolist()
     return [dict(zip(DECISION_TYPES, values, strict=True))
             for values in zip(*(columns[name] for name in DECISION_TYPES), strict=True)]
 
@@ -576,28 +575,22 @@ def _spread(answers: list[BatchAnswer]) -> tuple[list, list, list, list]:
     return values, errors, latency, attempts
 
 
-async def _decide_table(client: PartnerClient, members: pa.Table) -> dict[str, list]:
-    """``_decide_batch`` for a table of members with transactions: the requests written from the
-    columns (``ObjectTemplate``), the decisions (``decision``'s values) returned as columns."""
-    size = client.partner.endpoints.max_batch_size
-    bodies = client.body_template.render([members.column(name) for name in client.body_template.names]).to_pylist()
-    parts = chunks(bodies, size)
-    encoded = [json_list_field(BATCH_REQUEST_FIELD, part) for part in parts]
-    answers = await asyncio.gather(*(client.post_batch_async(kind, data, len(part))
-                                     for kind in ("ats", "resp") for part, data in zip(parts, encoded, strict=True)))
-    ats, ats_errors, ats_latency, ats_attempts = _spread(answers[:len(parts)])
-    resp, resp_errors, resp_latency, resp_attempts = _spread(answers[len(parts):])
+async def _decide_request(client: PartnerClient, bodies: list[str]) -> dict[str, list]:
+    """One request's worth of members (bodies already written): ATS and RESP at once, then the
+    offer for the members whose two predictions both succeeded; ``decision``'s values as columns."""
     n = len(bodies)
+    data = json_list_field(BATCH_REQUEST_FIELD, bodies)  # the same instances for ATS and RESP
+    ats_answer, resp_answer = await asyncio.gather(client.post_batch_async("ats", data, n),
+                                                   client.post_batch_async("resp", data, n))
+    ats, ats_errors, ats_latency, ats_attempts = _spread([ats_answer])
+    resp, resp_errors, resp_latency, resp_attempts = _spread([resp_answer])
     ready = [i for i in range(n) if ats_errors[i] is None and resp_errors[i] is None]
     offer, offer_errors, offer_latency, offer_attempts = [None] * n, [None] * n, [None] * n, [0] * n
     if ready:
         texts = client.offer_template.render([pa.array([ats[i] for i in ready], pa.float64()),
                                              pa.array([resp[i] for i in ready], pa.float64())]).to_pylist()
-        offer_parts = chunks(texts, size)
-        offer_answers = await asyncio.gather(*(
-            client.post_batch_async("offer", json_list_field(BATCH_REQUEST_FIELD, part), len(part))
-            for part in offer_parts))
-        for i, value, error, latency, attempts in zip(ready, *_spread(offer_answers), strict=True):
+        answer = await client.post_batch_async("offer", json_list_field(BATCH_REQUEST_FIELD, texts), len(texts))
+        for i, value, error, latency, attempts in zip(ready, *_spread([answer]), strict=True):
             offer[i], offer_errors[i], offer_latency[i], offer_attempts[i] = value, error, latency, attempts
     errors = [None] * n
     for i, triple in enumerate(zip(ats_errors, resp_errors, offer_errors, strict=True)):
@@ -607,9 +600,18 @@ async def _decide_table(client: PartnerClient, members: pa.Table) -> dict[str, l
         "ATS_PREDICTION": ats, "RESP_PREDICTION": resp, "OFFER": offer,
         "STATUS": ["FAILED" if e else "OK" for e in errors], "ERROR": errors,
         "ATS_LATENCY_MS": ats_latency, "RESP_LATENCY_MS": resp_latency, "OFFER_LATENCY_MS": offer_latency,
-        "ATTEMPTS": (np.asarray(ats_attempts, dtype=np.int64) + np.asarray(resp_attempts, dtype=np.int64)
-                     + np.asarray(offer_attempts, dtype=np.int64)),
+        "ATTEMPTS": [a + r + o for a, r, o in zip(ats_attempts, resp_attempts, offer_attempts, strict=True)],
     }
+
+
+async def _decide_table(client: PartnerClient, members: pa.Table) -> dict[str, list]:
+    """``_decide_batch`` for a table of members with transactions: the request bodies written from
+    the columns (``ObjectTemplate``), cut into requests of ``max_batch_size`` that each go on to
+    their offer as soon as their own predictions are in; the decisions returned as columns."""
+    size = client.partner.endpoints.max_batch_size
+    bodies = client.body_template.render([members.column(name) for name in client.body_template.names]).to_pylist()
+    parts = await asyncio.gather(*(_decide_request(client, part) for part in chunks(bodies, size)))
+    return {name: [value for part in parts for value in part[name]] for name in DECISION_TYPES}
 
 
 def _split_by_activity(members: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -694,6 +696,8 @@ class CallEndpointsFn(TimedDoFn):
     def process(self, element, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         batch = self._partner.endpoints.batch
         if self._tables:
+            if not element:  # BatchElements flushes an empty group before a table larger than a group
+                return
             table = pa.concat_tables(element) if len(element) > 1 else element[0]
             self._client.loop.spawn(_decide_table_and_report(self._client, table, window, timestamp, self._done))
         else:

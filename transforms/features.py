@@ -9,7 +9,9 @@ import datetime as dt
 from collections.abc import Iterable
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam import coders
+from apache_beam.transforms.window import GlobalWindows
 
 from lantern.feature_table import members_table, summaries
 from lantern.features import (
@@ -129,30 +131,53 @@ class MemberFeaturesFn(beam.CombineFn):
         return {"N_TRANSACTIONS": acc[N], "FEATURES": extract(acc, self._as_of, self._names)}
 
 
+# Members per table leaving the combine with ``batched``: a bundle's shards are gathered up to this
+# many members, so the column work (a few hundred numpy and Arrow calls per table) is paid per
+# table of tens of thousands of members, not per shard of a few hundred.
+TABLE_MEMBERS = 1 << 15
+
+
 class CombineMemberShardsFn(beam.DoFn):
-    """(shard, batches of (member, packed partial accumulator)) -> the shard's members with their features.
+    """(shard, batches of (member, packed partial accumulator)) -> the shards' members with their features.
 
     The block reader's shuffle: each bundle sends its members' accumulators in one batch per
     shard (``lantern.member_table.shard_batches``), so the shuffle moves batches, not members.
     Here a shard's batches are merged (a member's accumulators from several bundles combined with
-    ``MemberFeaturesFn``) and the features of all its members are computed at once, as columns
+    ``MemberFeaturesFn``) and the features of its members are computed at once, as columns
     (``lantern.feature_table``), with the digits ``CombinePerKey(MemberFeaturesFn)`` gives.
-    With ``batched`` the shard leaves as one ``members_table``; otherwise member by member, as
-    (member, summary) pairs.
+    With ``batched``, the shards of a bundle leave as ``members_table``s of about
+    ``TABLE_MEMBERS`` members; otherwise member by member, as (member, summary) pairs.
     """
 
-    def __init__(self, fn: MemberFeaturesFn, batched: bool = False):
+    def __init__(self, fn: MemberFeaturesFn, batched: bool = False, table_members: int = TABLE_MEMBERS):
         self._fn = fn
         self._batched = batched
+        self._table_members = table_members
 
     def _merge(self, parts: list[bytes]) -> bytes:
         return at_rest(self._fn.merge_accumulators(parts))
 
+    def start_bundle(self):
+        self._held: list[tuple[pa.Array, pa.Array]] = []  # merged shards waiting to become one table
+        self._held_members = 0
+
     def process(self, element: tuple[int, Iterable[bytes]]):
         _, batches = element
         ids, packed = merge_batches(batches, self._merge)
-        table = members_table(ids, packed, self._fn.as_of, self._fn.names)
-        if self._batched:
-            yield table
-        else:
-            yield from summaries(table, self._fn.names)
+        if not self._batched:
+            yield from summaries(members_table(ids, packed, self._fn.as_of, self._fn.names), self._fn.names)
+            return
+        self._held.append((ids, packed))
+        self._held_members += len(ids)
+        if self._held_members >= self._table_members:
+            yield self._table()
+
+    def finish_bundle(self):
+        if self._held:
+            yield GlobalWindows.windowed_value_at_end_of_window(self._table())
+
+    def _table(self) -> pa.Table:
+        held, self._held, self._held_members = self._held, [], 0
+        ids = pa.concat_arrays([part[0] for part in held])
+        packed = pa.concat_arrays([part[1] for part in held])
+        return members_table(ids, packed, self._fn.as_of, self._fn.names)
