@@ -269,30 +269,25 @@ class MemberTable:
         return np.concatenate([parts[:, :-1].astype("<u4").view(np.uint8).reshape(n, -1),
                                parts[:, -1:].astype("<i8").view(np.uint8).reshape(n, -1)], axis=1)
 
-    def drain(self) -> tuple[pa.Array, pa.Array]:
-        """(member ids, packed accumulators) of every member held, as Arrow arrays; the table is
-        empty afterwards."""
+    def drain(self) -> Iterable[tuple[str, bytes]]:
+        """(member, packed accumulator) for every member held; the table is empty afterwards."""
         self.flush()
         n = len(self._ids)
-        ids = self._ids
-        chunks: list[pa.Array] = []
+        ids = self._ids.to_pylist()
+        packed: list[bytes] = []
         for start in range(0, n, 1 << 16):
             rows = slice(start, min(start + (1 << 16), n))
             held = self._last3[rows]
             last3 = (held[:, :, 0], held[:, :, 1].view(np.float64), held[:, :, 2].view(np.float64), held[:, :, 3])
             sums = [(self._limb_bytes(f, rows), _LIMB_BITS * (self._base or 0)) for f in (0, 1)]
-            chunks.append(pack_columns(self._counts[rows], sums, last3))
-        packed = pa.concat_arrays(chunks) if chunks else pa.array([], pa.binary())
-        if self._outside:  # rare: rebuilt from the exact parts in Python
-            records = packed.to_pylist()
-            for slot, extra in self._outside.items():
-                acc = unpack(records[slot])
-                acc[POINTS] += extra[0]
-                acc[REVENUE] += extra[1]
-                records[slot] = pack(acc)
-            packed = pa.array(records, pa.binary())
+            packed += pack_columns(self._counts[rows], sums, last3)
+        for slot, extra in self._outside.items():  # rare: rebuilt from the exact parts in Python
+            acc = unpack(packed[slot])
+            acc[POINTS] += extra[0]
+            acc[REVENUE] += extra[1]
+            packed[slot] = pack(acc)
         self.__init__(buffer_rows=self._buffer_rows)
-        return ids, packed
+        return zip(ids, packed, strict=True)
 
 
 SHARDS = 256  # member shards of the batch shuffle: enough to spread the merge over many workers
@@ -303,26 +298,26 @@ def shard_of(member: str, shards: int = SHARDS) -> int:
     return zlib.crc32(member.encode()) % shards
 
 
-def shard_batches(ids: pa.Array, packed: pa.Array, shards: int = SHARDS) -> Iterator[tuple[int, bytes]]:
-    """Members' ids and packed accumulators (``MemberTable.drain``) -> (shard, batch), every member
-    in its ``shard_of``.
+def shard_batches(members: Iterable[tuple[str, bytes]], shards: int = SHARDS) -> Iterator[tuple[int, bytes]]:
+    """(member, packed accumulator) pairs -> (shard, batch) with every member in its ``shard_of``.
 
     The batch shuffle then moves a few hundred elements per bundle instead of one per member;
     a batch is an Arrow IPC stream of (MEMBER_ID string, ACC binary), read by ``read_batch``.
     """
-    if not len(ids):
-        return
-    shard = np.fromiter((zlib.crc32(member.encode()) for member in ids.to_pylist()), np.int64, len(ids)) % shards
-    order = np.argsort(shard, kind="stable")
-    table = pa.table({"MEMBER_ID": ids, "ACC": packed}).take(pa.array(order))
-    bounds = np.searchsorted(shard[order], np.arange(shards + 1))
-    for number in range(shards):
-        if bounds[number + 1] > bounds[number]:
-            part = table.slice(bounds[number], bounds[number + 1] - bounds[number])
+    ids: list[list[str]] = [[] for _ in range(shards)]
+    accs: list[list[bytes]] = [[] for _ in range(shards)]
+    for member, acc in members:
+        shard = zlib.crc32(member.encode()) % shards
+        ids[shard].append(member)
+        accs[shard].append(acc)
+    for shard in range(shards):
+        if ids[shard]:
+            batch = pa.record_batch([pa.array(ids[shard], pa.string()), pa.array(accs[shard], pa.binary())],
+                                    names=["MEMBER_ID", "ACC"])
             sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, part.schema) as writer:
-                writer.write_table(part)
-            yield number, sink.getvalue().to_pybytes()
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
+                writer.write_batch(batch)
+            yield shard, sink.getvalue().to_pybytes()
 
 
 def read_batch(data: bytes) -> tuple[list[str], list[bytes]]:
@@ -382,10 +377,9 @@ def _odd_parts(data: np.ndarray, base_shift: int) -> tuple[np.ndarray, np.ndarra
     return shift, (bit_length + 8) // 8, odd[:, ::-1]
 
 
-def pack_columns(counts: np.ndarray, sums: list[tuple[np.ndarray, int]], last3: tuple) -> pa.Array:
-    """``pack`` for many accumulators given as columns, byte for byte, as an Arrow binary array in row
-    order: counts (n, 4), the two sums as (bytes, base shift) for ``_odd_parts``, last3 as
-    (ts, points, revenue, type) arrays of (n, 3)."""
+def pack_columns(counts: np.ndarray, sums: list[tuple[np.ndarray, int]], last3: tuple) -> list[bytes]:
+    """``pack`` for many accumulators given as columns, byte for byte: counts (n, 4), the two sums
+    as (bytes, base shift) for ``_odd_parts``, last3 as (ts, points, revenue, type) arrays of (n, 3)."""
     n = len(counts)
     k = np.minimum(counts[:, 0], 3)
     head = np.empty(n, dtype=_COUNTS_DTYPE)
@@ -408,22 +402,17 @@ def pack_columns(counts: np.ndarray, sums: list[tuple[np.ndarray, int]], last3: 
     shape = (sizes[0].astype(np.int64) * 4096 + sizes[1]) * 4 + k
     order = np.argsort(shape, kind="stable")
     bounds = np.flatnonzero(np.diff(shape[order])) + 1
-    pieces: list[np.ndarray] = []
-    lengths = np.empty(n, dtype=np.int64)
-    (head_p, odd_p), (head_r, odd_r) = parts
+    out: list[bytes] = [b""] * n
     for rows in np.split(order, bounds):
         if not len(rows):
             continue
         size_p, size_r, n_last = int(sizes[0][rows[0]]), int(sizes[1][rows[0]]), int(k[rows[0]])
+        (head_p, odd_p), (head_r, odd_r) = parts
         block = np.concatenate([head_bytes[rows], head_p[rows], odd_p[rows, width - size_p:],
                                 head_r[rows], odd_r[rows, width - size_r:],
                                 entry_bytes[rows, :_ENTRY_DTYPE.itemsize * n_last]], axis=1)
-        pieces.append(block.ravel())
-        lengths[rows] = block.shape[1]
-    # The records in shape order, as one Arrow array; then put back in row order (one take).
-    offsets = np.concatenate([[0], np.cumsum(lengths[order])]).astype(np.int32)
-    data = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.uint8)
-    grouped = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    inverse = np.empty(n, dtype=np.int64)
-    inverse[order] = np.arange(n)
-    return grouped.take(pa.array(inverse))
+        size = block.shape[1]
+        flat = block.tobytes()
+        for i, row in enumerate(rows.tolist()):
+            out[row] = flat[i * size:(i + 1) * size]
+    return out

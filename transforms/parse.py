@@ -531,7 +531,7 @@ class ParseBlocksFn(ParseLineFn):
         if len(table) >= self._max_members:
             table.flush()
             counts[MEMBER_ACCUMULATORS] += len(table)
-            yield from shard_batches(*table.drain())
+            yield from shard_batches(table.drain())
 
     def finish_bundle(self):
         while self._ahead:  # the blocks still being parsed: their outputs leave as windowed values
@@ -543,7 +543,7 @@ class ParseBlocksFn(ParseLineFn):
                     yield WindowedValue(out, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
         self._table.flush()
         self.tally.counts[MEMBER_ACCUMULATORS] += len(self._table)
-        for batch in shard_batches(*self._table.drain()):
+        for batch in shard_batches(self._table.drain()):
             yield WindowedValue(batch, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
         super().finish_bundle()
 
