@@ -101,7 +101,9 @@ def _mean(sums: tuple, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         small = (magnitude[:, 1] < (1 << 21)) & ~magnitude[:, 2:].any(axis=1)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         values = np.ldexp(np.where(negative, -low, low) / np.maximum(n, 1), np.clip(scale, -2000, 2000)) + 0.0
-    done = small & _normal(values) & (n >= 1)
+    # A zero is only taken as it is when the sum is zero: a tiny negative mean that underflows is
+    # -0.0 for ``int / int``, and the ``+ 0.0`` above has made it 0.0.
+    done = small & _normal(values) & ((values != 0) | (low == 0)) & (n >= 1)
     rest = ~done & (n >= 1)
     if not rest.any():
         return values, done
@@ -122,7 +124,7 @@ def _last3_mean(values: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarr
         ab, ab_err = _two_sum(a, b)
         total, total_err = _two_sum(ab, c)
         mean = total / np.maximum(k, 1) + 0.0
-    done = (ab_err == 0) & (total_err == 0) & _normal(mean) & (k > 0)
+    done = (ab_err == 0) & (total_err == 0) & _normal(mean) & ((mean != 0) | (total == 0)) & (k > 0)
     rest = ~done & (k > 0)
     if not rest.any():
         return mean, done

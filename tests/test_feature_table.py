@@ -119,6 +119,10 @@ def test_hand_picked_members():
          Transaction(day - 2, GIFT, 5e-324, 1.0)],  # last three far apart: the Python path answers
         [Transaction(day, BUY, 1.7e308, 1.0), Transaction(day + 5, BUY, 1.7e308, 1.0)],  # total past the range
         [Transaction(ts("1969-12-31 23:00:00"), REDEEM, -5.0, 0.0)],  # before the epoch: floor, not truncation
+        # means that underflow: int / int gives -0.0 for a negative one, and so must the columns
+        [Transaction(day, BUY, -5e-324, -5e-324), Transaction(day + 1, GIFT, 0.0, 0.0)],
+        [Transaction(day, BUY, -5e-324, 5e-324), Transaction(day + 1, GIFT, 0.0, 0.0),
+         Transaction(day + 2, GIFT, 0.0, 0.0)],
     ]
     assert_same_as_extract_packed(members)
     assert_same_as_extract_packed(members, tuple(COLUMNS))
@@ -149,3 +153,7 @@ def test_an_array_slice_reads_its_own_records():
     n, columns = feature_arrays(packed, AS_OF)
     assert n.tolist() == [1, 1, 1]
     assert columns["AVG_POINTS_BOUGHT"].to_pylist() == [3.0, 4.0, 5.0]
+
+
+def test_every_registered_feature_has_a_column_form():
+    assert set(COLUMNS) == set(F.REGISTRY)
