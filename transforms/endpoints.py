@@ -451,20 +451,9 @@ class PartnerClient:
                 errors.append(f"{kind}: bad response item: {exc}")
         return BatchAnswer(values, errors if any(errors) else None, posted.latency_ms, posted.attempts)
 
-    async def call_batch_async(self, kind: str, bodies: list[dict], data: bytes | None = None) -> list[CallResult]:
-        """``post_batch_async`` for these bodies, one result per body, in order. ``data`` is the
-        request already encoded (``batch_request``): ATS and RESP send the same instances."""
-        answer = await self.post_batch_async(kind, data if data is not None else batch_request(bodies), len(bodies))
-        errors = answer.errors or [None] * len(bodies)
-        return [CallResult(value, answer.latency_ms, answer.attempts, error)
-                for value, error in zip(answer.values, errors, strict=True)]
-
     def call(self, kind: str, body: dict) -> CallResult:
         """``call_async`` from a thread other than the loop's (tests, benchmarks)."""
         return self.loop.run(self.call_async(kind, body))
-
-    def call_batch(self, kind: str, bodies: list[dict]) -> list[CallResult]:
-        return self.loop.run(self.call_batch_async(kind, bodies))
 
 
 async def decide_async(client: PartnerClient, features: dict) -> dict:
@@ -541,11 +530,6 @@ async def decide_batch_async(client: PartnerClient, features: list[dict]) -> lis
         log.exception("unexpected error while calling the batch endpoints")
         client.metrics.counter("members_internal_error").inc(len(features))
         return [internal_error(exc) for _ in features]
-
-
-def batch_request(bodies: list[dict]) -> bytes:
-    """A batch route's request body, encoded: ``{"instances": [...]}``."""
-    return json.dumps({BATCH_REQUEST_FIELD: bodies}).encode()
 
 
 async def _decide_batch(client: PartnerClient, features: list[dict]) -> list[dict]:
