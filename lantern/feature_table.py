@@ -18,17 +18,11 @@ import numpy as np
 import pyarrow as pa
 
 from lantern.exact_quotient import from_signed_bytes, from_signed_limbs, quotients
-from lantern.features import INTEGER_FEATURES, SPEC_FEATURES, extract_packed
-from lantern.member_table import limbs
+from lantern.features import EPOCH_ORDINAL, INTEGER_FEATURES, SCALE_BITS, SPEC_FEATURES, US_PER_DAY, extract_packed
+from lantern.member_table import PACKED_COUNTS, PACKED_ENTRY, PACKED_SUM_HEAD, limbs
 
-_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-_US_PER_DAY = 86_400_000_000
-_SCALE_BITS = 1074
-_COUNTS = np.dtype([("n", ">i8"), ("buy", ">i8"), ("gift", ">i8"), ("redeem", ">i8"), ("k", "u1")])
-_SUM_HEAD = np.dtype([("shift", ">u2"), ("size", ">u2")])
-_ENTRY = np.dtype([("ts", ">i8"), ("points", ">f8"), ("revenue", ">f8"), ("type", "u1")])
-_LAST3_LIMBS = 8
-_TINY = np.finfo(np.float64).tiny  # limbs of an aligned sum of the last three; wider spreads take the Python path
+_LAST3_LIMBS = 8  # limbs of an aligned sum of the last three; wider spreads take the Python path
+_TINY = np.finfo(np.float64).tiny
 
 
 class Accumulators:
@@ -42,21 +36,21 @@ class Accumulators:
         raw = packed.buffers()[2]
         data = np.frombuffer(raw, dtype=np.uint8) if raw is not None else np.empty(0, dtype=np.uint8)
         # Padding: fixed-width reads past a record's end stay inside the array (those bytes are masked).
-        data = np.concatenate([data[:offsets[-1] if m else 0], np.zeros(3 * _ENTRY.itemsize + 8, dtype=np.uint8)])
+        data = np.concatenate([data[:offsets[-1] if m else 0], np.zeros(3 * PACKED_ENTRY.itemsize + 8, dtype=np.uint8)])
         start = offsets[:-1].astype(np.int64)
-        counts = self._read(data, start, _COUNTS)
+        counts = self._read(data, start, PACKED_COUNTS)
         self.n = counts["n"].astype(np.int64)
         self.by_type = np.stack([counts["buy"], counts["gift"], counts["redeem"]], axis=1).astype(np.int64)
         self.k = counts["k"].astype(np.int64)
-        pos = start + _COUNTS.itemsize
+        pos = start + PACKED_COUNTS.itemsize
         self.sums = []
         for _ in range(2):  # points, revenue: (magnitude limbs, negative, scale of the last limb 0)
-            head = self._read(data, pos, _SUM_HEAD)
+            head = self._read(data, pos, PACKED_SUM_HEAD)
             shift, size = head["shift"].astype(np.int64), head["size"].astype(np.int64)
-            pos = pos + _SUM_HEAD.itemsize
-            self.sums.append((*self._signed(data, pos, size), shift - _SCALE_BITS))
+            pos = pos + PACKED_SUM_HEAD.itemsize
+            self.sums.append((*self._signed(data, pos, size), shift - SCALE_BITS))
             pos = pos + size
-        entries = self._read(data, pos, _ENTRY, 3)
+        entries = self._read(data, pos, PACKED_ENTRY, 3)
         self.last_ts = entries["ts"].astype(np.int64)
         self.last_points = entries["points"].astype(np.float64)
         self.last_revenue = entries["revenue"].astype(np.float64)
@@ -162,12 +156,12 @@ def _last3_exact(values: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndar
         for j in range(3):
             acc[rows, offset[:, e] + j] += np.where(weight, parts[:, e, j], 0)
     magnitude, negative = from_signed_limbs(acc)
-    out, ok = quotients(magnitude, negative, 32 * base - _SCALE_BITS, np.maximum(k, 1))
+    out, ok = quotients(magnitude, negative, 32 * base - SCALE_BITS, np.maximum(k, 1))
     return out, ok & answered
 
 
 def _days_since(acc: Accumulators, as_of: dt.date) -> tuple[np.ndarray, np.ndarray]:
-    return as_of.toordinal() - (_EPOCH_ORDINAL + acc.last_ts[:, 0] // _US_PER_DAY), np.ones(acc.size, dtype=bool)
+    return as_of.toordinal() - (EPOCH_ORDINAL + acc.last_ts[:, 0] // US_PER_DAY), np.ones(acc.size, dtype=bool)
 
 
 def _share(column: int) -> Callable:

@@ -26,9 +26,9 @@ BUY, GIFT, REDEEM = 0, 1, 2
 TYPE_CODES = {"buy": BUY, "gift": GIFT, "redeem": REDEEM}
 TYPE_NAMES = {code: name for name, code in TYPE_CODES.items()}
 
-_SCALE_BITS = 1074  # 2**-1074 is the smallest positive double: every double is k * 2**-1074.
-_US_PER_DAY = 86_400_000_000
-_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+SCALE_BITS = 1074  # 2**-1074 is the smallest positive double: every double is k * 2**-1074.
+US_PER_DAY = 86_400_000_000
+EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 
 N, POINTS, REVENUE, N_BUY, N_GIFT, N_REDEEM, LAST3 = range(7)
 
@@ -45,19 +45,19 @@ class Transaction(NamedTuple):
 def exact(value: float) -> int:
     """The float as an integer multiple of 2**-1074: exact, so sums never round."""
     num, den = value.as_integer_ratio()
-    return num << (_SCALE_BITS + 1 - den.bit_length())
+    return num << (SCALE_BITS + 1 - den.bit_length())
 
 
 def exact_mean(total: int, n: int) -> float:
     # int / int is correctly rounded in CPython, however large the operands.
-    return total / (n << _SCALE_BITS)
+    return total / (n << SCALE_BITS)
 
 
 def exact_total(total: int) -> float:
     """The sum as the nearest float; past the float range, infinity with its sign
     (two rows near 1.8e308 are valid input and must not stop the job)."""
     try:
-        return total / (1 << _SCALE_BITS)
+        return total / (1 << SCALE_BITS)
     except OverflowError:
         return math.inf if total > 0 else -math.inf
 
@@ -115,7 +115,7 @@ def merge(accs: Iterable[list]) -> list:
 
 def days_between(ts_us: int, as_of: dt.date) -> int:
     """Whole calendar days from the UTC date of ``ts_us`` to ``as_of``."""
-    return as_of.toordinal() - (_EPOCH_ORDINAL + ts_us // _US_PER_DAY)
+    return as_of.toordinal() - (EPOCH_ORDINAL + ts_us // US_PER_DAY)
 
 
 def _last3_mean(acc: list, field: int) -> float:
@@ -233,7 +233,7 @@ def _exact_mean_of(values: tuple[float, ...]) -> float:
 
 def _packed_mean(odd: int, shift: int, n: int) -> float:
     # total == odd << shift and the mean is total / (n << 1074): the same rational, smaller integers.
-    return odd / (n << (_SCALE_BITS - shift)) if shift <= _SCALE_BITS else (odd << (shift - _SCALE_BITS)) / n
+    return odd / (n << (SCALE_BITS - shift)) if shift <= SCALE_BITS else (odd << (shift - SCALE_BITS)) / n
 
 
 def extract_packed(data: bytes, as_of: dt.date, names: tuple[str, ...] = SPEC_FEATURES) -> tuple[int, dict | None]:
@@ -263,7 +263,7 @@ def extract_packed(data: bytes, as_of: dt.date, names: tuple[str, ...] = SPEC_FE
         "PCT_BUY_TRANSACTIONS": n_buy / n,
         "PCT_GIFT_TRANSACTIONS": n_gift / n,
         "PCT_REDEEM_TRANSACTIONS": n_redeem / n,
-        "DAYS_SINCE_LAST_TRANSACTION": as_of.toordinal() - (_EPOCH_ORDINAL + last3[0] // _US_PER_DAY),
+        "DAYS_SINCE_LAST_TRANSACTION": as_of.toordinal() - (EPOCH_ORDINAL + last3[0] // US_PER_DAY),
     }
 
 

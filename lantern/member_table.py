@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lantern.features import POINTS, REVENUE, exact, pack, unpack
+from lantern.features import POINTS, REVENUE, SCALE_BITS, exact, pack, unpack
 
 _LIMB_BITS = 32
 _LIMB_MASK = (1 << _LIMB_BITS) - 1
@@ -39,7 +39,7 @@ def limbs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     frac, exp = np.frexp(values)
     mant = (frac * float(1 << 53)).astype(np.int64)
-    pos = exp.astype(np.int64) + (1074 - 53)
+    pos = exp.astype(np.int64) + (SCALE_BITS - 53)
     # Subnormals: frexp normalises them below 2**-1074; their mantissa has the zeros to give back.
     under = pos < 0
     if under.any():
@@ -351,9 +351,10 @@ def merge_batches(batches: Iterable[bytes], merge: Callable[[list[bytes]], bytes
 
 _CTZ = np.array([0] + [(i & -i).bit_length() - 1 for i in range(1, 256)], dtype=np.int64)
 _BITLEN = np.array([i.bit_length() for i in range(256)], dtype=np.int64)
-_COUNTS_DTYPE = np.dtype([("n", ">i8"), ("buy", ">i8"), ("gift", ">i8"), ("redeem", ">i8"), ("k", "u1")])
-_ENTRY_DTYPE = np.dtype([("ts", ">i8"), ("points", ">f8"), ("revenue", ">f8"), ("type", "u1")])
-_SUM_HEAD_DTYPE = np.dtype([("shift", ">u2"), ("size", ">u2")])
+# The packed layout of ``lantern.features.pack`` as numpy records (big-endian, as ``struct`` writes it).
+PACKED_COUNTS = np.dtype([("n", ">i8"), ("buy", ">i8"), ("gift", ">i8"), ("redeem", ">i8"), ("k", "u1")])
+PACKED_ENTRY = np.dtype([("ts", ">i8"), ("points", ">f8"), ("revenue", ">f8"), ("type", "u1")])
+PACKED_SUM_HEAD = np.dtype([("shift", ">u2"), ("size", ">u2")])
 
 
 def _odd_parts(data: np.ndarray, base_shift: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -382,15 +383,15 @@ def pack_columns(counts: np.ndarray, sums: list[tuple[np.ndarray, int]], last3: 
     as (bytes, base shift) for ``_odd_parts``, last3 as (ts, points, revenue, type) arrays of (n, 3)."""
     n = len(counts)
     k = np.minimum(counts[:, 0], 3)
-    head = np.empty(n, dtype=_COUNTS_DTYPE)
+    head = np.empty(n, dtype=PACKED_COUNTS)
     head["n"], head["buy"], head["gift"], head["redeem"], head["k"] = (*counts.T, k)
-    entries = np.empty((n, 3), dtype=_ENTRY_DTYPE)
+    entries = np.empty((n, 3), dtype=PACKED_ENTRY)
     for name, column in zip(("ts", "points", "revenue", "type"), last3, strict=True):
         entries[name] = column
     parts, sizes = [], []
     for data, base_shift in sums:
         shift, size, odd = _odd_parts(data, base_shift)
-        sum_head = np.empty(n, dtype=_SUM_HEAD_DTYPE)
+        sum_head = np.empty(n, dtype=PACKED_SUM_HEAD)
         sum_head["shift"], sum_head["size"] = shift, size
         parts.append((sum_head.view(np.uint8).reshape(n, -1), odd))
         sizes.append(size)
@@ -410,7 +411,7 @@ def pack_columns(counts: np.ndarray, sums: list[tuple[np.ndarray, int]], last3: 
         (head_p, odd_p), (head_r, odd_r) = parts
         block = np.concatenate([head_bytes[rows], head_p[rows], odd_p[rows, width - size_p:],
                                 head_r[rows], odd_r[rows, width - size_r:],
-                                entry_bytes[rows, :_ENTRY_DTYPE.itemsize * n_last]], axis=1)
+                                entry_bytes[rows, :PACKED_ENTRY.itemsize * n_last]], axis=1)
         size = block.shape[1]
         flat = block.tobytes()
         for i, row in enumerate(rows.tolist()):

@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.components.adaptive_throttler import ReactiveThrottler
@@ -43,6 +42,7 @@ from transforms import NAMESPACE, progress
 from transforms.concurrency_limit import AdaptiveLimit, Slots
 from transforms.event_loop import LoopThread
 from transforms.rate_limit import RateLimiter
+from transforms.results import DECISION_FIELDS, FAILED, NO_DECISION, OK
 from transforms.thread_metrics import PooledMetrics
 from transforms.timing import TimedDoFn
 
@@ -502,14 +502,16 @@ def decision(ats: CallResult, resp: CallResult, offer: CallResult | None) -> dic
         "ATTEMPTS": ats.attempts + resp.attempts,
         "ERROR": None,
     }
-    errors = [r.error for r in (ats, resp) if r.error]
     if offer is not None:
         out.update(OFFER=offer.value, OFFER_LATENCY_MS=offer.latency_ms, ATTEMPTS=out["ATTEMPTS"] + offer.attempts)
-        if offer.error:
-            errors.append(offer.error)
-    out["ERROR"] = "; ".join(errors) or None
-    out["STATUS"] = "FAILED" if errors else "OK"
+    out["ERROR"] = joined_errors(ats.error, resp.error, offer.error if offer is not None else None)
+    out["STATUS"] = FAILED if out["ERROR"] else OK
     return out
+
+
+def joined_errors(*errors: str | None) -> str | None:
+    """A member's ERROR: its calls' errors, in call order, joined; None when every call succeeded."""
+    return "; ".join(e for e in errors if e) or None
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -540,11 +542,7 @@ async def _decide_batch(client: PartnerClient, features: list[dict]) -> list[dic
             for values in zip(*(columns[name] for name in DECISION_TYPES), strict=True)]
 
 
-DECISION_TYPES = {
-    "ATS_PREDICTION": pa.float64(), "RESP_PREDICTION": pa.float64(), "OFFER": pa.string(), "STATUS": pa.string(),
-    "ERROR": pa.string(), "ATS_LATENCY_MS": pa.float64(), "RESP_LATENCY_MS": pa.float64(),
-    "OFFER_LATENCY_MS": pa.float64(), "ATTEMPTS": pa.int64(),
-}
+DECISION_TYPES = dict(DECISION_FIELDS)  # a decision column -> its Arrow type
 
 
 def _spread(answers: list[BatchAnswer]) -> tuple[list, list, list, list]:
@@ -576,13 +574,11 @@ async def _decide_request(client: PartnerClient, bodies: list[str]) -> dict[str,
         answer = await client.post_batch_async("offer", json_list_field(BATCH_REQUEST_FIELD, texts), len(texts))
         for i, value, error, latency, attempts in zip(ready, *_spread([answer]), strict=True):
             offer[i], offer_errors[i], offer_latency[i], offer_attempts[i] = value, error, latency, attempts
-    errors = [None] * n
-    for i, triple in enumerate(zip(ats_errors, resp_errors, offer_errors, strict=True)):
-        if any(triple):
-            errors[i] = "; ".join(e for e in triple if e)
+    errors = [joined_errors(*triple) if any(triple) else None
+              for triple in zip(ats_errors, resp_errors, offer_errors, strict=True)]
     return {
         "ATS_PREDICTION": ats, "RESP_PREDICTION": resp, "OFFER": offer,
-        "STATUS": ["FAILED" if e else "OK" for e in errors], "ERROR": errors,
+        "STATUS": [FAILED if e else OK for e in errors], "ERROR": errors,
         "ATS_LATENCY_MS": ats_latency, "RESP_LATENCY_MS": resp_latency, "OFFER_LATENCY_MS": offer_latency,
         "ATTEMPTS": [a + r + o for a, r, o in zip(ats_attempts, resp_attempts, offer_attempts, strict=True)],
     }
@@ -613,12 +609,7 @@ def _with_decisions(called: pa.Table, columns: dict[str, list], idle: pa.Table) 
     """The called members with their decision columns, then the idle ones with NO_TRANSACTIONS."""
     for name, kind in DECISION_TYPES.items():
         called = called.append_column(name, pa.array(columns[name], kind))
-        if name == "STATUS":
-            idle = idle.append_column(name, pa.repeat(pa.scalar("NO_TRANSACTIONS"), idle.num_rows))
-        elif name == "ATTEMPTS":
-            idle = idle.append_column(name, pa.array(np.zeros(idle.num_rows, dtype=np.int64)))
-        else:
-            idle = idle.append_column(name, pa.nulls(idle.num_rows, kind))
+        idle = idle.append_column(name, pa.repeat(pa.scalar(NO_DECISION[name], kind), idle.num_rows))
     return pa.concat_tables([called, idle])
 
 

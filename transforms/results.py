@@ -29,7 +29,8 @@ DEAD_LETTER_SCHEMA = pa.schema(
     ]
 )
 
-_DECISION_FIELDS = [
+# A decision's columns (transforms.endpoints fills them, per member or as columns of a table).
+DECISION_FIELDS = [
     ("ATS_PREDICTION", pa.float64()),
     ("RESP_PREDICTION", pa.float64()),
     ("OFFER", pa.string()),
@@ -54,13 +55,13 @@ def results_schema(feature_names: Iterable[str]) -> pa.Schema:
         for name in feature_columns(feature_names)
     ]
     return pa.schema(
-        [("MEMBER_ID", pa.string()), *features, ("N_TRANSACTIONS", pa.int64()), *_DECISION_FIELDS,
+        [("MEMBER_ID", pa.string()), *features, ("N_TRANSACTIONS", pa.int64()), *DECISION_FIELDS,
          ("PARTNER", pa.string()), ("AS_OF", pa.date32())]
     )
 
 
-_DECISION_NAMES = tuple(name for name, _ in _DECISION_FIELDS)
-_NO_DECISION = {**dict.fromkeys(_DECISION_NAMES), "STATUS": NO_TRANSACTIONS, "ATTEMPTS": 0}
+_DECISION_NAMES = tuple(name for name, _ in DECISION_FIELDS)
+NO_DECISION = {**dict.fromkeys(_DECISION_NAMES), "STATUS": NO_TRANSACTIONS, "ATTEMPTS": 0}
 
 
 def result_row(
@@ -77,7 +78,7 @@ def result_row(
             row[name] = get(name)
     row["N_TRANSACTIONS"] = summary["N_TRANSACTIONS"]
     if decision is None:
-        row.update(_NO_DECISION)
+        row.update(NO_DECISION)
     else:
         get = decision.get
         for name in _DECISION_NAMES:
