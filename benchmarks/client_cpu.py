@@ -33,7 +33,8 @@ import urllib3  # noqa: E402
 from benchmarks.perf import SAMPLE_FEATURES, reference_server  # noqa: E402
 from benchmarks.results import Recorder  # noqa: E402
 from lantern import partner as partners  # noqa: E402
-from transforms.endpoints import PartnerClient, decide, decide_async  # noqa: E402
+from transforms.endpoints import decide, decide_async  # noqa: E402
+from transforms.partner_client import PartnerClient  # noqa: E402
 
 ATS = "/ml/ats/predict"
 

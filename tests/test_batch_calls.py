@@ -11,7 +11,8 @@ from lantern.errors import ConfigError
 from lantern.partner import load, load_named
 from tests.conftest import free_port
 from tests.scripted_server import ScriptedServer
-from transforms.endpoints import DECISION_TYPES, PartnerClient, decide_batch, decide_table_async
+from transforms.endpoints import DECISION_TYPES, decide_batch, decide_table_async
+from transforms.partner_client import PartnerClient
 
 ATS, RESP, OFFER = "/ml/ats/predict/batch", "/ml/resp/predict/batch", "/offer/assign/batch"
 

@@ -11,6 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from lantern.partner import Auth, load_named
 from tests.scripted_server import ScriptedServer
 from transforms import endpoints as E
+from transforms import partner_client as C
 
 BASE = "http://ml.test"
 PARTNER = load_named("default").with_endpoint_url(BASE)
@@ -36,7 +37,7 @@ def at(server: ScriptedServer, partner=FAST):
 
 
 def decide(partner):
-    client = E.PartnerClient(partner)
+    client = C.PartnerClient(partner)
     try:
         return E.decide(client, FEATURES)
     finally:
@@ -147,12 +148,12 @@ def test_request_shape_from_partner_file():
         "endpoints": {"request": {"nest_under": "features", "extra_fields": {"model": "v2"}},
                       "ats": {"path": "/a"}, "resp": {"path": "/r"}, "offer": {"path": "/o"}},
     })
-    body = E.prediction_body(partner, {"AVG_POINTS_BOUGHT": 1.5, "N_TRANSACTIONS": 3})
+    body = C.prediction_body(partner, {"AVG_POINTS_BOUGHT": 1.5, "N_TRANSACTIONS": 3})
     assert body == {"model": "v2", "features": {"avg_points": 1.5, "N_TRANSACTIONS": 3}}
 
 
 def test_days_feature_type_is_int_in_json():
-    text = json.dumps(E.prediction_body(PARTNER, FEATURES))
+    text = json.dumps(C.prediction_body(PARTNER, FEATURES))
     assert '"DAYS_SINCE_LAST_TRANSACTION": 9}' in text
 
 
@@ -165,7 +166,7 @@ def test_each_call_sends_the_headers_auth_and_cookies_of_the_partner(server, mon
     server.post(ATS, json={"prediction": 1.0})
     server.post(RESP, json={"prediction": 0.5})
     server.post(OFFER, json={"offer": "OFFER_1"})
-    client = E.PartnerClient(partner)
+    client = C.PartnerClient(partner)
     try:
         assert client.call("ats", FEATURES).error is None
         assert E.decide(client, FEATURES)["STATUS"] == "OK"
@@ -192,7 +193,7 @@ def test_environment_proxy_is_read_once_when_the_client_is_made(server, monkeypa
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", server.url)
     server.post(ATS, json={"prediction": 1.0})
-    client = E.PartnerClient(FAST)  # http://ml.test: reachable only through the proxy
+    client = C.PartnerClient(FAST)  # http://ml.test: reachable only through the proxy
     try:
         monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
         result = client.call("ats", FEATURES)

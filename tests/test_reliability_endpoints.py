@@ -15,6 +15,7 @@ from tests.broken_server import BrokenServer
 from tests.conftest import free_port, uvicorn_server, write_partner
 from tests.scripted_server import ScriptedServer
 from transforms import endpoints as E
+from transforms import partner_client as C
 
 FEATURES = {
     "AVG_POINTS_BOUGHT": 1000.0, "AVG_REVENUE_USD": 10.0,
@@ -50,8 +51,8 @@ def garbled_url():
 def client_for(tmp_path):
     clients = []
 
-    def make(url: str, **calls) -> E.PartnerClient:
-        client = E.PartnerClient(load(write_partner(tmp_path, url, **calls)))
+    def make(url: str, **calls) -> C.PartnerClient:
+        client = C.PartnerClient(load(write_partner(tmp_path, url, **calls)))
         clients.append(client)
         return client
 
@@ -68,7 +69,7 @@ def sleeps(monkeypatch):
     async def record(seconds):
         recorded.append(seconds)
 
-    monkeypatch.setattr(E, "pause", record)
+    monkeypatch.setattr(C, "pause", record)
     return recorded
 
 

@@ -1,0 +1,443 @@
+"""The HTTP client for a partner's ATS, RESP and offer endpoints: attempts, retries, throttling.
+
+The calls run on one asyncio event loop per client (aiohttp; why in
+docs/decisions.md), so hundreds of calls are in flight at a fraction of a
+millisecond of CPU each. How many calls to each endpoint may be in flight is
+learnt from latency and errors (``transforms.concurrency_limit``). Each attempt
+has its own timeouts; retries follow urllib3's ``Retry`` rules (exponential
+backoff with jitter, ``Retry-After`` honoured and capped, a separate budget for
+connections that cannot be made). A call that still fails is not an exception:
+it is a ``CallResult`` with the reason, so one bad member never fails a bundle.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import functools
+import json
+import math
+import random
+import threading
+import time
+import urllib.request
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import aiohttp
+from apache_beam.io.components.adaptive_throttler import ReactiveThrottler
+from apache_beam.metrics import Metrics
+
+from lantern.json_columns import ObjectTemplate
+from lantern.partner import PartnerConfig
+from transforms import NAMESPACE, progress
+from transforms.concurrency_limit import AdaptiveLimit, Slots
+from transforms.event_loop import LoopThread
+from transforms.rate_limit import RateLimiter
+from transforms.thread_metrics import PooledMetrics
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_AFTER_STATUSES = frozenset({413, 429, 503})  # urllib3's: where a Retry-After header is honoured
+INITIAL_LIMIT = 16  # calls in flight per endpoint before the first answers; slow start takes it from there
+KINDS = ("ats", "resp", "offer")
+# The batch routes' convention (Vertex AI, TF Serving): {"instances": [...]} -> {"predictions": [...]}.
+BATCH_REQUEST_FIELD = "instances"
+BATCH_RESPONSE_FIELD = "predictions"
+
+
+class CallResult(NamedTuple):
+    value: Any  # float for ats/resp, str for offer; None when the call failed
+    latency_ms: float | None  # None when the call was not sent (held back by the throttler)
+    attempts: int
+    error: str | None
+
+
+class BatchAnswer(NamedTuple):
+    """One batch request's answer for its members: a value each (None where it failed), the
+    members' errors (None when none failed), and the request's latency and attempts."""
+
+    values: list
+    errors: list[str | None] | None
+    latency_ms: float | None
+    attempts: int
+
+
+class BadResponse(ValueError):
+    """The endpoint answered 2xx but the body is not what the partner file promises."""
+
+
+def prediction_body(partner: PartnerConfig, features: dict, wire: dict[str, str] | None = None) -> dict:
+    """The ATS/RESP request body in the partner's shape (wire names, nesting, extras).
+
+    ``wire`` is ``partner.wire_names()`` computed once by the caller: this runs per member.
+    """
+    wire = wire if wire is not None else partner.wire_names()
+    payload = {field: features[name] for name, field in wire.items()}
+    shape = partner.endpoints.request
+    body = {shape.nest_under: payload} if shape.nest_under else payload
+    if shape.extra_fields:
+        body = {**shape.extra_fields, **body}
+    return body
+
+
+def offer_body(partner: PartnerConfig, ats: float, resp: float) -> dict:
+    offer = partner.endpoints.offer
+    return {offer.ats_field: ats, offer.resp_field: resp}
+
+
+def _field(body: Any, field: str) -> Any:
+    if not isinstance(body, dict) or field not in body:
+        raise BadResponse(f"response has no {field!r} field")
+    return body[field]
+
+
+def check_prediction(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadResponse(f"{field!r} is not a number: {value!r:.60}")
+    if not math.isfinite(value):
+        raise BadResponse(f"{field!r} is not finite: {value!r}")
+    return float(value)
+
+
+def check_offer(value: Any, offers: list[str]) -> str:
+    if value not in offers:
+        raise BadResponse(f"unknown offer {value!r:.60}")
+    return value
+
+
+def read_batch(body: Any, n: int) -> list:
+    """The ``predictions`` list of a batch answer; anything but n items in order fails the batch."""
+    items = _field(body, BATCH_RESPONSE_FIELD)
+    if not isinstance(items, list):
+        raise BadResponse(f"{BATCH_RESPONSE_FIELD!r} is not a list")
+    if len(items) != n:
+        raise BadResponse(f"{len(items)} {BATCH_RESPONSE_FIELD} for {n} instances")
+    return items
+
+
+def describe_error(exc: BaseException) -> tuple[str, bool]:
+    """A transport failure as a short reason, e.g. ``ConnectionError: connection refused``, and
+    whether no connection could be made (those draw on the separate connect-retry budget)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):  # before ClientOSError: it is one
+        if isinstance(exc.os_error, ConnectionRefusedError) or "refused" in str(exc).lower():
+            return "ConnectionError: connection refused", True
+        return f"ConnectionError: cannot connect: {exc.os_error or exc}", True
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "ConnectionError: connect timeout", True
+    if isinstance(exc, TimeoutError):  # aiohttp's SocketTimeoutError is one
+        return "ConnectionError: read timeout", False
+    if isinstance(exc, aiohttp.ClientResponseError):  # the answer is not HTTP
+        return f"ConnectionError: bad HTTP answer: {_one_line(exc.message)}", False
+    return f"ConnectionError: connection lost: {type(exc).__name__}: {_one_line(str(exc))}", False
+
+
+def _one_line(text: str) -> str:
+    """aiohttp's parser errors span lines (the bad line and a caret under it); a reason is one line."""
+    return " ".join(str(text).split())
+
+
+def retry_after_s(value: str | None, cap: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (a number or an HTTP date), capped; None
+    when absent or unreadable (the exponential backoff applies then), as in urllib3."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        seconds = max(email.utils.mktime_tz(parsed) - time.time(), 0.0)
+    return min(seconds, cap)
+
+
+def backoff_s(failed: int, factor: float, jitter: float, cap: float) -> float:
+    """urllib3's backoff before the next attempt after ``failed`` consecutive failed attempts:
+    none after the first, then ``factor * 2**(failed - 1)`` plus jitter, at most ``cap``."""
+    if failed <= 1:
+        return 0.0
+    value = factor * 2 ** (failed - 1)
+    if jitter:
+        value += random.random() * jitter
+    return max(0.0, min(cap, value))
+
+
+async def pause(seconds: float) -> None:
+    """Every wait of the client (backoff, Retry-After, rate limit): one place for tests to watch."""
+    await asyncio.sleep(seconds)
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTP_PROXY``, ``NO_PROXY``...), read once."""
+    parts = urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+class _Answer(NamedTuple):
+    status: int
+    body: bytes
+
+
+class PartnerClient:
+    """One partner's three endpoints behind one aiohttp session on the client's own event loop.
+
+    Coroutines (``call_async``, ``decide_async``...) run on ``self.loop``; the plain
+    methods (``call``, ``decide``...) wait for them from any other thread.
+    """
+
+    def __init__(self, partner: PartnerConfig):
+        self.partner = partner
+        policy = partner.calls
+        self.policy = policy
+        self.urls = {kind: partner.url(kind) for kind in KINDS}
+        self.wire = partner.wire_names()
+        self._offers = frozenset(partner.endpoints.offer.offers)
+        self.batch_urls = {kind: partner.url(kind, batch=True) for kind in KINDS} if partner.endpoints.batch else {}
+        # The environment is read here, once per URL, not on every call.
+        self._proxies = {url: env_proxy(url) for url in (*self.urls.values(), *self.batch_urls.values())}
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.connect_timeout_s,
+                                              sock_read=policy.read_timeout_s)
+        headers = {"Content-Type": "application/json", **partner.auth_headers()}
+        self._throttlers = {
+            kind: ReactiveThrottler(
+                window_ms=60_000, bucket_ms=1_000, overload_ratio=2,
+                namespace=f"{NAMESPACE}.{kind}",
+            )
+            for kind in KINDS
+        } if policy.adaptive_throttling else {}
+        self._lock = threading.Lock()
+        self._last_error: dict[str, str] = {}  # per endpoint, quoted when a call is held back
+        rate = policy.rate_limit_per_s
+        self._rate_limiter = RateLimiter(rate) if rate else None
+        self.limits = {
+            kind: AdaptiveLimit(
+                initial=policy.concurrency if not policy.adaptive_concurrency else min(INITIAL_LIMIT, policy.concurrency),
+                max_limit=policy.concurrency, fixed=not policy.adaptive_concurrency)
+            for kind in KINDS
+        }
+        self.slots = {kind: Slots(limit) for kind, limit in self.limits.items()}
+        self.metrics = PooledMetrics(NAMESPACE)  # updated from the loop's thread: see thread_metrics
+        self.outcomes = {
+            (kind, outcome): self.metrics.counter(f"requests_{kind}_{outcome}")
+            for kind in KINDS for outcome in ("ok", "http_error", "bad_response", "exception", "throttled")
+        }
+        self.retries = {kind: self.metrics.counter(f"retries_{kind}") for kind in KINDS}
+        self.bad_items = {kind: self.metrics.counter(f"batch_bad_items_{kind}") for kind in KINDS}
+        self.latency = {kind: self.metrics.distribution(f"latency_ms_{kind}") for kind in KINDS}
+        self.loop = LoopThread(name=f"endpoints-{partner.name}")
+        try:
+            self.session = self.loop.run(self._open(headers))
+        except BaseException:
+            self.loop.close()
+            raise
+
+    @functools.cached_property
+    def body_template(self) -> ObjectTemplate:
+        """The prediction request body for a table of members, written column by column (json_columns)."""
+        return ObjectTemplate(lambda values: prediction_body(self.partner, values, self.wire), list(self.wire))
+
+    @functools.cached_property
+    def offer_template(self) -> ObjectTemplate:
+        return ObjectTemplate(lambda values: offer_body(self.partner, values["ats"], values["resp"]), ["ats", "resp"])
+
+    async def _open(self, headers: dict) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)  # the slots bound the connections
+        # unsafe: keep cookies set by hosts named by IP address too (load balancers' stickiness), as requests does
+        return aiohttp.ClientSession(connector=connector, headers=headers,
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    def close(self) -> None:
+        if not self.loop.loop.is_closed():
+            self.loop.run(self.session.close())
+            self.loop.close()
+
+    def flush_metrics(self) -> None:
+        """Hand the tallies to Beam, with each endpoint's current limit on calls in flight;
+        call from the thread that runs the DoFn."""
+        self.metrics.flush()
+        for kind in self.active_kinds():
+            limit = self.limits[kind].limit
+            Metrics.distribution(NAMESPACE, f"concurrency_limit_{kind}").update(limit)
+            progress.set_value(f"concurrency_limit_{kind}", limit)
+
+    def active_kinds(self) -> list[str]:
+        """Endpoints that have been called at least once (an unused limit would only blur the metric)."""
+        return [kind for kind in KINDS if self.limits[kind].floor_s is not None or self.limits[kind].decreases]
+
+    def _held_back(self, kind: str) -> CallResult | None:
+        """Client-side throttling (Beam's ReactiveThrottler, the SRE book's algorithm).
+
+        Once more than half of the recent calls to an endpoint failed even after
+        retries, each call is refused locally with the throttler's probability,
+        so a dead or drowning endpoint gets fewer requests and the run ends
+        instead of waiting out every member's retries. A healthy or merely
+        flaky endpoint (retries succeed) is never held back.
+        """
+        throttler = self._throttlers.get(kind)
+        if throttler is None:
+            return None
+        with self._lock:
+            refused = throttler.throttle_request(time.time() * 1000)
+        # Before any call has failed, requests still in flight look like failures to the
+        # throttler (concurrent first calls would refuse each other): never hold back then.
+        if not refused or kind not in self._last_error:
+            return None
+        self.outcomes[kind, "throttled"].inc()
+        last = self._last_error.get(kind, "")
+        return CallResult(None, None, 0, f"{kind}: not sent: most calls are failing (last: {last:.140})")
+
+    def _failed(self, kind: str, latency: float, attempts: int, detail: str) -> CallResult:
+        self._last_error[kind] = detail
+        return CallResult(None, latency, attempts, f"{kind}: {detail}")
+
+    def _succeeded(self, kind: str, start: float) -> None:
+        throttler = self._throttlers.get(kind)
+        if throttler is not None:
+            with self._lock:
+                throttler.successful_request(start * 1000)
+
+    async def _attempt(self, kind: str, url: str, data: bytes, first: bool) -> tuple:
+        """One attempt inside one of the endpoint's slots: (answer or None, transport failure,
+        whether it was a connect failure, the Retry-After seconds asked for), or a held-back
+        CallResult when the throttler refuses the call (decided once a slot is free, so calls
+        queued behind failing ones are held back too)."""
+        slots = self.slots[kind]
+        in_flight = await slots.acquire(first)
+        if first:
+            held_back = self._held_back(kind)
+            if held_back is not None:
+                slots.give_back()
+                return held_back, None, False, None
+        t0 = time.perf_counter()
+        try:
+            async with self.session.post(url, data=data, timeout=self._timeout, proxy=self._proxies[url]) as response:
+                body = await response.read()
+                status = response.status
+                wait = (retry_after_s(response.headers.get("Retry-After"), self.policy.retry_after_max_s)
+                        if status in RETRY_AFTER_STATUSES else None)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            slots.release(time.perf_counter() - t0, in_flight, dropped=True)
+            reason, connect = describe_error(exc)
+            return None, reason, connect, None
+        except BaseException:  # cancelled: give the slot back all the same
+            slots.release(time.perf_counter() - t0, in_flight, dropped=False)
+            raise
+        slots.release(time.perf_counter() - t0, in_flight, dropped=status in RETRY_STATUSES)
+        return _Answer(status, body), None, False, wait
+
+    async def _post(self, kind: str, url: str, data: bytes) -> CallResult:
+        """POST with retries: the parsed JSON body as the value, or the reason it failed as the
+        error, never an exception. Budgets as urllib3's ``Retry``: ``retries`` in all, of which
+        at most ``connect_retries`` for connections that cannot be made."""
+        policy = self.policy
+        if self._rate_limiter is not None:
+            wait = self._rate_limiter.reserve()
+            if wait:
+                await pause(wait)
+        start = time.time()
+        t0 = time.perf_counter()
+        attempts = 0
+        connect_left = min(policy.connect_retries, policy.retries)
+        retries_left = policy.retries
+        while True:
+            attempts += 1
+            answer, failure, connect, retry_after = await self._attempt(kind, url, data, first=attempts == 1)
+            if isinstance(answer, CallResult):
+                return answer
+            retry = answer is None or answer.status in RETRY_STATUSES
+            if retry and retries_left > 0 and not (connect and connect_left <= 0):
+                retries_left -= 1
+                connect_left -= connect
+                wait = retry_after or backoff_s(attempts, policy.backoff_s, policy.backoff_jitter_s,
+                                                policy.backoff_max_s)
+                if wait:
+                    await pause(wait)
+                continue
+            break
+        latency = (time.perf_counter() - t0) * 1000
+        if attempts > 1:
+            self.retries[kind].inc(attempts - 1)
+        if answer is None:
+            self.outcomes[kind, "exception"].inc()
+            return self._failed(kind, latency, attempts, f"{failure:.200}")
+        self.latency[kind].update(int(latency))
+        if answer.status not in RETRY_STATUSES:
+            # The backend handled the request: not a sign of overload, whatever the answer.
+            # (A 401 or 422 for every member must not make the throttler slow the run down.)
+            self._succeeded(kind, start)
+        if answer.status != 200:
+            self.outcomes[kind, "http_error"].inc()
+            text = answer.body.decode("utf-8", "replace").replace("\n", " ")
+            return self._failed(kind, latency, attempts, f"HTTP {answer.status}: {text:.160}")
+        try:
+            payload = json.loads(answer.body)
+        except ValueError:
+            self.outcomes[kind, "bad_response"].inc()
+            text = answer.body.decode("utf-8", "replace")
+            return self._failed(kind, latency, attempts, f"bad response: body is not JSON: {text!r:.60}")
+        return CallResult(payload, latency, attempts, None)
+
+    def _value(self, kind: str, item: Any) -> Any:
+        """One member's answer: a prediction number, or an offer among the partner's offers."""
+        if kind == "offer":
+            return check_offer(item, self.partner.endpoints.offer.offers)
+        return check_prediction(item, getattr(self.partner.endpoints, kind).response_field)
+
+    async def call_async(self, kind: str, body: dict | bytes) -> CallResult:
+        """One member's call to a per-member route (``body`` as a dict or already as JSON)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        posted = await self._post(kind, self.urls[kind], data)
+        if posted.error:
+            return posted
+        field = getattr(self.partner.endpoints, kind).response_field
+        try:
+            value = self._value(kind, _field(posted.value, field))
+        except BadResponse as exc:
+            self.outcomes[kind, "bad_response"].inc()
+            return self._failed(kind, posted.latency_ms, posted.attempts, f"bad response: {exc}")
+        self.outcomes[kind, "ok"].inc()
+        return CallResult(value, posted.latency_ms, posted.attempts, None)
+
+    async def post_batch_async(self, kind: str, data: bytes, count: int) -> BatchAnswer:
+        """One request of ``count`` instances (``data``, already encoded) to a batch route.
+
+        A failed request fails each of its members with the same reason; an item
+        that is not a valid answer fails only its own member. Latency and attempts
+        are the request's, shared by its members.
+        """
+        posted = await self._post(kind, self.batch_urls[kind], data)
+        failed = posted.error
+        if not failed:
+            try:
+                items = read_batch(posted.value, count)
+            except BadResponse as exc:
+                self.outcomes[kind, "bad_response"].inc()
+                failed = self._failed(kind, posted.latency_ms, posted.attempts, f"bad response: {exc}").error
+        if failed:
+            return BatchAnswer([None] * count, [failed] * count, posted.latency_ms, posted.attempts)
+        self.outcomes[kind, "ok"].inc()
+        if kind == "offer":
+            offers = self._offers
+            usual = all(type(v) is str and v in offers for v in items)
+        else:
+            usual = all(type(v) is float for v in items) and all(map(math.isfinite, items))
+        if usual:  # every item a valid answer: checked at once, not item by item
+            return BatchAnswer(items, None, posted.latency_ms, posted.attempts)
+        values: list = []
+        errors: list[str | None] = []
+        for item in items:
+            try:
+                values.append(self._value(kind, item))
+                errors.append(None)
+            except BadResponse as exc:
+                self.bad_items[kind].inc()
+                values.append(None)
+                errors.append(f"{kind}: bad response item: {exc}")
+        return BatchAnswer(values, errors if any(errors) else None, posted.latency_ms, posted.attempts)
+
+    def call(self, kind: str, body: dict) -> CallResult:
+        """``call_async`` from a thread other than the loop's (tests, benchmarks)."""
+        return self.loop.run(self.call_async(kind, body))
