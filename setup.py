@@ -23,7 +23,9 @@ setup(
         # python -m beam_pipeline.report; scipy for the KS statistic of --baseline (docs/decisions.md)
         "report": ["matplotlib>=3.8", "scipy>=1.11"],
         "test": ["pytest>=8", "responses>=0.25", "hypothesis>=6.100", "httpx2>=2",
-                 "matplotlib>=3.8", "scipy>=1.11", "jsonschema>=4.18"],
+                 "matplotlib>=3.8", "scipy>=1.11", "jsonschema>=4.18",
+                 # docker-py: the Docker build context by Docker's own .dockerignore rules
+                 "docker>=7.1,<8"],
         # Google Cloud: gs:// paths, the DataflowRunner, Secret Manager (installed in the image too).
         "dataflow": ["apache-beam[gcp]==2.77.0", "google-cloud-secret-manager>=2.20,<3"],
         # benchmarks/perf.py's in-memory references (never pipeline dependencies); wrk comes from apt.
