@@ -53,7 +53,7 @@ def test_packed_accumulators_at_rest_work_in_every_combine_fn_method(first, seco
     assert isinstance(packed, bytes) and fn.compact(packed) is packed
     coder = PackedAccumulatorCoder()
     assert coder.decode(coder.encode(packed)) == packed  # the shuffle keeps it packed
-    assert coder.encode(fn.create_accumulator()) == fn.compact(fn.create_accumulator())
+    assert coder.encode(fn.create_accumulator())[1:] == fn.compact(fn.create_accumulator())  # behind the version byte
     # Resumed, merged with a live or a packed accumulator, or extracted as it is: same answer.
     assert fn.extract_output(fn.add_inputs(packed, second)) == whole
     other = fn.add_inputs(fn.create_accumulator(), second)

@@ -29,6 +29,7 @@ from lantern.features import (
     unpack,
 )
 from lantern.member_table import merge_batches
+from lantern.state_version import framed, payload
 
 _EMPTY = create()
 
@@ -48,13 +49,13 @@ class StatelessCoder(coders.Coder):
 
 class CompactAccumulatorCoder(StatelessCoder):
     """Live accumulators as packed bytes and back: what the streaming job keeps in
-    state per member, read back to be updated."""
+    state per member, read back to be updated. Versioned (``lantern.state_version``)."""
 
     def encode(self, acc: list) -> bytes:
-        return pack(acc)
+        return framed(pack(acc))
 
     def decode(self, data: bytes) -> list:
-        return unpack(data)
+        return unpack(payload(data, "a member's feature accumulator"))
 
 
 class PackedAccumulatorCoder(StatelessCoder):
@@ -63,14 +64,15 @@ class PackedAccumulatorCoder(StatelessCoder):
     Between the lifted partial combine and the final merge, the local runner keeps
     every accumulator in memory as the coder decodes it. Decoding to the packed
     bytes (not to the live list) keeps that at ~150 bytes per accumulator instead
-    of ~1,000, and unpacks each once, in the merge, instead of twice.
+    of ~1,000, and unpacks each once, in the merge, instead of twice. Versioned like
+    every state coder (``lantern.state_version``).
     """
 
     def encode(self, acc: list | bytes) -> bytes:
-        return at_rest(acc)
+        return framed(at_rest(acc))
 
     def decode(self, data: bytes) -> bytes:
-        return data
+        return payload(data, "a shuffled feature accumulator")
 
 
 class MemberFeaturesFn(beam.CombineFn):

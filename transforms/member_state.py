@@ -32,6 +32,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from lantern.features import LAST3, Transaction
+from lantern.state_version import framed, payload
 from transforms import NAMESPACE
 from transforms.features import CompactAccumulatorCoder, MemberFeaturesFn, StatelessCoder
 
@@ -45,13 +46,15 @@ class MemberMeta(NamedTuple):
 
 
 class MemberMetaCoder(StatelessCoder):
+    """``MemberMeta`` as 24 fixed bytes behind the state layout version."""
+
     _FORMAT = struct.Struct(">dqq")
 
     def encode(self, meta: MemberMeta) -> bytes:
-        return self._FORMAT.pack(*meta)
+        return framed(self._FORMAT.pack(*meta))
 
     def decode(self, data: bytes) -> MemberMeta:
-        return MemberMeta(*self._FORMAT.unpack(data))
+        return MemberMeta(*self._FORMAT.unpack(payload(data, "a member's stream bookkeeping")))
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
