@@ -16,12 +16,12 @@ def format_summary(s: dict) -> str:
     offers = ", ".join(f"{k} {v}" for k, v in s["offers"].items()) or "none"
     where = s["output"] if s.get("published", True) else f"{s['staging']} (NOT published: too many dead letters)"
     limit = s.get("dead_letter_limit")
-    warning = limit and dead_letter_limit.warning(dead_letter_limit.Verdict(**limit))
+    note = limit and dead_letter_limit.note(dead_letter_limit.Verdict(**limit))
     retried = f"\n{retry_line(s)}" if s.get("retry_of") else ""
     return (
         f"outputs: {where} (results/, dead_letter/, metrics/, run.json)\n"
         f"rows read {acc['rows_read']}: {acc['transactions']} transactions, {acc['member_only_rows']} "
-        f"member-only, {acc['dead_letter_rows']} dead letters{f' ({warning})' if warning else ''}\n"
+        f"member-only, {acc['dead_letter_rows']} dead letters{f' ({note})' if note else ''}\n"
         f"members {acc['members']}: {acc['members_ok']} OK, {acc['members_no_transactions']} "
         f"NO_TRANSACTIONS, {acc['members_failed']} FAILED\n"
         f"offers: {offers}\n"

@@ -4,7 +4,7 @@ A partner file that misreads an export (the wrong delimiter, a type spelling it
 does not list) turns most rows into dead letters, and the run would otherwise end
 "fine" with a handful of members. Past the limit the run exits 4 and is not
 published: its outputs stay in the staging folder the error line names. Below the
-limit, any dead letter at all adds a warning to the summary line.
+limit, any dead letter at all adds a note to the summary line.
 
 The limit is ``--max-dead-letter-ratio`` or the partner's ``input.max_dead_letter_ratio``
 (0.05 by default); 1.0 turns the check off.
@@ -88,12 +88,16 @@ def failure_line(verdict: Verdict, accounting: dict, reasons: dict[str, int], ex
     return line + f"; the run is not published, its outputs are in {staging}"
 
 
-def warning(verdict: Verdict) -> str | None:
-    """The summary line's warning for a run with dead letters below the limit; None without any."""
+def note(verdict: Verdict) -> str | None:
+    """The summary line's note for a run with dead letters below the limit; None without any.
+
+    A note, not a warning: the run is within what the partner allows, and a word
+    that sounds like trouble for a ratio far under the limit teaches people to ignore it."""
     if verdict.exceeded or verdict.ratio == 0:
         return None
-    limit = "no limit" if verdict.limit >= OFF else f"limit {verdict.limit:g}"
-    return f"warning: dead-letter ratio {verdict.ratio:.3g} ({limit})"
+    if verdict.limit >= OFF:
+        return f"note: dead-letter ratio {verdict.ratio:.3g}, no limit set"
+    return f"note: dead-letter ratio {verdict.ratio:.3g}, under the limit {verdict.limit:g}"
 
 
 def hold_back(record: RunSummary, verdict: Verdict, staging: str) -> RunSummary:

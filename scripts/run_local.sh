@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
 # Command 1 of the README: install, start the reference ML service on a free loopback
-# port, run the pipeline on member_data.csv, stop the server (even on failure), and
-# write OUTPUT/report.html. Extra arguments go to the pipeline, e.g. --as-of 2026-11-24.
+# port, run the pipeline on one export, stop the server (even on failure), and write
+# OUTPUT/report.html. The export is INPUT (default member_data.csv): `INPUT=day2.csv bash
+# scripts/run_local.sh`; an --input among the arguments replaces it, never adds to it (one
+# export counted twice would double every duplicate member). Other arguments go to the
+# pipeline, e.g. --as-of 2026-11-24.
 # The demo replaces the run already in its output folder (--overwrite); a plain run refuses to.
 EXTRAS=report source "$(dirname "$0")/venv.sh"
 OUTPUT="${OUTPUT:-out/local}"
-ARGS=("$@")
-for i in "${!ARGS[@]}"; do  # an --output among the extra arguments wins, for the report too
-  case "${ARGS[$i]}" in
-    --output) OUTPUT="${ARGS[$((i + 1))]:-$OUTPUT}" ;;
-    --output=*) OUTPUT="${ARGS[$i]#--output=}" ;;
+INPUTS=()
+ARGS=()
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --input) [ "$#" -ge 2 ] || { echo "error: --input needs a path" >&2; exit 2; }
+             INPUTS+=("$2"); shift 2; continue ;;
+    --input=*) INPUTS+=("${1#--input=}") ;;
+    --output) OUTPUT="${2:-$OUTPUT}"; ARGS+=("$1" "${2:-}"); shift 2; continue ;;  # the report follows it
+    --output=*) OUTPUT="${1#--output=}"; ARGS+=("$1") ;;
+    *) ARGS+=("$1") ;;
   esac
+  shift
+done
+if [ "${#INPUTS[@]}" -eq 0 ]; then
+  INPUTS=("${INPUT:-member_data.csv}")
+fi
+INPUT_ARGS=()
+for path in "${INPUTS[@]}"; do
+  INPUT_ARGS+=(--input "$path")
 done
 PORT="$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 LOG="$(mktemp -t offer-server.XXXXXX.log)"
@@ -31,10 +47,10 @@ for _ in $(seq 1 100); do
   kill -0 "$SERVER" 2>/dev/null || { echo "the ML server did not start:"; cat "$LOG"; exit 1; }
   sleep 0.1
 done
-echo "reference ML service on http://127.0.0.1:$PORT (pid $SERVER)"
+echo "reference ML service on http://127.0.0.1:$PORT (pid $SERVER); input: ${INPUTS[*]}"
 set +e
-python -m beam_pipeline --input member_data.csv --output "$OUTPUT" --overwrite \
-  --endpoint-url "http://127.0.0.1:$PORT" "$@"
+python -m beam_pipeline "${INPUT_ARGS[@]}" --output "$OUTPUT" --overwrite \
+  --endpoint-url "http://127.0.0.1:$PORT" "${ARGS[@]}"
 CODE=$?
 set -e
 if [ "$CODE" -eq 0 ] || [ "$CODE" -eq 3 ]; then  # 3: published, some members FAILED

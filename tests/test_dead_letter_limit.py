@@ -36,11 +36,11 @@ def test_judge(rows, dead, limit, exceeded):
     assert verdict.exceeded is exceeded and verdict.ratio == (dead / rows if rows else 0.0)
 
 
-def test_warning_only_below_the_limit_and_above_zero():
-    assert D.warning(D.judge(acc(100, 0), 0.05)) is None
-    assert D.warning(D.judge(acc(100, 6), 0.05)) is None  # past it: the error line says it instead
-    assert D.warning(D.judge(acc(1000, 4), 0.05)) == "warning: dead-letter ratio 0.004 (limit 0.05)"
-    assert D.warning(D.judge(acc(10, 9), 1.0)) == "warning: dead-letter ratio 0.9 (no limit)"
+def test_a_note_only_below_the_limit_and_above_zero():
+    assert D.note(D.judge(acc(100, 0), 0.05)) is None
+    assert D.note(D.judge(acc(100, 6), 0.05)) is None  # past it: the error line says it instead
+    assert D.note(D.judge(acc(1000, 4), 0.05)) == "note: dead-letter ratio 0.004, under the limit 0.05"
+    assert D.note(D.judge(acc(10, 9), 1.0)) == "note: dead-letter ratio 0.9, no limit set"
 
 
 def test_top_reasons_most_frequent_first_ties_by_name():

@@ -137,7 +137,7 @@ def test_dead_letters_below_the_limit_warn_in_the_summary_line(onboarded):
     assert summary["dead_letter_limit"]["exceeded"] is False and summary["dead_letter_limit"]["limit"] == 0.05
     line = cli.format_summary(summary).splitlines()[1]
     assert line.startswith(f"rows read {acc['rows_read']}: ")
-    assert f"(warning: dead-letter ratio {acc['dead_letter_rows'] / acc['rows_read']:.3g} (limit 0.05))" in line
+    assert f"(note: dead-letter ratio {acc['dead_letter_rows'] / acc['rows_read']:.3g}, under the limit 0.05)" in line
 
 
 def test_generate_writes_an_export_for_a_partner_file(work, tmp_path):
@@ -202,7 +202,7 @@ def test_refused_without_overwrite_and_replaced_whole_with_it(work, onboarded, s
                                      "--max-dead-letter-ratio", "1", "--overwrite"))
     assert code == 0 and summary["run_id"] != first_id
     assert summary["dead_letter_limit"]["limit"] == 1.0 and summary["dead_letter_limit"]["exceeded"] is False
-    assert "(no limit))" in cli.format_summary(summary).splitlines()[1]
+    assert ", no limit set)" in cli.format_summary(summary).splitlines()[1]
     assert _run_folder_entries(out) == {"results", "dead_letter", "metrics", "run.json"}
     assert json.loads((out / "run.json").read_text())["run_id"] == summary["run_id"]
     assert pq.read_table(out / "dead_letter").num_rows == summary["accounting"]["dead_letter_rows"]
