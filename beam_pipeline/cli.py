@@ -17,7 +17,7 @@ import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from beam_pipeline import dead_letter_limit, inputs, launch, logs, preflight, retry, streaming, summary
+from beam_pipeline import beam_options, dead_letter_limit, inputs, launch, logs, preflight, retry, streaming, summary
 from beam_pipeline.console import format_summary
 from beam_pipeline.heartbeat import Heartbeat
 from beam_pipeline.pipeline import BLOCKS, READERS, JobConfig, build_pipeline
@@ -34,7 +34,8 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"usage: {message} (see --help)")
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+def build_parser() -> argparse.ArgumentParser:
+    """The job's own options (Beam's are checked by ``beam_options``)."""
     # Options with a dash also answer to their underscore spelling: the Flex Template launcher passes
     # template parameters as --as_of=..., and Beam's own options are spelled that way too.
     parser = _ArgumentParser(prog="python -m beam_pipeline", description=__doc__.splitlines()[0],
@@ -72,7 +73,25 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help="call the endpoints again for the FAILED members of this published run only "
                              "and write a complete new output (docs/day-two.md)")
     streaming.add_arguments(parser)
+    _underscore_spellings(parser)
+    return parser
+
+
+def _underscore_spellings(parser: argparse.ArgumentParser) -> None:
+    """Every ``--some-option`` also answers to ``--some_option`` (the Flex Template launcher's spelling)."""
+    for action in parser._actions:
+        for option in list(action.option_strings):
+            twin = "--" + option[2:].replace("-", "_")
+            if option.startswith("--") and twin not in parser._option_string_actions:
+                action.option_strings.append(twin)
+                parser._option_string_actions[twin] = action
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The job's options, and the rest for Beam: each of those must be an option Beam knows."""
+    parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
+    beam_options.check_known(beam_args, parser)
     if not args.input and not args.streaming and not args.retry_failed:
         parser.error("the following arguments are required: --input")
     return args, beam_args
