@@ -23,6 +23,7 @@ from beam_pipeline.heartbeat import Heartbeat
 from beam_pipeline.pipeline import BLOCKS, READERS, JobConfig, build_pipeline
 from beam_pipeline.runners import make_runner
 from lantern.errors import ConfigError
+from lantern.member_table import shards_for
 from lantern.partner import PartnerConfig, load, load_named
 from transforms import progress
 
@@ -154,8 +155,8 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     launch.say_notices(partner.notices())
 
     launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start)
-    job = JobConfig(tuple(patterns), layouts, partner, as_of, launched.staging, features_only=args.features_only,
-                    reader=args.reader)
+    job = JobConfig(tuple(files), layouts, partner, as_of, launched.staging, features_only=args.features_only,
+                    reader=args.reader, shards=shards_for(inputs.estimated_bytes(files)))
     total_bytes = sum(f.size_bytes for f in files)
     log.info("run %s: partner=%s input=%s (%d file(s), %s bytes) output=%s as_of=%s runner=%s",
              launched.run_id, partner.name, ",".join(patterns), len(files), f"{total_bytes:,}", launched.output,
@@ -180,7 +181,7 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     code = launch.EXIT_TOO_MANY_DEAD_LETTERS if verdict.exceeded else launch.exit_code(acc["members_failed"])
     record = summary.run_record(
         launched, partner, partner_source, as_of.isoformat(), code, acc, written.rows, written.results,
-        written.dead_letters, [(f.path, f.size_bytes) for f in files], vars(args), verdict=verdict,
+        written.dead_letters, files, vars(args), verdict=verdict,
     )
     return launch.finish(launched, record, code, args.overwrite, verdict)
 

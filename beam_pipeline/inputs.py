@@ -9,13 +9,13 @@ import csv
 import logging
 import os
 import zlib
-from typing import NamedTuple
 
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from lantern.errors import ConfigError
 from lantern.partner import PartnerConfig
+from transforms.input_files import InputFile, gcs_generations
 from transforms.parse import BOM, FileLayout
 
 log = logging.getLogger(__name__)
@@ -26,12 +26,8 @@ FIELDS = ("member_id", "timestamp", "type", "points", "revenue")
 DELIMITERS = (",", ";", "|", "\t")
 
 
-class InputFile(NamedTuple):
-    path: str
-    size_bytes: int
-
-
 def match_inputs(patterns: list[str]) -> list[InputFile]:
+    """The files the globs match now, once: the job's input (``transforms/input_files.py``)."""
     files: dict[str, InputFile] = {}
     for pattern in patterns:
         local = "://" not in pattern
@@ -52,7 +48,18 @@ def match_inputs(patterns: list[str]) -> list[InputFile]:
             if meta.path in files:
                 raise ConfigError(f"input {meta.path} is matched by more than one --input")
             files[meta.path] = InputFile(meta.path, meta.size_in_bytes)
-    return list(files.values())
+    generations = gcs_generations(list(files))
+    return [f._replace(generation=generations.get(f.path)) for f in files.values()]
+
+
+# What a compressed export is assumed to grow to when read (CSV of this kind gzips about 5-8x).
+COMPRESSION_RATIO = 8
+
+
+def estimated_bytes(files: list[InputFile]) -> int:
+    """The input's size as the job will read it: compressed files (by name) counted ``COMPRESSION_RATIO`` times."""
+    return sum(f.size_bytes * (1 if CompressionTypes.detect_compression_type(f.path) == CompressionTypes.UNCOMPRESSED
+                               else COMPRESSION_RATIO) for f in files)
 
 
 def read_header(path: str) -> tuple[bytes, bytes | None]:

@@ -3,20 +3,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam import coders
 from apache_beam.io.filebasedsource import FileBasedSource
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.textio import ReadFromTextWithFilename
+from apache_beam.io.textio import _TextSourceWithFilename
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.outputs import join
+from lantern.member_table import SHARDS
 from lantern.partner import PartnerConfig
 from transforms import NAMESPACE
 from transforms.endpoints import CallEndpoints
 from transforms.features import CombineMemberShardsFn, MemberFeaturesFn
+from transforms.input_files import FixedFiles, InputFile
 from transforms.parquet_rows import WriteParquetRows
 from transforms.parse import DEAD_LETTER, FileLayout, ParseExport, ParseExportBlocks
 from transforms.results import (
@@ -47,17 +50,18 @@ WRITE_DEAD_LETTERS = "WriteDeadLetters"
 class JobConfig:
     """Everything the pipeline needs, resolved and validated before it is built."""
 
-    input_patterns: tuple[str, ...]
+    inputs: tuple[InputFile, ...]  # the files matched at launch: the job reads these, never the globs again
     layouts: dict[str, FileLayout]
     partner: PartnerConfig
     as_of: dt.date
     staging: str  # the run's private folder; published only when complete
     features_only: bool = False  # no endpoint calls: members with transactions get FEATURES_ONLY
     reader: str = BLOCKS  # blocks: columnar parse and fold; lines: one element per line (the reference)
+    shards: int = SHARDS  # member shards of the block reader's shuffle (lantern.member_table.shards_for)
 
 
-class ExportBlockSource(FileBasedSource):
-    """Each matched file as (file name, block): byte ranges of whole lines, about ``block_bytes`` each.
+class ExportBlockSource(FixedFiles, FileBasedSource):
+    """Each input file as (file name, block): byte ranges of whole lines, about ``block_bytes`` each.
 
     A line belongs to the split it starts in, as with ``ReadFromText``, and lines end where
     ``ReadFromText`` ends them (at ``\n``), so both readers see the same lines. Uncompressed
@@ -65,10 +69,10 @@ class ExportBlockSource(FileBasedSource):
     (``CompressionTypes.AUTO``: ``.gz``, ``.bz2``, ...) are read whole, decompressed as they go.
     """
 
-    def __init__(self, pattern: str, block_bytes: int = BLOCK_BYTES):
-        # validate=False: the CLI matched every pattern before the run (inputs.py); validating here
-        # again would list the bucket a second time and make building the job need cloud access.
-        super().__init__(pattern, compression_type=CompressionTypes.AUTO, validate=False)
+    def __init__(self, files: tuple[InputFile, ...], block_bytes: int = BLOCK_BYTES):
+        # The files matched at launch (transforms/input_files.py); the pattern is only a name.
+        super().__init__(files[0].path, compression_type=CompressionTypes.AUTO, validate=False)
+        self.fix_files(files)
         self._block_bytes = block_bytes
 
     def default_output_coder(self):
@@ -119,25 +123,29 @@ class ExportBlockSource(FileBasedSource):
                 position += len(block)
 
 
+class ExportLineSource(FixedFiles, _TextSourceWithFilename):
+    """Each input file as (file name, raw line bytes): ``ReadFromTextWithFilename``'s source over the
+    files matched at launch."""
+
+    def __init__(self, files: tuple[InputFile, ...]):
+        super().__init__(files[0].path, 0, CompressionTypes.AUTO, True, coders.BytesCoder(), validate=False)
+        self.fix_files(files)
+
+
 class ReadExports(beam.PTransform):
-    """Every input pattern as (file name, raw line bytes), or with ``reader="blocks"`` as
+    """The input files as (file name, raw line bytes), or with ``reader="blocks"`` as
     (file name, block of whole lines)."""
 
-    def __init__(self, patterns, reader: str = LINES):
+    def __init__(self, files: tuple[InputFile, ...], reader: str = LINES):
         super().__init__()
-        self._patterns = patterns
+        self._files = tuple(files)
         self._reader = reader
 
     def expand(self, pbegin):
         if self._reader == BLOCKS:
-            reads = [pbegin | f"Read[{i}]" >> beam.io.Read(ExportBlockSource(pattern))
-                     for i, pattern in enumerate(self._patterns)]
-        else:
-            reads = [
-                pbegin | f"Read[{i}]" >> ReadFromTextWithFilename(pattern, coder=coders.BytesCoder(), validate=False)
-                for i, pattern in enumerate(self._patterns)
-            ]
-        return reads[0] if len(reads) == 1 else tuple(reads) | "Flatten" >> beam.Flatten()
+            return pbegin | "Read" >> beam.io.Read(ExportBlockSource(self._files))
+        source = ExportLineSource(self._files)
+        return pbegin | "Read" >> beam.io.Read(source).with_output_types(source.output_type_hint())
 
 
 def _has_transactions(member) -> bool:
@@ -213,7 +221,7 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     partner = job.partner
     columns = feature_columns(partner.feature_names)
 
-    parse = ParseExportBlocks if job.reader == BLOCKS else ParseExport
+    parse = functools.partial(ParseExportBlocks, shards=job.shards) if job.reader == BLOCKS else ParseExport
     # The block reader moves members from the combine to the results as Arrow tables (one per shard)
     # when nothing is called per member: features-only runs, and batch routes (a table is cut into
     # requests anyway). No Beam step and no Python object per member in between.
@@ -225,7 +233,7 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
         to_result_row = to_result_row.with_output_types(pa.Table)
     parsed = (
         p
-        | READ_EXPORTS >> ReadExports(job.input_patterns, job.reader)
+        | READ_EXPORTS >> ReadExports(job.inputs, job.reader)
         | PARSE >> parse(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of,
                          type_codes=partner.input.type_codes())
     )

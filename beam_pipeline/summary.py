@@ -38,6 +38,7 @@ from beam_pipeline.pipeline import (
 from lantern.partner import PartnerConfig
 from lantern.run_record import RunSummary
 from transforms import NAMESPACE
+from transforms.input_files import InputFile
 from transforms.parse import MEMBER_ACCUMULATORS
 from transforms.results import FAILED, FEATURES_ONLY, NO_TRANSACTIONS, OK
 from transforms.timing import BUNDLE_MS
@@ -338,7 +339,7 @@ def run_record(
     rows: list[dict],
     results: pa.Table,
     dead_letters: pa.Table,
-    inputs: Iterable[tuple[str, int]],
+    inputs: Iterable[tuple],
     cli_args: dict,
     step_table: tuple[Step, ...] = STEPS,
     called: pa.Table | None = None,
@@ -371,7 +372,7 @@ def run_record(
         latency_ms=latency_percentiles(results if called is None else called),
         requests=requests(rows),
         concurrency_limit=concurrency_limits(rows) or None,
-        inputs=[{"path": path, "size_bytes": size} for path, size in inputs],
+        inputs=[InputFile(*f).as_json() for f in inputs],
         output=launch.output,
         options={
             "endpoint_base_url": redact({"url": partner.endpoints.base_url})["url"],

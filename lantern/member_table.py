@@ -291,6 +291,19 @@ class MemberTable:
 
 
 SHARDS = 256  # member shards of the batch shuffle: enough to spread the merge over many workers
+# Input bytes per shard past SHARDS shards: a shard's members (the merge's working set for one key)
+# are at most the members of this much input, whatever the size of the job.
+SHARD_INPUT_BYTES = 16 << 20
+
+
+def shards_for(input_bytes: int, shard_bytes: int = SHARD_INPUT_BYTES, minimum: int = SHARDS) -> int:
+    """The shuffle's shard count for an input of ``input_bytes``: at least ``minimum``, and one shard
+    per ``shard_bytes`` of input, so no shard holds more members than that much input can name.
+
+    Chosen at launch from the sizes matched then and passed to every worker, so every process
+    shards members alike.
+    """
+    return max(minimum, -(-input_bytes // shard_bytes), 1)
 
 
 def shard_of(member: str, shards: int = SHARDS) -> int:

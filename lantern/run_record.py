@@ -131,7 +131,9 @@ class InputFile(Record):
     model_config = ConfigDict(json_schema_extra={"additionalProperties": True})
 
     path: str
-    size_bytes: Count
+    size_bytes: Count = Field(description="the size matched at launch: the job reads up to it")
+    generation: int | Absent = Field(None, description="a Cloud Storage object's generation matched at launch: "
+                                                       "the job reads that generation")
 
 
 class Options(Record):

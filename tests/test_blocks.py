@@ -32,6 +32,7 @@ from lantern.member_table import read_batch, shard_of
 from lantern.partner import load_named
 from tests.test_inputs import FILES
 from transforms.features import CombineMemberShardsFn, MemberFeaturesFn
+from transforms.input_files import InputFile
 from transforms.parse import FileLayout, ParseBlocksFn, ParseLineFn, parse_block
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,20 +75,21 @@ def line_path(paths: list[str], layouts, delimiter=",", formats=("iso",)):
 
 def block_path(paths: list[str], layouts, rng: random.Random, delimiter=",", formats=("iso",)):
     """Blocks of random sizes over random splits, several bundles, folded and merged as the runner would."""
+    n_shards = rng.choice([1, 7, 256])  # the shard count follows the input's size (lantern.member_table.shards_for)
     fn = _quiet(ParseBlocksFn(layouts, delimiter, formats, AS_OF, buffer_rows=rng.choice([1, 5, 1 << 20]),
-                              max_members=rng.choice([1, 3, 4_000_000])))
+                              max_members=rng.choice([1, 3, 4_000_000]), shards=n_shards))
     shards: dict[int, list[bytes]] = {}
     dead: list = []
     for path in paths:
-        source = ExportBlockSource(path, block_bytes=rng.choice([1, 7, 64, 1000, 1 << 20]))
         size = Path(path).stat().st_size
+        source = ExportBlockSource((InputFile(path, size),), block_bytes=rng.choice([1, 7, 64, 1000, 1 << 20]))
         for split in source.split(desired_bundle_size=max(1, size // rng.choice([1, 3, 10, 30]))):
             tracker = split.source.get_range_tracker(split.start_position, split.stop_position)
             for element in split.source.read(tracker):
-                _keep(fn.process(element), shards, dead)
+                _keep(fn.process(element), shards, dead, n_shards)
             if rng.random() < 0.5:  # a new bundle: drain what the table holds
-                _keep(_unwindowed(fn.finish_bundle()), shards, dead)
-    _keep(_unwindowed(fn.finish_bundle()), shards, dead)
+                _keep(_unwindowed(fn.finish_bundle()), shards, dead, n_shards)
+    _keep(_unwindowed(fn.finish_bundle()), shards, dead, n_shards)
     features = {}
     for shard, batches in shards.items():  # the shuffle's groups, merged and summarised as the pipeline does
         for combine in (COMBINE, SPEC_COMBINE):  # the SPEC's 8 features have their own reader of packed bytes
@@ -102,13 +104,13 @@ def _unwindowed(outputs):
         yield beam.pvalue.TaggedOutput(out.tag, out.value.value) if hasattr(out, "tag") else out.value
 
 
-def _keep(outputs, shards, dead):
+def _keep(outputs, shards, dead, n_shards):
     for out in outputs:
         if hasattr(out, "tag"):
             dead.append(out.value)
             continue
         shard, batch = out
-        assert all(shard_of(member) == shard for member in read_batch(batch)[0])  # members meet in one shard
+        assert all(shard_of(member, n_shards) == shard for member in read_batch(batch)[0])  # members meet in one shard
         shards.setdefault(shard, []).append(batch)
 
 

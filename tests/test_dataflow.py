@@ -22,6 +22,7 @@ from beam_pipeline.inputs import layout_for
 from beam_pipeline.pipeline import JobConfig, build_pipeline
 from beam_pipeline.runners import local_runner
 from lantern.partner import load_named
+from transforms.input_files import InputFile
 
 pytestmark = pytest.mark.usefixtures("dataflow_extra")
 
@@ -65,7 +66,8 @@ def job_config(tmp_path: Path) -> JobConfig:
     sample.write_text(HEADER + "\nm1,2024-01-01 10:00:00,buy,10,1.5\n")
     source = f"{BUCKET}/exports/2026-11-24/member_data.csv"
     layouts = {source: layout_for(str(sample), partner, "partner_options/default.yaml")}
-    return JobConfig((source,), layouts, partner, dt.date(2026, 11, 24), f"{BUCKET}/runs/_staging-test")
+    files = (InputFile(source, 1 << 20, 1764000000000000),)
+    return JobConfig(files, layouts, partner, dt.date(2026, 11, 24), f"{BUCKET}/runs/_staging-test")
 
 
 def transform_names(pipeline_proto) -> set[str]:

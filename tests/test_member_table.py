@@ -70,3 +70,12 @@ def test_a_bundles_shards_leave_the_combine_as_tables_of_about_table_members():
     assert all(t.num_rows >= 100 for t in tables[:-1]) and len(tables) < len(shards)
     gathered = {m: s for t in tables for m, s in summaries(t)}
     assert gathered == one_by_one and len(gathered) == 302
+
+
+def test_the_shard_count_follows_the_input_size():
+    from lantern.member_table import SHARD_INPUT_BYTES, SHARDS, shards_for
+
+    assert shards_for(0) == shards_for(SHARDS * SHARD_INPUT_BYTES) == SHARDS
+    assert shards_for(SHARDS * SHARD_INPUT_BYTES + 1) == SHARDS + 1
+    assert shards_for(40 << 30) == 2560  # a 40 GiB export: each shard still ~16 MiB of rows
+    assert shards_for(10, shard_bytes=4, minimum=1) == 3

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam import coders
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from lantern.feature_table import members_table, summaries
@@ -30,6 +31,10 @@ from lantern.features import (
 )
 from lantern.member_table import merge_batches
 from lantern.state_version import framed, payload
+from transforms import NAMESPACE
+
+# Distribution: members merged per shard key, the merge's working set (bounded by lantern.member_table.shards_for).
+SHARD_MEMBERS = "shard_members"
 
 _EMPTY = create()
 
@@ -155,6 +160,7 @@ class CombineMemberShardsFn(beam.DoFn):
         self._fn = fn
         self._batched = batched
         self._table_members = table_members
+        self._shard_members = Metrics.distribution(NAMESPACE, SHARD_MEMBERS)
 
     def _merge(self, parts: list[bytes]) -> bytes:
         return at_rest(self._fn.merge_accumulators(parts))
@@ -166,6 +172,7 @@ class CombineMemberShardsFn(beam.DoFn):
     def process(self, element: tuple[int, Iterable[bytes]]):
         _, batches = element
         ids, packed = merge_batches(batches, self._merge)
+        self._shard_members.update(len(ids))
         if not self._batched:
             yield from summaries(members_table(ids, packed, self._fn.as_of, self._fn.names), self._fn.names)
             return

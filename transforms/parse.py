@@ -25,7 +25,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from lantern.features import TYPE_CODES, Transaction
-from lantern.member_table import MemberTable, shard_batches
+from lantern.member_table import SHARDS, MemberTable, shard_batches
 from transforms import progress
 
 log = logging.getLogger(__name__)
@@ -464,10 +464,11 @@ class ParseBlocksFn(ParseLineFn):
     """
 
     def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None,
-                 max_members: int = 4_000_000, buffer_rows: int | None = None):
+                 max_members: int = 4_000_000, buffer_rows: int | None = None, shards: int = SHARDS):
         super().__init__(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes,
                          counted=(MEMBER_ACCUMULATORS,))
         self._max_members = max_members
+        self._shards = shards
         self._buffer_rows = buffer_rows
 
     def setup(self):
@@ -531,7 +532,7 @@ class ParseBlocksFn(ParseLineFn):
         if len(table) >= self._max_members:
             table.flush()
             counts[MEMBER_ACCUMULATORS] += len(table)
-            yield from shard_batches(table.drain())
+            yield from shard_batches(table.drain(), self._shards)
 
     def finish_bundle(self):
         while self._ahead:  # the blocks still being parsed: their outputs leave as windowed values
@@ -543,7 +544,7 @@ class ParseBlocksFn(ParseLineFn):
                     yield WindowedValue(out, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
         self._table.flush()
         self.tally.counts[MEMBER_ACCUMULATORS] += len(self._table)
-        for batch in shard_batches(self._table.drain()):
+        for batch in shard_batches(self._table.drain(), self._shards):
             yield WindowedValue(batch, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
         super().finish_bundle()
 
@@ -551,9 +552,10 @@ class ParseBlocksFn(ParseLineFn):
 class ParseExportBlocks(beam.PTransform):
     """(file, block) pairs -> (member id, packed partial accumulator), with dead letters as a tagged output."""
 
-    def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None):
+    def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None,
+                 shards: int = SHARDS):
         super().__init__()
-        self._fn = ParseBlocksFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes)
+        self._fn = ParseBlocksFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes, shards=shards)
 
     def expand(self, blocks):
         # Typed so the shuffle carries (shard, batch) with Beam's own coders, not pickled tuples.
