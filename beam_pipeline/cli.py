@@ -18,7 +18,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from beam_pipeline import beam_options, dead_letter_limit, inputs, launch, logs, preflight, retry, streaming, summary
+from beam_pipeline.accounting import AccountingError, BatchAccountant
 from beam_pipeline.console import format_summary
+from beam_pipeline.finalize import RunPlan
 from beam_pipeline.heartbeat import Heartbeat
 from beam_pipeline.pipeline import BLOCKS, READERS, JobConfig, build_pipeline
 from beam_pipeline.runners import make_runner
@@ -125,7 +127,8 @@ def _local(pattern: str) -> str:
 def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     """Run the job; returns the exit code and the run summary as run.json holds it.
 
-    The summary is None when a Flex Template launch only submitted the job.
+    The summary is None when a Flex Template launch only submitted the job, or when the run's
+    accounting did not close (exit 1: the error is logged).
     """
     start = launch.Start.now()
     args, beam_args = parse_args(argv)
@@ -144,7 +147,8 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
 
 def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerConfig, partner_source: str,
               as_of: dt.date, start: launch.Start) -> tuple[int, dict | None]:
-    """The batch job: check inputs, output and endpoints, run, account for every row, publish."""
+    """The batch job: check inputs, output and endpoints, then run it; the job accounts for every row and
+    publishes itself (beam_pipeline/finalize.py)."""
     patterns = [_local(p) for p in args.input]
     files, layouts = inputs.inspect_inputs(patterns, partner, partner_source)
     dead_letter_max = dead_letter_limit.limit_for(args.max_dead_letter_ratio, partner)
@@ -155,8 +159,11 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     launch.say_notices(partner.notices())
 
     launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start)
+    fields = summary.launch_fields(launched, partner, partner_source, as_of.isoformat(), files, vars(args))
+    plan = RunPlan(launched.run_id, launched.output, launched.staging, args.overwrite, fields, BatchAccountant(),
+                   dead_letter_max)
     job = JobConfig(tuple(files), layouts, partner, as_of, launched.staging, features_only=args.features_only,
-                    reader=args.reader, shards=shards_for(inputs.estimated_bytes(files)))
+                    reader=args.reader, shards=shards_for(inputs.estimated_bytes(files)), plan=plan)
     total_bytes = sum(f.size_bytes for f in files)
     log.info("run %s: partner=%s input=%s (%d file(s), %s bytes) output=%s as_of=%s runner=%s",
              launched.run_id, partner.name, ",".join(patterns), len(files), f"{total_bytes:,}", launched.output,
@@ -169,21 +176,11 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     # Only a local run can see live counts (transforms/progress.py); Dataflow shows its own.
     heartbeat_s = args.heartbeat_seconds if engine is not None else 0
     with Heartbeat(heartbeat_s, total_bytes, live=_in_process(launched.options)):
-        result = pipeline.run()
-        if launched.template:
-            launch.log_submitted(launched)
-            return launch.EXIT_OK, None
-        result.wait_until_finish()
-
-    written = summary.collect(result, launched.staging)
-    acc = summary.accounting(summary.counter_totals(written.rows), written.results, written.dead_letters)
-    verdict = dead_letter_limit.judge(acc, dead_letter_max)
-    code = launch.EXIT_TOO_MANY_DEAD_LETTERS if verdict.exceeded else launch.exit_code(acc["members_failed"])
-    record = summary.run_record(
-        launched, partner, partner_source, as_of.isoformat(), code, acc, written.rows, written.results,
-        written.dead_letters, files, vars(args), verdict=verdict,
-    )
-    return launch.finish(launched, record, code, args.overwrite, verdict)
+        result, failure = launch.run_job(pipeline, launched)
+    if launched.template and failure is None:
+        launch.log_submitted(launched)
+        return launch.EXIT_OK, None
+    return summary.conclude(launched, result, failure)
 
 
 def _in_process(options: PipelineOptions) -> bool:
@@ -197,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return launch.EXIT_USAGE
-    except summary.AccountingError as exc:
+    except AccountingError as exc:
         log.error("%s", exc)
         return launch.EXIT_UNEXPECTED
     except Exception:  # the one place that turns a crash into exit 1 (logged with its traceback)

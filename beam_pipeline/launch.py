@@ -2,12 +2,12 @@
 
 Before the pipeline: the output folder is checked (writable; holding no run
 unless ``--overwrite``), the run gets its id, Dataflow gets its worker image and
-job name, and the run gets a private staging folder. After it: the run is
-published (run.json last; ``--overwrite`` clears the earlier run only now that
-this one is complete), or, past the dead-letter limit, held back in its staging
-folder; and the exit code says how it ended. A Flex Template launch is the
-exception: the launcher only submits the job, so the job writes in place and
-nothing here waits for it.
+job name, and the run gets a private staging folder. The batch and retry jobs
+end themselves (``beam_pipeline.finalize``: accounting, run.json, publication),
+so a launch that does not wait (a Flex Template launch) keeps every guarantee;
+a launcher that waits adds what only it sees (the runner's metrics, its own wall
+time) and turns the run.json the job wrote into the exit code (``conclude``).
+A streaming replay is still published here, by the launcher (``finish``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import uuid
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import console, dataflow, dead_letter_limit, outputs, run_folder
+from beam_pipeline import console, dataflow, dead_letter_limit, finalize, outputs, run_folder
 from beam_pipeline.runners import runner_name
 from lantern.run_record import ReplaySummary, RunSummary, to_json
 
@@ -53,7 +53,7 @@ class Launch:
     runner: str
     output: str  # absolute for a local folder
     staging: str  # where the pipeline writes: a private folder, or ``output`` itself when in place
-    template: bool  # a Flex Template launch: the job is submitted, never awaited or published here
+    template: bool  # a Flex Template launch: the job is submitted and finalizes itself; nothing waits for it
 
     def wall_seconds(self) -> float:
         return round(time.monotonic() - self.start.monotonic, 3)
@@ -69,13 +69,10 @@ def absolute(output: str) -> str:
 
 
 def check_output(output: str, overwrite: bool, beam_args: list[str]) -> None:
-    """Before anything runs: the folder can be written, and holds no run unless ``--overwrite``.
-
-    A Flex Template launch writes in place; :func:`prepare` checks its folder is fresh instead.
-    """
+    """Before anything runs: the folder can be written, and holds no run unless ``--overwrite``."""
+    del beam_args  # every launch, a Flex Template's too, stages its outputs and publishes them at the end
     outputs.check_writable(output)
-    if not dataflow.is_template_launch(PipelineOptions(beam_args)):
-        run_folder.check(output, overwrite)
+    run_folder.check(output, overwrite)
 
 
 def say_notices(notices: list[str]) -> None:
@@ -93,20 +90,31 @@ def prepare(options: PipelineOptions, partner: str, output: str, start: Start, s
     dataflow.prepare(options, partner, rid)
     output = absolute(output)
     template = dataflow.is_template_launch(options)
-    if not staged:
-        staging = output
-    elif template:
-        outputs.check_fresh(output)  # the launcher cannot wait to publish: the job writes in place
-        staging = output
-    else:
-        staging = outputs.staging_dir(output, rid)
+    staging = outputs.staging_dir(output, rid) if staged else output
     return Launch(rid, start, options, runner_name(options), output, staging, template)
 
 
 def log_submitted(launch: Launch, job: str = "job") -> None:
-    """A Flex Template launch ends when its job is submitted: no metrics/ or run.json here."""
-    log.info("run %s: %s submitted from a Flex Template; its outputs appear in %s when it finishes "
-             "(the job page in the console has the counters)", launch.run_id, job, launch.output)
+    """A Flex Template launch ends when its job is submitted; the job publishes itself."""
+    log.info("run %s: %s submitted from a Flex Template; it publishes its run.json in %s when it finishes "
+             "(or holds the run back in %s); the job page in the console has the counters",
+             launch.run_id, job, launch.output, launch.staging)
+
+
+def run_job(pipeline, launch: Launch):
+    """Run the pipeline; waits unless the launch is a Flex Template's.
+
+    Returns the ``PipelineResult`` (None when the job failed) and the job's failure (None when it did not):
+    a run that the last step held back fails its job on purpose, and its run.json says why.
+    """
+    try:
+        with finalize.runner_quiet_about_held_back_runs():
+            result = pipeline.run()
+            if not launch.template:
+                result.wait_until_finish()
+        return result, None
+    except Exception as exc:  # noqa: BLE001 - conclude() tells a held-back run from a crash by its run.json
+        return None, exc
 
 
 def exit_code(failed: int) -> int:
@@ -126,9 +134,8 @@ def finish(launch: Launch, record: RunSummary | ReplaySummary, code: int, overwr
         return EXIT_TOO_MANY_DEAD_LETTERS, to_json(held)
     summary = to_json(record)
     outputs.write_json(outputs.join(launch.staging, outputs.RUN_JSON), summary)
-    if overwrite:
-        run_folder.clear(launch.output, keep=launch.staging)
-    outputs.publish(launch.staging, launch.output)
+    clear = (lambda: run_folder.clear(launch.output, keep=launch.staging)) if overwrite else None
+    outputs.publish(launch.staging, launch.output, clear)
     log.info("run %s finished in %.1fs: %s", launch.run_id, summary["wall_seconds"],
              console.format_summary(summary).replace("\n", "; "), extra={"accounting": summary["accounting"]})
     return code, summary

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import shutil
-from pathlib import Path
+from collections.abc import Callable
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 PARTS = ("results", "dead_letter", "metrics")
 RUN_JSON = "run.json"
+PUBLISHING = "_publishing.json"  # in a staging folder: its publication has begun (room made in the output)
 
 
 def is_remote(path: str) -> bool:
@@ -44,18 +45,6 @@ def check_writable(output: str) -> None:
         raise ConfigError(f"output directory {output} is not writable ({existing} does not allow writing)")
 
 
-def check_fresh(output: str) -> None:
-    """A run that cannot publish (a Flex Template launch) writes in place, so the folder must hold no earlier run."""
-    for part in (*PARTS, RUN_JSON):
-        path = join(output, part)
-        pattern = join(path, "*") if part != RUN_JSON else path
-        if FileSystems.match([pattern])[0].metadata_list:
-            raise ConfigError(
-                f"output {output} already holds a run ({part}); a Flex Template run writes its outputs in place "
-                "and cannot replace them, so give it a new folder (e.g. one per date)"
-            )
-
-
 def staging_dir(output: str, run_id: str) -> str:
     return join(output, f"_staging-{run_id}")
 
@@ -66,32 +55,84 @@ def write_json(path: str, data: dict) -> None:
         handle.write(text.encode("utf-8"))
 
 
-def publish(staging: str, output: str) -> None:
-    """Replace the previous run's outputs with this run's, run.json last."""
-    if is_remote(output):
-        _publish_remote(staging, output)
+def read_json(path: str) -> dict | None:
+    """A JSON file's object; None when the file is absent."""
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def replace_json(path: str, data: dict) -> None:
+    """Write ``path`` so a reader sees the old file or the new one, never part of one."""
+    if is_remote(path):
+        write_json(path, data)  # an object store replaces an object whole when its upload ends
         return
-    old_summary = os.path.join(output, RUN_JSON)
-    if os.path.exists(old_summary):
-        os.remove(old_summary)  # from here on the folder is visibly incomplete
-    for part in PARTS:
-        target = os.path.join(output, part)
+    temporary = f"{path}.tmp"
+    write_json(temporary, data)
+    os.replace(temporary, path)
+
+
+def staged_parts(staging: str) -> list[str]:
+    """The folders a staging folder holds (results/, dead_letter/, ...): what publishing moves."""
+    if not is_remote(staging):
+        if not os.path.isdir(staging):
+            return []
+        return sorted(entry.name for entry in os.scandir(staging) if entry.is_dir())
+    prefix = staging.rstrip("/") + "/"
+    names = {m.path[len(prefix):].split("/", 1)[0] for m in FileSystems.match([join(staging, "**")])[0].metadata_list
+             if "/" in m.path[len(prefix):]}
+    return sorted(names)
+
+
+def _remove(path: str) -> None:
+    if not is_remote(path):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        return
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    under = [m.path for m in FileSystems.match([join(path, "**")])[0].metadata_list]
+    if under:
+        FileSystems.delete(under)
+
+
+def _move(source: str, target: str) -> None:
+    """A part of the staging folder into place: one rename locally, file by file on an object store."""
+    if not is_remote(source):
         if os.path.exists(target):
             shutil.rmtree(target)
-        os.replace(os.path.join(staging, part), target)
-    os.replace(os.path.join(staging, RUN_JSON), old_summary)
-    shutil.rmtree(staging, ignore_errors=True)
-    log.info("published outputs to %s", output)
+        os.replace(source, target)
+        return
+    prefix = source.rstrip("/") + "/"
+    files = [m.path for m in FileSystems.match([join(source, "**")])[0].metadata_list]
+    if files:
+        FileSystems.rename(files, [join(target, *p[len(prefix):].split("/")) for p in files])
 
 
-def _publish_remote(staging: str, output: str) -> None:
+def publish(staging: str, output: str, clear: Callable[[], None] | None = None) -> None:
+    """Move the run's parts from ``staging`` into ``output``, run.json last; safe to call again after a crash.
+
+    The first call makes room (the old run.json first, so the folder is visibly
+    incomplete from then on, then the parts this run replaces, or everything with
+    ``clear``) and marks the staging folder; a call that finds the mark only moves
+    what is still staged. Once run.json is in place, the staging folder is removed.
+    """
     summary = join(output, RUN_JSON)
-    if FileSystems.exists(summary):
-        FileSystems.delete([summary])
-    for part in PARTS:
-        old = [m.path for m in FileSystems.match([join(output, part, "*")])[0].metadata_list]
-        if old:
-            FileSystems.delete(old)
-        new = [m.path for m in FileSystems.match([join(staging, part, "*")])[0].metadata_list]
-        FileSystems.rename(new, [join(output, part, Path(p).name) for p in new])
-    FileSystems.rename([join(staging, RUN_JSON)], [summary])
+    marker = join(staging, PUBLISHING)
+    if not FileSystems.exists(marker):
+        _remove(summary)
+        if clear is not None:
+            clear()
+        for part in staged_parts(staging):
+            _remove(join(output, part))
+        write_json(marker, {"publishing_to": output})
+    for part in staged_parts(staging):
+        _move(join(staging, part), join(output, part))
+    staged_summary = join(staging, RUN_JSON)
+    if FileSystems.exists(staged_summary):
+        FileSystems.rename([staged_summary], [summary])
+    _remove(staging)
+    log.info("published outputs to %s", output)

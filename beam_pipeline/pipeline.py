@@ -13,6 +13,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.textio import _TextSourceWithFilename
 from apache_beam.metrics import Metrics
 
+from beam_pipeline.finalize import Finalize, RunPlan
 from beam_pipeline.outputs import join
 from lantern.member_table import SHARDS
 from lantern.partner import PartnerConfig
@@ -30,6 +31,7 @@ from transforms.results import (
     not_called_table,
     results_schema,
 )
+from transforms.run_counts import COUNTS, CountRowsFn, ResultStatsFn, SumCountsFn, ValueCountsFn
 from transforms.table_coder import ArrowTableCoder  # noqa: F401 - registers the coder of table elements
 
 MEMBERS_WITH_FEATURES = "members_with_features"
@@ -44,6 +46,10 @@ DECIDE_OFFERS = "DecideOffers"
 TO_RESULT_ROW = "ToResultRow"
 WRITE_RESULTS = "WriteResults"
 WRITE_DEAD_LETTERS = "WriteDeadLetters"
+FINALIZE = "Finalize"
+# The names of the run's counts and awaited writes, as the accountant reads them (beam_pipeline/accounting.py).
+ROWS, RESULT_STATS, DEAD_LETTER_REASONS = "rows", "results", "dead_letters"
+RESULTS, DEAD_LETTER_FILES = "results", "dead_letter"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +64,7 @@ class JobConfig:
     features_only: bool = False  # no endpoint calls: members with transactions get FEATURES_ONLY
     reader: str = BLOCKS  # blocks: columnar parse and fold; lines: one element per line (the reference)
     shards: int = SHARDS  # member shards of the block reader's shuffle (lantern.member_table.shards_for)
+    plan: RunPlan | None = None  # the last step's (beam_pipeline.finalize); None builds the job without it
 
 
 class ExportBlockSource(FixedFiles, FileBasedSource):
@@ -237,16 +244,26 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
         | PARSE >> parse(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of,
                          type_codes=partner.input.type_codes())
     )
-    (
+    members = (
         parsed.transactions
         | MEMBER_FEATURES >> MemberFeatures(MemberFeaturesFn(job.as_of, partner.feature_names), job.reader == BLOCKS,
                                             batched)
         | "CountMembers" >> count_members
-        | DECIDE_OFFERS >> DecideOffers(partner, job.features_only, batched)
-        | TO_RESULT_ROW >> to_result_row
-        | WRITE_RESULTS >> WriteParquetRows(join(job.staging, "results", "part"), results_schema(partner.feature_names))
     )
-    (
-        parsed[DEAD_LETTER]
-        | WRITE_DEAD_LETTERS >> WriteParquetRows(join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA)
-    )
+    results = members | DECIDE_OFFERS >> DecideOffers(partner, job.features_only, batched) | TO_RESULT_ROW >> to_result_row
+    written = {
+        RESULTS: results | WRITE_RESULTS >> WriteParquetRows(join(job.staging, "results", "part"),
+                                                             results_schema(partner.feature_names)),
+        DEAD_LETTER_FILES: parsed[DEAD_LETTER] | WRITE_DEAD_LETTERS >> WriteParquetRows(
+            join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA),
+    }
+    if job.plan is None:
+        return
+    facts = {
+        ROWS: parsed[COUNTS] | "CountRows" >> beam.CombineGlobally(SumCountsFn()),
+        MEMBERS_WITH_FEATURES: members | "CountMembersWithFeatures" >> beam.CombineGlobally(CountRowsFn()),
+        RESULT_STATS: results | "CountResults" >> beam.CombineGlobally(ResultStatsFn()),
+        DEAD_LETTER_REASONS: parsed[DEAD_LETTER] | "CountDeadLetters" >> beam.CombineGlobally(
+            ValueCountsFn("REASON")),
+    }
+    p | FINALIZE >> Finalize(job.plan, facts, written)

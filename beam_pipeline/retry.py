@@ -17,18 +17,35 @@ import datetime as dt
 import json
 import logging
 import os
-from collections import Counter
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import launch, logs, outputs, preflight, summary
-from beam_pipeline.pipeline import TO_RESULT_ROW, WRITE_DEAD_LETTERS, WRITE_RESULTS
+from beam_pipeline.accounting import (
+    ROW_KEYS,
+    Accounts,
+    Step,
+    members_by_status,
+    row_problems,
+    status_problems,
+    step_elements,
+)
+from beam_pipeline.finalize import Finalize, RunPlan
+from beam_pipeline.pipeline import (
+    DEAD_LETTER_FILES,
+    DEAD_LETTER_REASONS,
+    FINALIZE,
+    RESULT_STATS,
+    RESULTS,
+    TO_RESULT_ROW,
+    WRITE_DEAD_LETTERS,
+    WRITE_RESULTS,
+)
 from beam_pipeline.runners import make_runner
 from lantern.errors import ConfigError
 from lantern.partner import PartnerConfig
@@ -36,8 +53,6 @@ from transforms import progress
 from transforms.endpoints import CallEndpoints
 from transforms.parquet_rows import RowsToTablesFn
 from transforms.previous_results import (
-    MEMBERS_CARRIED_OVER,
-    MEMBERS_TO_RETRY,
     RETRY,
     CopyParquetRows,
     ReadPreviousResults,
@@ -45,12 +60,12 @@ from transforms.previous_results import (
 from transforms.results import (
     DEAD_LETTER_SCHEMA,
     FAILED,
-    NO_TRANSACTIONS,
     OK,
     ToResultRowFn,
     feature_columns,
     results_schema,
 )
+from transforms.run_counts import CountRowsFn, ResultStatsFn, ValueCountsFn
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +100,7 @@ class RetryJob:
     partner: PartnerConfig
     as_of: dt.date
     staging: str
+    plan: RunPlan | None = None  # the last step's; None builds the job without it
 
 
 def _refuse(previous: str, why: str) -> ConfigError:
@@ -186,105 +202,109 @@ def check_partner(previous: PreviousRun, partner: PartnerConfig, source: str) ->
         raise ConfigError(f"{where}: its results lack column(s) {', '.join(missing)}")
 
 
+# The retry's counts, as its accountant reads them (beam_pipeline/accounting.py names the batch job's).
+CARRIED_OVER, TO_RETRY, RETRIED = "carried_over", "to_retry", "retried"
+
+
 def build_retry_pipeline(p: beam.Pipeline, job: RetryJob) -> None:
-    """Previous results -> (kept rows | FAILED members called again) -> results; dead letters copied."""
+    """Previous results -> (kept rows | FAILED members called again) -> results; dead letters copied;
+    then the retry's last step (``beam_pipeline.finalize``) unless ``job.plan`` is None."""
     partner = job.partner
     schema = results_schema(partner.feature_names)
     previous = job.previous
     split = p | READ_PREVIOUS >> ReadPreviousResults(
         outputs.join(previous.output, "results", "*.parquet"), schema, partner.feature_names)
-    retried = (
+    retried_rows = (
         split[RETRY]
         | CALL_ENDPOINTS >> CallEndpoints(partner)
         | TO_RESULT_ROW >> beam.ParDo(ToResultRowFn(feature_columns(partner.feature_names), partner.name, job.as_of))
-        | "ToArrow" >> beam.ParDo(RowsToTablesFn(schema))
     )
-    (
-        (split.kept, retried)
-        | "Merge" >> beam.Flatten()
-        | WRITE_RESULTS >> WriteToParquetBatched(outputs.join(job.staging, "results", "part"), schema,
-                                                  file_name_suffix=".parquet")
-    )
-    (
-        p
-        | "CopyDeadLetters" >> CopyParquetRows(outputs.join(previous.output, "dead_letter", "*.parquet"),
-                                               DEAD_LETTER_SCHEMA)
-        | WRITE_DEAD_LETTERS >> WriteToParquetBatched(outputs.join(job.staging, "dead_letter", "part"),
-                                                      DEAD_LETTER_SCHEMA, file_name_suffix=".parquet")
-    )
+    results = (split.kept, retried_rows | "ToArrow" >> beam.ParDo(RowsToTablesFn(schema))) | "Merge" >> beam.Flatten()
+    dead_letters = p | "CopyDeadLetters" >> CopyParquetRows(outputs.join(previous.output, "dead_letter", "*.parquet"),
+                                                             DEAD_LETTER_SCHEMA)
+    written = {
+        RESULTS: results | WRITE_RESULTS >> WriteToParquetBatched(outputs.join(job.staging, "results", "part"),
+                                                                  schema, file_name_suffix=".parquet"),
+        DEAD_LETTER_FILES: dead_letters | WRITE_DEAD_LETTERS >> WriteToParquetBatched(
+            outputs.join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA, file_name_suffix=".parquet"),
+    }
+    if job.plan is None:
+        return
+    facts = {
+        CARRIED_OVER: split.kept | "CountCarriedOver" >> beam.CombineGlobally(CountRowsFn()),
+        TO_RETRY: split[RETRY] | "CountToRetry" >> beam.CombineGlobally(CountRowsFn()),
+        RETRIED: retried_rows | "CountRetried" >> beam.CombineGlobally(ResultStatsFn()),
+        RESULT_STATS: results | "CountResults" >> beam.CombineGlobally(ResultStatsFn()),
+        DEAD_LETTER_REASONS: dead_letters | "CountDeadLetters" >> beam.CombineGlobally(ValueCountsFn("REASON")),
+    }
+    p | FINALIZE >> Finalize(job.plan, facts, written)
 
 
 # What run.json's steps report for a retry: (label, transform, unit, element count from the accounting).
 STEPS = (
-    summary.Step("read_previous", READ_PREVIOUS, "members", lambda a: a["members"]),
-    summary.Step("call_endpoints", CALL_ENDPOINTS, "members", lambda a: a["members_retried"]),
-    summary.Step("result_rows", TO_RESULT_ROW, "members", lambda a: a["members_retried"]),
-    summary.Step("write_results", WRITE_RESULTS, "rows", lambda a: a["members"]),
-    summary.Step("write_dead_letters", WRITE_DEAD_LETTERS, "rows", lambda a: a["dead_letter_rows"]),
+    Step("read_previous", READ_PREVIOUS, "members", lambda a: a["members"]),
+    Step("call_endpoints", CALL_ENDPOINTS, "members", lambda a: a["members_retried"]),
+    Step("result_rows", TO_RESULT_ROW, "members", lambda a: a["members_retried"]),
+    Step("write_results", WRITE_RESULTS, "rows", lambda a: a["members"]),
+    Step("write_dead_letters", WRITE_DEAD_LETTERS, "rows", lambda a: a["dead_letter_rows"]),
 )
-ROW_KEYS = ("rows_read", "header_lines", "transactions", "member_only_rows")
 
 
-def accounting(previous_acc: dict, previous: pa.Table, counters: Counter, results: pa.Table,
-               dead_letters: pa.Table) -> dict:
-    """The retry's accounting, checked against the previous run's; raises AccountingError if it does not close.
+class RetryAccountant:
+    """A retry's accounting, checked against the retried run's (its run.json's accounting, ``previous``).
 
-    ``previous`` holds the previous run's MEMBER_ID and STATUS columns. The row
-    counts are the previous run's (the same input, its dead letters carried over).
+    The row counts are the previous run's (the same input, its dead letters carried over). No
+    member is held anywhere: the previous run's members are its FAILED ones called again plus the
+    ones carried over, counted as they are read, and their statuses are counted as they are written.
     """
-    statuses = Counter(results.column("STATUS").to_pylist())
-    was_failed = {m for m, s in zip(previous.column("MEMBER_ID").to_pylist(), previous.column("STATUS").to_pylist(),
-                                    strict=True) if s == FAILED}
-    now_failed = {m for m, s in zip(results.column("MEMBER_ID").to_pylist(), results.column("STATUS").to_pylist(),
-                                    strict=True) if s == FAILED}
-    acc = {key: previous_acc.get(key, 0) for key in ROW_KEYS}
-    acc.update({
-        "dead_letter_rows": dead_letters.num_rows,
-        "members": results.num_rows,
-        "members_ok": statuses[OK],
-        "members_no_transactions": statuses[NO_TRANSACTIONS],
-        "members_failed": statuses[FAILED],
-        "members_features_only": statuses["FEATURES_ONLY"],
-        "members_carried_over": counters[MEMBERS_CARRIED_OVER],
-        "members_retried": counters[MEMBERS_TO_RETRY],
-        "members_retried_ok": counters["members_ok"],
-        "members_still_failed": counters["members_failed"],
-    })
-    problems = []
-    if acc["rows_read"] != acc["transactions"] + acc["member_only_rows"] + acc["dead_letter_rows"]:
-        problems.append(f"rows_read {acc['rows_read']} != transactions {acc['transactions']} + member_only_rows "
-                        f"{acc['member_only_rows']} + dead_letter_rows {acc['dead_letter_rows']}")
-    if acc["dead_letter_rows"] != previous_acc.get("dead_letter_rows"):
-        problems.append(f"{acc['dead_letter_rows']} dead letters written, the previous run had "
-                        f"{previous_acc.get('dead_letter_rows')}")
-    ids_then, ids_now = set(previous.column("MEMBER_ID").to_pylist()), set(results.column("MEMBER_ID").to_pylist())
-    if len(ids_now) != results.num_rows:
-        problems.append(f"{results.num_rows - len(ids_now)} member(s) have more than one results row")
-    if ids_now != ids_then:
-        problems.append(f"members differ from the previous run's: {len(ids_then - ids_now)} missing, "
-                        f"{len(ids_now - ids_then)} unexpected")
-    if acc["members_retried"] != len(was_failed) or len(was_failed) != previous_acc.get("members_failed"):
-        problems.append(f"{acc['members_retried']} members retried, the previous run had {len(was_failed)} FAILED rows "
-                        f"and reported {previous_acc.get('members_failed')}")
-    if acc["members_carried_over"] + acc["members_retried"] != acc["members"]:
-        problems.append(f"carried over {acc['members_carried_over']} + retried {acc['members_retried']} "
-                        f"!= members {acc['members']}")
-    if acc["members_retried_ok"] + acc["members_still_failed"] != acc["members_retried"]:
-        problems.append(f"retried {acc['members_retried']} != OK {acc['members_retried_ok']} + still failed "
-                        f"{acc['members_still_failed']}")
-    if not now_failed <= was_failed or len(now_failed) != acc["members_still_failed"]:
-        problems.append(f"{len(now_failed - was_failed)} member(s) FAILED that the previous run had not")
-    if acc["members_ok"] != previous_acc.get("members_ok", 0) + acc["members_retried_ok"]:
-        problems.append(f"members_ok {acc['members_ok']} != previous {previous_acc.get('members_ok')} + "
-                        f"retried OK {acc['members_retried_ok']}")
-    if problems:
-        raise summary.AccountingError("accounting does not close: " + "; ".join(problems))
-    return acc
+
+    steps = STEPS
+
+    def __init__(self, previous: dict):
+        self._previous = dict(previous)
+
+    def account(self, facts, written) -> Accounts:
+        before = self._previous
+        stats, retried, reasons = facts[RESULT_STATS], facts[RETRIED], facts[DEAD_LETTER_REASONS]
+        acc = {key: before.get(key, 0) for key in ROW_KEYS}
+        acc.update(dead_letter_rows=written[DEAD_LETTER_FILES], members=written[RESULTS],
+                   **members_by_status(stats["statuses"]))
+        acc.update({
+            "members_carried_over": facts[CARRIED_OVER],
+            "members_retried": facts[TO_RETRY],
+            "members_retried_ok": retried["statuses"].get(OK, 0),
+            "members_still_failed": retried["statuses"].get(FAILED, 0),
+        })
+        problems = row_problems(acc, None, reasons)
+        problems += status_problems(stats["statuses"], stats["rows"], acc["members"])
+        if acc["dead_letter_rows"] != before.get("dead_letter_rows"):
+            problems.append(f"{acc['dead_letter_rows']} dead letters written, the previous run had "
+                            f"{before.get('dead_letter_rows')}")
+        if acc["members"] != before.get("members"):
+            problems.append(f"members differ from the previous run's: {before.get('members')} then, "
+                            f"{acc['members']} now")
+        if acc["members_retried"] != before.get("members_failed") or retried["rows"] != acc["members_retried"]:
+            problems.append(f"{acc['members_retried']} members retried ({retried['rows']} results rows made), "
+                            f"the previous run reported {before.get('members_failed')} FAILED")
+        if acc["members_carried_over"] + acc["members_retried"] != acc["members"]:
+            problems.append(f"carried over {acc['members_carried_over']} + retried {acc['members_retried']} "
+                            f"!= members {acc['members']}")
+        if acc["members_retried_ok"] + acc["members_still_failed"] != acc["members_retried"]:
+            problems.append(f"retried {acc['members_retried']} != OK {acc['members_retried_ok']} + still failed "
+                            f"{acc['members_still_failed']}")
+        if acc["members_failed"] != acc["members_still_failed"]:
+            problems.append(f"{acc['members_failed'] - acc['members_still_failed']} member(s) FAILED that the "
+                            "previous run had not")
+        if acc["members_ok"] != before.get("members_ok", 0) + acc["members_retried_ok"]:
+            problems.append(f"members_ok {acc['members_ok']} != previous {before.get('members_ok')} + "
+                            f"retried OK {acc['members_retried_ok']}")
+        return Accounts(acc, problems, stats["offers"], dict(reasons), retried["latency_ms"],
+                        step_elements(acc, {}, self.steps))
 
 
 def run(args: argparse.Namespace, beam_args: list[str], previous: PreviousRun, partner: PartnerConfig,
         partner_source: str, start: launch.Start) -> tuple[int, dict | None]:
-    """Run the retry job and publish its outputs; returns the exit code and the run summary."""
+    """Run the retry job, which publishes itself; returns the exit code and the run summary."""
     check_partner(previous, partner, partner_source)
     as_of = dt.date.fromisoformat(previous.summary["as_of"])
     launch.check_output(args.output, args.overwrite, beam_args)
@@ -302,27 +322,16 @@ def run(args: argparse.Namespace, beam_args: list[str], previous: PreviousRun, p
         log.info("run %s: nothing to retry: run %s (%s) has no FAILED member; its rows are carried over to %s",
                  launched.run_id, previous.run_id, previous.output, launched.output)
 
+    fields = summary.launch_fields(launched, partner, partner_source, as_of.isoformat(),
+                                   (*previous.results_files, *previous.dead_letter_files), vars(args),
+                                   retry_of=(previous.run_id, previous.output))
+    plan = RunPlan(launched.run_id, launched.output, launched.staging, args.overwrite, fields,
+                   RetryAccountant(previous.summary["accounting"]))
     pipeline = beam.Pipeline(runner=make_runner(launched.options), options=launched.options)
-    build_retry_pipeline(pipeline, RetryJob(previous, partner, as_of, launched.staging))
+    build_retry_pipeline(pipeline, RetryJob(previous, partner, as_of, launched.staging, plan))
     progress.reset()
-    result = pipeline.run()
-    if launched.template:
+    result, failure = launch.run_job(pipeline, launched)
+    if launched.template and failure is None:
         launch.log_submitted(launched, "retry job")
         return launch.EXIT_OK, None
-    result.wait_until_finish()
-
-    written = summary.collect(result, launched.staging)
-    before = summary.read_parts(outputs.join(previous.output, "results"), columns=["MEMBER_ID", "STATUS"])
-    acc = accounting(previous.summary["accounting"], before, summary.counter_totals(written.rows), written.results,
-                     written.dead_letters)
-    retried_ids = pc.filter(before.column("MEMBER_ID"), pc.equal(before.column("STATUS"), FAILED))
-    called = written.results.filter(pc.is_in(written.results.column("MEMBER_ID"),
-                                              value_set=retried_ids.combine_chunks()))
-    code = launch.exit_code(acc["members_failed"])
-    record = summary.run_record(
-        launched, partner, partner_source, as_of.isoformat(), code, acc, written.rows, written.results,
-        written.dead_letters, (*previous.results_files, *previous.dead_letter_files), vars(args), STEPS,
-        called=called,  # this run's calls, not the carried-over rows'
-        retry_of=(previous.run_id, previous.output),
-    )
-    return launch.finish(launched, record, code, args.overwrite)
+    return summary.conclude(launched, result, failure)

@@ -1,19 +1,18 @@
-"""After the run: Beam metrics to Parquet, the accounting check, and the ``run.json`` record.
+"""What a launcher that waits adds to a run: Beam's metrics, and the run.json fields only they give.
 
-The accounting is computed twice, from the Beam counters and from the Parquet
-files actually written, and the two must agree: a run whose outputs do not add
-up fails loudly instead of publishing.
+The run accounts for itself (``beam_pipeline.finalize``); the runner's metrics
+reach only the process that waits for the job. That process writes them to
+``metrics/metrics.parquet`` and adds to run.json the steps' seconds, the requests
+per endpoint and the adaptive limits (``with_metrics``). Also here: the run.json
+fields known at launch (``launch_fields``), shared by the batch job and a retry.
 """
 from __future__ import annotations
 
-import datetime as dt
+import json
 import logging
 import math
-import platform
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
-from importlib import metadata
-from typing import NamedTuple
+from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
@@ -22,25 +21,14 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from beam_pipeline.dead_letter_limit import Verdict
-from beam_pipeline.launch import Launch
+from beam_pipeline import console, finalize, outputs
+from beam_pipeline.accounting import AccountingError
+from beam_pipeline.launch import EXIT_UNEXPECTED, Launch
 from beam_pipeline.outputs import join
-from beam_pipeline.pipeline import (
-    DECIDE_OFFERS,
-    MEMBER_FEATURES,
-    MEMBERS_WITH_FEATURES,
-    PARSE,
-    READ_EXPORTS,
-    TO_RESULT_ROW,
-    WRITE_DEAD_LETTERS,
-    WRITE_RESULTS,
-)
 from lantern.partner import PartnerConfig
-from lantern.run_record import RunSummary
+from lantern.run_record import package_versions  # noqa: F401 - streaming's run.json takes it from here
 from transforms import NAMESPACE
 from transforms.input_files import InputFile
-from transforms.parse import MEMBER_ACCUMULATORS
-from transforms.results import FAILED, FEATURES_ONLY, NO_TRANSACTIONS, OK
 from transforms.timing import BUNDLE_MS
 
 log = logging.getLogger(__name__)
@@ -59,10 +47,6 @@ METRICS_SCHEMA = pa.schema(
         ("MEAN", pa.float64()),
     ]
 )
-
-
-class AccountingError(RuntimeError):
-    """The outputs do not account for every row and member: never publish such a run."""
 
 
 def _value(result):
@@ -112,22 +96,6 @@ def read_parts(folder: str, columns: list[str] | None = None) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-class Collected(NamedTuple):
-    """What a finished run wrote, read back for its accounting."""
-
-    rows: list[dict]  # metrics rows
-    results: pa.Table
-    dead_letters: pa.Table  # the REASON column
-
-
-def collect(pipeline_result, staging: str) -> Collected:
-    """Write the run's metrics beside its outputs and read back its results and dead-letter reasons."""
-    rows = metric_rows(pipeline_result)
-    write_metrics(rows, staging)
-    results = read_parts(join(staging, "results"))
-    return Collected(rows, results, read_parts(join(staging, "dead_letter"), columns=["REASON"]))
-
-
 def counter_totals(rows: list[dict]) -> Counter:
     """The pipeline's counters summed over steps, by name."""
     totals: Counter = Counter()
@@ -135,41 +103,6 @@ def counter_totals(rows: list[dict]) -> Counter:
         if row["KIND"] == "counter" and row["NAMESPACE"] == NAMESPACE:
             totals[row["NAME"]] += int(row["VALUE"])
     return totals
-
-
-def accounting(counters: Counter, results: pa.Table, dead_letters: pa.Table) -> dict:
-    statuses = Counter(results.column("STATUS").to_pylist())
-    members = results.num_rows
-    acc = {
-        "rows_read": counters["rows_read"],
-        "header_lines": counters["header_lines"],
-        "transactions": counters["transactions"],
-        "member_only_rows": counters["member_only_rows"],
-        "dead_letter_rows": dead_letters.num_rows,
-        "members": members,
-        "members_ok": statuses[OK],
-        "members_no_transactions": statuses[NO_TRANSACTIONS],
-        "members_failed": statuses[FAILED],
-        "members_features_only": statuses[FEATURES_ONLY],
-    }
-    problems = []
-    if acc["rows_read"] != acc["transactions"] + acc["member_only_rows"] + acc["dead_letter_rows"]:
-        problems.append(
-            f"rows_read {acc['rows_read']} != transactions {acc['transactions']} + member_only_rows "
-            f"{acc['member_only_rows']} + dead_letter_rows {acc['dead_letter_rows']}"
-        )
-    if counters["dead_letter_rows"] != dead_letters.num_rows:
-        problems.append(f"dead-letter counter {counters['dead_letter_rows']} != rows written {dead_letters.num_rows}")
-    if MEMBERS_WITH_FEATURES in counters and counters[MEMBERS_WITH_FEATURES] != members:
-        problems.append(f"{counters[MEMBERS_WITH_FEATURES]} members had features but {members} results rows were written")
-    distinct = pc.count_distinct(results.column("MEMBER_ID")).as_py()
-    if distinct != members:
-        problems.append(f"{members - distinct} member(s) have more than one results row")
-    if sum(statuses.values()) != members or set(statuses) - {OK, NO_TRANSACTIONS, FAILED, FEATURES_ONLY}:
-        problems.append(f"unexpected statuses {dict(statuses)}")
-    if problems:
-        raise AccountingError("accounting does not close: " + "; ".join(problems))
-    return acc
 
 
 def latency_percentiles(results: pa.Table) -> dict:
@@ -210,34 +143,12 @@ def execution_rows(pipeline_result) -> list[dict]:
     ]
 
 
-class Step(NamedTuple):
-    name: str  # label in run.json
-    transform: str  # top-level transform label (pipeline.py)
-    unit: str  # what an element is
-    elements: Callable[[dict], int]  # its element count, from the accounting
-    # Where the block reader folds rows before the step: (unit, counter of its elements) then.
-    prefolded: tuple[str, str] | None = None
-
-
-STEPS = (
-    Step("read", READ_EXPORTS, "lines", lambda a: a["rows_read"] + a["header_lines"]),
-    Step("parse", PARSE, "rows", lambda a: a["rows_read"]),
-    # The line reader sends every row to the combine; the block reader about one accumulator per member.
-    Step("features", MEMBER_FEATURES, "rows", lambda a: a["transactions"] + a["member_only_rows"],
-         prefolded=("accumulators", MEMBER_ACCUMULATORS)),
-    Step("call_endpoints", DECIDE_OFFERS, "members", lambda a: a["members_ok"] + a["members_failed"]),
-    Step("result_rows", TO_RESULT_ROW, "members", lambda a: a["members"]),
-    Step("write_results", WRITE_RESULTS, "rows", lambda a: a["members"]),
-    Step("write_dead_letters", WRITE_DEAD_LETTERS, "rows", lambda a: a["dead_letter_rows"]),
-)
-
-
 def _under(step: str, transform: str) -> bool:
     return step == transform or step.startswith(transform + "/")
 
 
-def steps(rows: list[dict], acc: dict, table: tuple[Step, ...] = STEPS) -> list[dict]:
-    """Elements, seconds and throughput per step.
+def timed_steps(steps: list[dict], rows: list[dict]) -> list[dict]:
+    """run.json's steps (with their element counts) with seconds and throughput from the metrics.
 
     Seconds are Beam's execution time of the step's transforms when the runner
     reports it (``seconds_source: execution_time``); otherwise the sum of the
@@ -247,18 +158,24 @@ def steps(rows: list[dict], acc: dict, table: tuple[Step, ...] = STEPS) -> list[
     execution = [r for r in rows if r["NAMESPACE"] == "beam" and r["NAME"] == EXECUTION_MSECS]
     bundles = [r for r in rows if r["KIND"] == "distribution" and r["NAME"] == BUNDLE_MS and r["SUM"] is not None]
     source = "execution_time" if execution else BUNDLE_MS
-    counted = counter_totals(rows)
     out = []
-    for step in table:
-        timed = [r["VALUE"] for r in execution if _under(r["STEP"], step.transform)] if execution else [
-            r["SUM"] for r in bundles if _under(r["STEP"], step.transform)]
+    for step in steps:
+        timed = [r["VALUE"] for r in execution if _under(r["STEP"], step["transform"])] if execution else [
+            r["SUM"] for r in bundles if _under(r["STEP"], step["transform"])]
         secs = round(sum(timed) / 1000, 3) if timed else None
-        unit, elements = step.unit, step.elements(acc)
-        if step.prefolded and step.prefolded[1] in counted:
-            unit, elements = step.prefolded[0], counted[step.prefolded[1]]
-        out.append({"name": step.name, "transform": step.transform, "unit": unit, "elements": elements,
-                    "seconds": secs, "per_second": round(elements / secs, 1) if secs else None,
+        elements = step["elements"]
+        out.append({**step, "seconds": secs, "per_second": round(elements / secs, 1) if secs else None,
                     "seconds_source": source if secs is not None else None})
+    return out
+
+
+def with_metrics(summary: dict, rows: list[dict], launcher_seconds: float) -> dict:
+    """run.json with what only the runner's metrics say: the steps' seconds, requests, adaptive limits."""
+    out = {**summary, "steps": timed_steps(summary["steps"], rows), "requests": requests(rows),
+           "launcher_wall_seconds": launcher_seconds}
+    limits = concurrency_limits(rows)
+    if limits:
+        out["concurrency_limit"] = limits
     return out
 
 
@@ -312,72 +229,73 @@ def redact(options: dict) -> dict:
     return out
 
 
-def package_versions() -> dict:
-    names = ("offer-pipeline", "apache-beam", "pyarrow", "numpy", "requests", "urllib3", "aiohttp", "pydantic",
-             "fastapi", "uvicorn", "pyyaml")
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def value_counts(values: Iterable) -> dict:
     """How often each value occurs (nulls left out), by value."""
     return dict(sorted(Counter(v for v in values if v is not None).items(), key=lambda kv: str(kv[0])))
 
 
-def run_record(
+def launch_fields(
     launch: Launch,
     partner: PartnerConfig,
     partner_source: str,
     as_of: str,
-    code: int,
-    acc: dict,
-    rows: list[dict],
-    results: pa.Table,
-    dead_letters: pa.Table,
     inputs: Iterable[tuple],
     cli_args: dict,
-    step_table: tuple[Step, ...] = STEPS,
-    called: pa.Table | None = None,
-    verdict: Verdict | None = None,
     retry_of: tuple[str, str] | None = None,
-) -> RunSummary:
-    """The run.json record of a batch or ``--retry-failed`` run, from its metrics and the files it wrote.
+) -> dict:
+    """The run.json fields of a batch or ``--retry-failed`` run known when it is launched.
 
-    ``called`` holds the results rows whose endpoints this run called (all of
-    them unless given); ``retry_of`` is the retried run's id and output folder.
+    ``retry_of`` is the retried run's id and output folder.
     """
-    return RunSummary(
-        run_id=launch.run_id,
-        retry_of=retry_of and retry_of[0],
-        retry_of_output=retry_of and retry_of[1],
-        partner=partner.name,
-        partner_source=partner_source,
-        partner_features=list(partner.feature_names),
-        as_of=as_of,
-        runner=launch.runner,
-        started_at=launch.start.at.isoformat(),
-        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-        wall_seconds=launch.wall_seconds(),
-        exit_code=code,
-        accounting=acc,
-        offers=value_counts(results.column("OFFER").to_pylist()),
-        dead_letter_reasons=value_counts(dead_letters.column("REASON").to_pylist()),
-        dead_letter_limit=verdict.as_json() if verdict is not None else None,
-        steps=steps(rows, acc, step_table),
-        latency_ms=latency_percentiles(results if called is None else called),
-        requests=requests(rows),
-        concurrency_limit=concurrency_limits(rows) or None,
-        inputs=[InputFile(*f).as_json() for f in inputs],
-        output=launch.output,
-        options={
+    fields = {
+        "run_id": launch.run_id,
+        "partner": partner.name,
+        "partner_source": partner_source,
+        "partner_features": list(partner.feature_names),
+        "as_of": as_of,
+        "runner": launch.runner,
+        "started_at": launch.start.at.isoformat(),
+        "inputs": [InputFile(*f).as_json() for f in inputs],
+        "output": launch.output,
+        "options": {
             "endpoint_base_url": redact({"url": partner.endpoints.base_url})["url"],
             "cli": redact(cli_args),
             "pipeline": redact(launch.options.get_all_options(drop_default=True, retain_unknown_options=True)),
         },
-        versions=package_versions(),
-    )
+    }
+    if retry_of is not None:
+        fields.update(retry_of=retry_of[0], retry_of_output=retry_of[1])
+    return json.loads(json.dumps(fields, default=str))  # plain JSON values: the job carries them to its last step
+
+
+def conclude(launch: Launch, result, failure: BaseException | None) -> tuple[int, dict | None]:
+    """The exit code and run.json of a job that ended, from the run.json it wrote.
+
+    With the job's result, the runner's metrics go to ``metrics/`` beside that run.json,
+    and the run.json gets what only they say (steps' seconds, requests, adaptive limits).
+    Exit 1 (the accounting does not close) returns no summary: its error is logged.
+    """
+    record = finalize.read_outcome(launch.output, launch.staging, launch.run_id)
+    if record is None:
+        if failure is not None:
+            raise failure
+        raise RuntimeError(f"run {launch.run_id} ended without writing run.json in {launch.output} "
+                           f"or {launch.staging}")
+    if failure is not None and record.get("published", True):
+        raise failure  # the job failed after the run was published: not the run's doing
+    folder = launch.output if record.get("published", True) else launch.staging
+    if result is not None:
+        rows = metric_rows(result)
+        write_metrics(rows, folder)
+        record = with_metrics(record, rows, launch.wall_seconds())
+        outputs.replace_json(outputs.join(folder, outputs.RUN_JSON), record)
+    for step in record["steps"]:
+        log.info("%s", console.step_line(step), extra={"step": step})
+    code = record["exit_code"]
+    if code == EXIT_UNEXPECTED:
+        log.error("%s", record["error"])
+        return code, None
+    if record.get("published", True):
+        log.info("run %s finished in %.1fs: %s", launch.run_id, record["wall_seconds"],
+                 console.format_summary(record).replace("\n", "; "), extra={"accounting": record["accounting"]})
+    return code, record

@@ -20,7 +20,9 @@ fields on the record itself: these are promised, more may come.
 from __future__ import annotations
 
 import json
+import platform
 import sys
+from importlib import metadata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_serializer
@@ -113,6 +115,8 @@ class Latency(Record):
 class LatencyByEndpoint(Record):
     """Call latency per endpoint (more endpoints may come: the schema allows them, as Latency)."""
 
+    model_config = ConfigDict(extra="allow")
+
     ats: Latency
     resp: Latency
     offer: Latency
@@ -167,7 +171,8 @@ class RunSummary(Record):
     started_at: Timestamp
     finished_at: Timestamp
     wall_seconds: Seconds
-    exit_code: Literal[0, 3, 4] = Field(description="4: too many dead letters, the run is not published")
+    exit_code: Literal[0, 1, 3, 4] = Field(description="3: some members FAILED; 4: too many dead letters, and 1: "
+                                                      "the accounting does not close (neither is published)")
     accounting: Accounting
     offers: dict[str, Count] = Field(description="members per offer")
     dead_letter_reasons: dict[str, Count] = Field(description="rejected rows per reason code",
@@ -175,15 +180,18 @@ class RunSummary(Record):
     dead_letter_limit: DeadLetterLimit | Absent = None
     steps: list[Step] = Field(min_length=1)
     latency_ms: LatencyByEndpoint
-    requests: dict[str, dict[str, Count]] = Field(
-        description="per endpoint: requests by outcome (ok, http_error, bad_response, exception, throttled), retries")
+    requests: dict[str, dict[str, Count]] | Absent = Field(
+        None, description="per endpoint: requests by outcome (ok, http_error, bad_response, exception, throttled), "
+                          "retries; from the runner's metrics, added by a launcher that waits for the job")
     concurrency_limit: dict[str, ConcurrencyLimit] | Absent = Field(
         None, description="per endpoint called: the adaptive limit on calls in flight per worker (mean, min, max)")
     inputs: list[InputFile] = Field(min_length=1)
     output: str
     options: Options
     versions: dict[str, str | None] = Field(description="python and package versions; null: not installed")
-    published: Literal[False] | Absent = Field(None, description="present only on an unpublished run (exit 4)")
+    launcher_wall_seconds: Seconds | Absent = Field(
+        None, description="the launcher's own wall time, start to end of the job (a launcher that waits adds it)")
+    published: bool = Field(True, description="false: the run is held back in its staging folder (exit 1 or 4)")
     staging: str | Absent = Field(None, description="where an unpublished run's outputs stay")
     error: str | Absent = Field(None, description="the one-line reason an unpublished run printed")
 
@@ -235,6 +243,18 @@ class ReplaySummary(Record):
     latency_ms: LatencyByEndpoint
     output: str
     versions: dict[str, str | None]
+
+
+def package_versions() -> dict:
+    names = ("offer-pipeline", "apache-beam", "pyarrow", "numpy", "requests", "urllib3", "aiohttp", "pydantic",
+             "fastapi", "uvicorn", "pyyaml")
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def to_json(record: RunSummary | ReplaySummary) -> dict[str, Any]:

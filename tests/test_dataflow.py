@@ -18,6 +18,8 @@ from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from beam_pipeline import cli, dataflow, launch
+from beam_pipeline.accounting import BatchAccountant
+from beam_pipeline.finalize import RunPlan
 from beam_pipeline.inputs import layout_for
 from beam_pipeline.pipeline import JobConfig, build_pipeline
 from beam_pipeline.runners import local_runner
@@ -67,7 +69,8 @@ def job_config(tmp_path: Path) -> JobConfig:
     source = f"{BUCKET}/exports/2026-11-24/member_data.csv"
     layouts = {source: layout_for(str(sample), partner, "partner_options/default.yaml")}
     files = (InputFile(source, 1 << 20, 1764000000000000),)
-    return JobConfig(files, layouts, partner, dt.date(2026, 11, 24), f"{BUCKET}/runs/_staging-test")
+    plan = RunPlan("test", f"{BUCKET}/runs", f"{BUCKET}/runs/_staging-test", False, {}, BatchAccountant(), 0.05)
+    return JobConfig(files, layouts, partner, dt.date(2026, 11, 24), f"{BUCKET}/runs/_staging-test", plan=plan)
 
 
 def transform_names(pipeline_proto) -> set[str]:
@@ -117,10 +120,10 @@ def test_the_whole_graph_reaches_dataflow(translated, tmp_path):
     assert expected - got == set()
     # our DoFns and CombineFn travel pickled; they load back as the same steps
     assert user_functions(job.proto_pipeline) == user_functions(local_proto)
-    assert {"ParseBlocksFn", "CombineMemberShardsFn", "CallEndpointsFn", "ToResultRowFn"} <= set(
+    assert {"ParseBlocksFn", "CombineMemberShardsFn", "CallEndpointsFn", "ToResultRowFn", "FinalizeFn"} <= set(
         user_functions(job.proto_pipeline).values())
     for step in ("ReadExports", "Parse", "MemberFeatures", "DecideOffers/CallEndpoints/Call", "ToResultRow",
-                 "WriteResults", "WriteDeadLetters"):
+                 "WriteResults", "WriteDeadLetters", "CountResults", "Finalize/Finalize"):
         assert step in got
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline import cli, preflight, summary
+from beam_pipeline import accounting, cli, preflight
 from tests.broken_server import BrokenServer
 from tests.conftest import free_port, uvicorn_process, uvicorn_server, write_partner
 
@@ -215,32 +215,32 @@ def test_a_crashed_run_publishes_nothing_and_keeps_the_previous_outputs(
 
 def test_an_accounting_violation_fails_loudly_and_publishes_nothing(export, server_url, tmp_path, monkeypatch,
                                                                     caplog):
-    real = summary.counter_totals
+    real = accounting.BatchAccountant.account
 
-    def one_row_lost(rows):
-        totals = real(rows)
-        totals["rows_read"] += 1
-        return totals
+    def one_row_lost(self, facts, written):
+        facts[accounting.ROWS]["rows_read"] += 1
+        return real(self, facts, written)
 
-    monkeypatch.setattr(summary, "counter_totals", one_row_lost)
+    monkeypatch.setattr(accounting.BatchAccountant, "account", one_row_lost)
     code, run_summary, _ = run(export, tmp_path / "out", write_partner(tmp_path, server_url))
     assert code == 1
     assert run_summary is None and not (tmp_path / "out" / "results").exists()
     assert "accounting does not close: rows_read" in caplog.text
+    staged = json.loads(next((tmp_path / "out").glob("_staging-*/run.json")).read_text())
+    assert staged["exit_code"] == 1 and staged["published"] is False
+    assert staged["error"].startswith("accounting does not close: rows_read")
 
 
 def test_accounting_catches_a_member_without_a_results_row():
-    from collections import Counter
-
-    import pyarrow as pa
-
-    results = pa.table({"MEMBER_ID": ["a", "b"], "STATUS": ["OK", "FAILED"]})
-    dead = pa.table({"REASON": ["BAD_NUMBER"]})
-    counters = Counter(rows_read=4, transactions=2, member_only_rows=1, dead_letter_rows=1, members_with_features=2)
-    assert summary.accounting(counters, results, dead)["members_failed"] == 1
-    counters["members_with_features"] = 3
-    with pytest.raises(summary.AccountingError, match="3 members had features but 2 results rows"):
-        summary.accounting(counters, results, dead)
+    facts = {accounting.ROWS: {"rows_read": 4, "transactions": 2, "member_only_rows": 1, "dead_letter_rows": 1},
+             accounting.MEMBERS_WITH_FEATURES: 2, accounting.DEAD_LETTER_REASONS: {"BAD_NUMBER": 1},
+             accounting.RESULT_STATS: {"rows": 2, "statuses": {"OK": 1, "FAILED": 1}, "offers": {}, "latency_ms": {}}}
+    written = {accounting.RESULTS: 2, accounting.DEAD_LETTER_FILES: 1}
+    accounts = accounting.BatchAccountant().account(facts, written)
+    assert accounts.problems == [] and accounts.accounting["members_failed"] == 1
+    facts[accounting.MEMBERS_WITH_FEATURES] = 3
+    assert accounting.BatchAccountant().account(facts, written).problems == [
+        "3 members had features but 2 results rows were written"]
 
 
 @pytest.mark.parametrize("mode, reason", [

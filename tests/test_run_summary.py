@@ -8,7 +8,7 @@ import jsonschema
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline import summary
+from beam_pipeline import accounting, summary
 from lantern import run_record
 
 SCHEMA_FILE = Path(summary.__file__).parent / "schemas" / "run.schema.json"
@@ -98,12 +98,12 @@ def test_steps_prefer_execution_time_and_fall_back_to_bundle_times():
     execution = [_row("beam", summary.EXECUTION_MSECS, "Parse/ParseLine/ParDo(ParseLineFn)", value=500.0),
                  _row("beam", summary.EXECUTION_MSECS, "DecideOffers/CallEndpoints/Call", value=3000.0),
                  _row("beam", summary.EXECUTION_MSECS, "ParseSomethingElse", value=999.0)]
-    steps = {s["name"]: s for s in summary.steps(execution, ACC)}
+    steps = {s["name"]: s for s in summary.timed_steps(accounting.step_elements(ACC, {}, accounting.STEPS), execution)}
     assert steps["parse"]["seconds"] == 0.5 and steps["parse"]["per_second"] == 20.0
     assert steps["call_endpoints"]["seconds"] == 3.0 and steps["call_endpoints"]["elements"] == 3
     assert steps["read"]["seconds"] is None and steps["read"]["elements"] == 11
     bundles = [_row("offer_pipeline", "bundle_ms", "Parse/ParseLine/ParDo(ParseLineFn)", "distribution", total=250.0)]
-    steps = {s["name"]: s for s in summary.steps(bundles, ACC)}
+    steps = {s["name"]: s for s in summary.timed_steps(accounting.step_elements(ACC, {}, accounting.STEPS), bundles)}
     assert steps["parse"]["seconds"] == 0.25 and steps["parse"]["seconds_source"] == "bundle_ms"
     assert steps["features"]["seconds"] is None and steps["features"]["seconds_source"] is None
 

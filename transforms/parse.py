@@ -27,6 +27,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from lantern.features import TYPE_CODES, Transaction
 from lantern.member_table import SHARDS, MemberTable, shard_batches
 from transforms import progress
+from transforms.run_counts import COUNTS
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class ParseLineFn(progress.TalliedDoFn):
         reasons: Iterable[str] = REASONS,
         type_codes: Mapping[str, int] | None = None,
         counted: Iterable[str] = (),
+        counts_output: bool = False,
     ):
         self._layouts = layouts
         self._type_codes = dict(TYPE_CODES if type_codes is None else type_codes)
@@ -183,6 +185,14 @@ class ParseLineFn(progress.TalliedDoFn):
         live = ("rows_read", "bytes_read", "transactions", "member_only_rows", "dead_letter_rows")
         self.by_reason = {r: f"dead_letter_{r}" for r in reasons}
         self.tally = progress.Tally((*live, "header_lines", *self.by_reason.values(), *counted), live=live)
+        self._counts_output = counts_output  # each bundle's counts also leave as data, tagged COUNTS
+
+    def finish_bundle(self):
+        super().finish_bundle()
+        if self._counts_output:
+            return [beam.pvalue.TaggedOutput(COUNTS, WindowedValue(dict(self.tally.totals), MIN_TIMESTAMP,
+                                                                   _GLOBAL_WINDOWS))]
+        return None
 
     def process(self, element: tuple[str, bytes]):
         source, raw = element
@@ -233,10 +243,10 @@ class ParseExport(beam.PTransform):
 
     def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None):
         super().__init__()
-        self._fn = ParseLineFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes)
+        self._fn = ParseLineFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes, counts_output=True)
 
     def expand(self, lines):
-        return lines | "ParseLine" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="transactions")
+        return lines | "ParseLine" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, COUNTS, main="transactions")
 
 
 # --- Parsing a block of lines at once -----------------------------------------------------------
@@ -464,9 +474,10 @@ class ParseBlocksFn(ParseLineFn):
     """
 
     def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None,
-                 max_members: int = 4_000_000, buffer_rows: int | None = None, shards: int = SHARDS):
+                 max_members: int = 4_000_000, buffer_rows: int | None = None, shards: int = SHARDS,
+                 counts_output: bool = False):
         super().__init__(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes,
-                         counted=(MEMBER_ACCUMULATORS,))
+                         counted=(MEMBER_ACCUMULATORS,), counts_output=counts_output)
         self._max_members = max_members
         self._shards = shards
         self._buffer_rows = buffer_rows
@@ -546,7 +557,7 @@ class ParseBlocksFn(ParseLineFn):
         self.tally.counts[MEMBER_ACCUMULATORS] += len(self._table)
         for batch in shard_batches(self._table.drain(), self._shards):
             yield WindowedValue(batch, MIN_TIMESTAMP, _GLOBAL_WINDOWS)
-        super().finish_bundle()
+        yield from super().finish_bundle() or ()
 
 
 class ParseExportBlocks(beam.PTransform):
@@ -555,9 +566,10 @@ class ParseExportBlocks(beam.PTransform):
     def __init__(self, layouts, delimiter, timestamp_formats, as_of, type_codes: Mapping[str, int] | None = None,
                  shards: int = SHARDS):
         super().__init__()
-        self._fn = ParseBlocksFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes, shards=shards)
+        self._fn = ParseBlocksFn(layouts, delimiter, timestamp_formats, as_of, type_codes=type_codes, shards=shards,
+                                 counts_output=True)
 
     def expand(self, blocks):
         # Typed so the shuffle carries (shard, batch) with Beam's own coders, not pickled tuples.
         parse = beam.ParDo(self._fn).with_output_types(tuple[int, bytes])
-        return blocks | "ParseBlock" >> parse.with_outputs(DEAD_LETTER, main="transactions")
+        return blocks | "ParseBlock" >> parse.with_outputs(DEAD_LETTER, COUNTS, main="transactions")

@@ -81,6 +81,7 @@ class Tally:
 
     def __init__(self, names: Iterable[str], live: Iterable[str] = (), every: int = 10_000):
         self.counts = dict.fromkeys(names, 0)
+        self.totals = dict.fromkeys(self.counts, 0)  # the bundle's counts handed over so far
         self._counters = {name: Metrics.counter(NAMESPACE, name) for name in self.counts}
         self._live = frozenset(live)
         self._every = every
@@ -89,6 +90,7 @@ class Tally:
     def reset(self) -> None:
         """Drop counts not handed over yet (a bundle that failed): its retry counts them again."""
         self.counts = dict.fromkeys(self.counts, 0)
+        self.totals = dict.fromkeys(self.counts, 0)
         self._lines = 0
 
     def line(self) -> None:
@@ -99,9 +101,10 @@ class Tally:
 
     def flush(self) -> None:
         self._lines = 0
-        counts = self.counts
+        counts, totals = self.counts, self.totals
         for name, n in counts.items():
             if n:
+                totals[name] += n
                 self._counters[name].inc(n)
                 if name in self._live:
                     add(name, n)

@@ -43,6 +43,11 @@ DECISION_FIELDS = [
 ]
 
 
+# The latency columns, by the name run.json's ``latency_ms`` gives each: one summary per column
+# (transforms/run_counts.py), so a new latency column is summarised once it is listed here.
+LATENCY_COLUMNS = {"ats": "ATS_LATENCY_MS", "resp": "RESP_LATENCY_MS", "offer": "OFFER_LATENCY_MS"}
+
+
 def feature_columns(feature_names: Iterable[str]) -> list[str]:
     """The contract's 8 feature columns always, then any extra the partner computes."""
     extra = [n for n in feature_names if n not in SPEC_FEATURES and n != "N_TRANSACTIONS"]
