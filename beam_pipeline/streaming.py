@@ -20,21 +20,19 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
-from apache_beam.utils.timestamp import Timestamp
 
 from beam_pipeline import inputs, launch, outputs, preflight, summary
 from beam_pipeline.outputs import join
 from beam_pipeline.pipeline import DECIDE_OFFERS, PARSE, TO_RESULT_ROW, WRITE_DEAD_LETTERS, WRITE_RESULTS, DecideOffers
 from beam_pipeline.runners import LOCAL_NAMES, streaming_local_runner
 from lantern.errors import ConfigError
-from lantern.features import Transaction
 from lantern.partner import PartnerConfig
 from lantern.run_record import ReplaySummary
 from transforms.member_state import MemberUpdatesFn
-from transforms.messages import ParseMessageFn, message_layout
+from transforms.messages import Message, ParseMessageFn, message_layout
 from transforms.parse import BOM, DEAD_LETTER, FileLayout
 from transforms.results import DEAD_LETTER_SCHEMA, ToStreamResultRowFn, feature_columns, stream_results_schema
-from transforms.windowed_parquet import WriteWindowedParquet
+from transforms.windowed_parquet import DEFAULT_SHARDS, WriteWindowedParquet
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +53,18 @@ class StreamConfig:
     window_s: int = 60
     bigquery_table: str | None = None
     timer_clock: Callable[[], float] = time.time
-
-
-def _event_time(member: tuple[str, Transaction | None]):
-    """Event time is the transaction's own timestamp; a member-only row keeps its arrival time."""
-    txn = member[1]
-    return member if txn is None else beam.window.TimestampedValue(member, Timestamp(micros=txn.ts_us))
+    id_attribute: str | None = None  # the publisher's transaction id attribute (ReadFromPubSub id_label)
+    shards: int = DEFAULT_SHARDS  # keys each output folder's rows are spread over
 
 
 class MemberUpdates(beam.PTransform):
-    """Keyed transactions -> debounced (member id, summary) updates from per-member state."""
+    """(member id, Arrival) -> debounced (member id, summary) updates from per-member state, and the
+    transactions state refused (duplicates, unreadable state) as dead letters.
+
+    Elements keep their arrival timestamp (Pub/Sub's publish time, a replay's pace): the
+    transaction's own time drives only the idle timer, so a member's late transactions hold no
+    watermark and no other member's results (docs/streaming.md).
+    """
 
     def __init__(self, cfg: StreamConfig):
         super().__init__()
@@ -73,11 +73,7 @@ class MemberUpdates(beam.PTransform):
     def expand(self, transactions):
         cfg = self._cfg
         fn = MemberUpdatesFn(cfg.as_of, cfg.partner.feature_names, cfg.debounce_s, cfg.idle_days, cfg.timer_clock)
-        return (
-            transactions
-            | "EventTime" >> beam.Map(_event_time).with_output_types(beam.typehints.KV[str, Any])
-            | "MemberState" >> beam.ParDo(fn)
-        )
+        return transactions | "MemberState" >> beam.ParDo(fn).with_outputs(DEAD_LETTER, main="updates")
 
 
 def bigquery_row(row: dict) -> dict:
@@ -105,35 +101,50 @@ def bigquery_schema(schema: pa.Schema) -> str:
 
 
 def build_stream(messages, layouts: dict[str, FileLayout], cfg: StreamConfig):
-    """(source, raw message) pairs -> windowed result and dead-letter files; returns the result rows."""
+    """``Message``s (or (source, raw bytes) pairs) -> windowed result and dead-letter files; returns the result rows."""
     partner = cfg.partner
     parse = ParseMessageFn(
         layouts, partner.input.columns, partner.input.delimiter, partner.input.timestamp_formats, cfg.as_of,
-        type_codes=partner.input.type_codes(),
+        type_codes=partner.input.type_codes(), partner=partner.name, id_attribute=cfg.id_attribute,
+        transaction_id_column=partner.input.transaction_id_column,
     )
-    parsed = messages | PARSE >> beam.ParDo(parse).with_outputs(DEAD_LETTER, main="transactions")
+    parsed = messages | PARSE >> beam.ParDo(parse).with_output_types(
+        beam.typehints.KV[str, Any]).with_outputs(DEAD_LETTER, main="transactions")
     schema = stream_results_schema(partner.feature_names)
+    updates = parsed.transactions | "MemberUpdates" >> MemberUpdates(cfg)
     rows = (
-        parsed.transactions
-        | "MemberUpdates" >> MemberUpdates(cfg)
+        updates.updates
         | DECIDE_OFFERS >> DecideOffers(partner)
         | TO_RESULT_ROW >> beam.ParDo(ToStreamResultRowFn(feature_columns(partner.feature_names), partner.name))
     )
-    rows | WRITE_RESULTS >> WriteWindowedParquet(cfg.results, schema, cfg.window_s)
-    parsed[DEAD_LETTER] | WRITE_DEAD_LETTERS >> WriteWindowedParquet(cfg.dead_letters, DEAD_LETTER_SCHEMA, cfg.window_s)
+    rows | WRITE_RESULTS >> WriteWindowedParquet(cfg.results, schema, cfg.window_s, "MEMBER_ID", cfg.shards,
+                                                 cfg.timer_clock)
+    (
+        (parsed[DEAD_LETTER], updates[DEAD_LETTER])
+        | "DeadLetters" >> beam.Flatten()
+        | WRITE_DEAD_LETTERS >> WriteWindowedParquet(cfg.dead_letters, DEAD_LETTER_SCHEMA, cfg.window_s,
+                                                     "RAW_LINE", cfg.shards, cfg.timer_clock)
+    )
     if cfg.bigquery_table:
-        from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
-
-        (
-            rows
-            | "ToBigQueryRow" >> beam.Map(bigquery_row)
-            | "WriteBigQuery" >> WriteToBigQuery(
-                cfg.bigquery_table, schema=bigquery_schema(schema),
-                create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
-                write_disposition=BigQueryDisposition.WRITE_APPEND,
-            )
-        )
+        write_bigquery(rows, cfg.bigquery_table, schema)
     return rows
+
+
+def write_bigquery(rows, table: str, schema: pa.Schema, test_client=None):
+    """Result rows streamed into a BigQuery table of the results' columns (created if needed)."""
+    from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
+
+    return (
+        rows
+        | "ToBigQueryRow" >> beam.Map(bigquery_row)
+        | "WriteBigQuery" >> WriteToBigQuery(
+            table, schema=bigquery_schema(schema),
+            create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
+            write_disposition=BigQueryDisposition.WRITE_APPEND,
+            method=WriteToBigQuery.Method.STREAMING_INSERTS,
+            test_client=test_client,
+        )
+    )
 
 
 def replay_events(lines: Iterable[tuple[str, bytes]], rate: float, step_s: float, start: float) -> TestStream:
@@ -167,18 +178,30 @@ def read_lines(paths: Iterable[str]) -> list[tuple[str, bytes]]:
     return out
 
 
-def pubsub_messages(p, subscription: str):
-    """Pub/Sub messages as (source, raw bytes); needs apache-beam[gcp], imported only here."""
+def pubsub_messages(p, subscription: str, id_attribute: str | None = None, local: bool = True):
+    """Pub/Sub messages as ``Message``s; needs apache-beam[gcp], imported only here.
+
+    ``id_attribute`` is also handed to ReadFromPubSub as ``id_label`` where the runner
+    supports it (Dataflow deduplicates re-published messages on it); the local runner
+    refuses ``id_label``, and the member state deduplicates on every runner anyway.
+    """
     try:
         from apache_beam.io.gcp.pubsub import ReadFromPubSub
         from google.cloud import pubsub  # noqa: F401 - the client ReadFromPubSub needs
     except ImportError:
         raise ConfigError("--subscription needs the Pub/Sub client: pip install 'apache-beam[gcp]==2.77.0'") from None
+    try:
+        read = ReadFromPubSub(subscription=subscription, with_attributes=True,
+                              id_label=None if local else id_attribute)
+    except ValueError as exc:
+        raise ConfigError(f"--subscription {subscription}: {exc} (expected projects/PROJECT/subscriptions/NAME)") \
+            from None
     source = f"pubsub:{subscription}"
     return (
         p
-        | "ReadPubSub" >> ReadFromPubSub(subscription=subscription)
-        | "WithSource" >> beam.Map(lambda raw: (source, raw))
+        | "ReadPubSub" >> read
+        | "ToMessage" >> beam.Map(
+            lambda m: Message(source, m.data, dict(m.attributes or {}), m.message_id or None))
     ), source
 
 
@@ -196,11 +219,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--window-seconds", type=int, default=60,
                        help="one set of result files per window of this many seconds (default 60)")
     group.add_argument("--bigquery-table", help="also stream result rows to PROJECT:DATASET.TABLE")
+    group.add_argument("--id-attribute",
+                       help="Pub/Sub attribute holding the publisher's transaction id: messages with the same "
+                            "value are one transaction (ReadFromPubSub id_label; duplicates are not folded)")
 
 
 def _check(args: argparse.Namespace) -> None:
     if bool(args.subscription) == bool(args.input):
         raise ConfigError("--streaming needs exactly one of --subscription (Pub/Sub) or --input (a replay)")
+    if args.id_attribute and not args.subscription:
+        raise ConfigError("--id-attribute reads a Pub/Sub attribute: it needs --subscription")
     if args.rate <= 0 or args.debounce_seconds < 0 or args.idle_days <= 0 or args.window_seconds <= 0:
         raise ConfigError("--rate, --idle-days and --window-seconds must be > 0, --debounce-seconds >= 0")
 
@@ -222,6 +250,7 @@ def run(
             raise ConfigError("a streaming replay runs locally (DirectRunner, local files and --output); "
                               "on Dataflow use --subscription")
         files, layouts = inputs.inspect_inputs([os.path.abspath(p) for p in args.input], partner, partner_source)
+        _check_id_column(layouts, partner)
         launch.check_output(args.output, args.overwrite, beam_args)
     else:
         outputs.check_writable(args.output)  # a live stream appends windows to what the folder holds
@@ -233,7 +262,7 @@ def run(
     cfg = StreamConfig(
         partner, as_of, join(launched.staging, "results"), join(launched.staging, "dead_letter"),
         args.debounce_seconds, args.idle_days, args.window_seconds, args.bigquery_table,
-        simulated_clock if replay else time.time,
+        simulated_clock if replay else time.time, args.id_attribute,
     )
     pipeline = beam.Pipeline(runner=streaming_local_runner() if local else None, options=options)
     rows_replayed = 0
@@ -243,7 +272,7 @@ def run(
         step = args.debounce_seconds or 1 / args.rate
         messages = pipeline | "Replay" >> replay_events(lines, args.rate, step, time.time())
     else:
-        messages, source = pubsub_messages(pipeline, args.subscription)
+        messages, source = pubsub_messages(pipeline, args.subscription, args.id_attribute, local)
         layouts = {source: message_layout(partner.input)}
     build_stream(messages, layouts, cfg)
     log.info("stream %s: partner=%s source=%s output=%s as_of=%s runner=%s debounce=%ss idle=%sd",
@@ -260,6 +289,16 @@ def run(
     result.wait_until_finish()
     record = replay_record(result, launched, partner, as_of, args, rows_replayed)
     return launch.finish(launched, record, launch.exit_code(record.accounting.updates_failed), args.overwrite)
+
+
+def _check_id_column(layouts: dict[str, FileLayout], partner: PartnerConfig) -> None:
+    """A replay's files must hold the partner's transaction-id column, if it names one."""
+    column = partner.input.transaction_id_column
+    for path, layout in layouts.items():
+        names = (layout.header or b"").decode("utf-8").split(partner.input.delimiter)
+        if column and column not in names:
+            raise ConfigError(f"{path}: no column {column!r} (input.transaction_id_column); columns are: "
+                              f"{', '.join(names)}")
 
 
 def _is_header(raw: bytes, layout: FileLayout) -> bool:

@@ -88,6 +88,10 @@ class InputConfig(_Strict):
     header_columns: list[str] | None = Field(
         None, description="with `header: false`: the column names of the headerless files, in order",
     )
+    transaction_id_column: str | None = Field(
+        None, description="streaming: the column holding a transaction id; a transaction whose id its member "
+        "was already given is a duplicate, not folded again (docs/streaming.md)",
+    )
 
     type_values: TypeValues = Field(
         TypeValues(), description="the spellings of buy, gift and redeem in the type column (each a list)",

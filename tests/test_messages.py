@@ -10,7 +10,7 @@ from apache_beam.pvalue import TaggedOutput
 from lantern import features
 from lantern.features import Transaction
 from lantern.partner import load_named
-from transforms.messages import ParseMessageFn, message_layout
+from transforms.messages import Message, ParseMessageFn, message_layout
 from transforms.parse import parse_timestamp
 
 SOURCE = "pubsub:projects/p/subscriptions/s"
@@ -24,8 +24,15 @@ def _fn(partner_name: str = "legacy_export", as_of: dt.date | None = AS_OF) -> P
                           partner.input.timestamp_formats, as_of)
 
 
-def _parse(fn: ParseMessageFn, raw: bytes) -> list:
-    return list(fn.process((SOURCE, raw)))
+def _parse(fn: ParseMessageFn, raw: bytes | Message) -> list:
+    """Outputs, each parsed message as (member id, Transaction | None)."""
+    message = raw if isinstance(raw, Message) else Message(SOURCE, raw)
+    return [out if isinstance(out, TaggedOutput) else (out[0], out[1].txn) for out in fn.process(message)]
+
+
+def _identity(fn: ParseMessageFn, message: Message) -> str | None:
+    ((_, arrival),) = fn.process(message)
+    return arrival.txn_id
 
 
 def _ts(text: str) -> int:
@@ -94,3 +101,45 @@ def test_headerless_partner_messages_follow_its_header_columns():
         ("M7", Transaction(_ts("2025-01-02 03:04:05"), features.GIFT, 5.0, 6.0))]
     with pytest.raises(ConfigError, match="MEMBER_ID"):
         message_layout(InputConfig(header=False, header_columns=["A", "B"]))
+
+
+LINE = b"M1,2025-03-01 10:00:00,buy,100,2.5"
+
+
+def _id_fn(id_attribute: str | None = "txn", column: str | None = None) -> ParseMessageFn:
+    partner = load_named("default")
+    config = partner.input.model_copy(update={"transaction_id_column": column})
+    layout = message_layout(config)
+    return ParseMessageFn({SOURCE: layout}, config.columns, config.delimiter, config.timestamp_formats, AS_OF,
+                          partner="default", id_attribute=id_attribute, transaction_id_column=column)
+
+
+def test_identity_is_the_transaction_id_then_the_id_attribute_then_the_message_id():
+    fn = _id_fn(column="TXN_ID")
+    assert _identity(fn, Message(SOURCE, LINE + b",T-9", {"txn": "A-1"}, "m-1")) == "txn:T-9"
+    assert _identity(fn, Message(SOURCE, LINE + b",", {"txn": "A-1"}, "m-1")) == "attr:A-1"
+    assert _identity(fn, Message(SOURCE, LINE + b",", {}, "m-1")) == "msg:m-1"
+    assert _identity(fn, Message(SOURCE, LINE + b",")) is None  # a replayed line without an id: never a duplicate
+    as_json = json.dumps({"MEMBER_ID": "M1", "LAST_TRANSACTION_TS": "2025-03-01 10:00:00", "LAST_TRANSACTION_TYPE":
+                          "buy", "LAST_TRANSACTION_POINTS_BOUGHT": 1, "LAST_TRANSACTION_REVENUE_USD": 1,
+                          "TXN_ID": 77}).encode()
+    assert _identity(fn, Message(SOURCE, as_json, {}, "m-2")) == "txn:77"
+    assert message_layout(load_named("default").input.model_copy(
+        update={"transaction_id_column": "TXN_ID"})).n_fields == 6
+
+
+@pytest.mark.parametrize("attributes, reason", [
+    ({"trace": "x"}, "UNKNOWN_ATTRIBUTE"),
+    ({"partner": "acme_rewards"}, "UNKNOWN_PARTNER"),
+    ({"format": "avro"}, "UNKNOWN_FORMAT"),
+    ({"format": "json"}, "MALFORMED_JSON"),  # a line announced as JSON is read as JSON
+])
+def test_bad_attributes_are_dead_letters(attributes, reason):
+    (out,) = _parse(_id_fn(), Message(SOURCE, LINE, attributes, "m-1"))
+    assert isinstance(out, TaggedOutput) and out.value["REASON"] == reason and "\n" not in out.value["DETAIL"]
+
+
+def test_known_attributes_are_accepted():
+    attributes = {"partner": "default", "format": "csv", "txn": "A-1", "googclient_schemaencoding": "JSON"}
+    assert _parse(_id_fn(), Message(SOURCE, LINE, attributes, "m-1")) == [
+        ("M1", Transaction(_ts("2025-03-01 10:00:00"), features.BUY, 100.0, 2.5))]

@@ -78,7 +78,7 @@ def _bursts(lines: list[str], rng: random.Random) -> list[list[bytes]]:
 def _valid_member(parse: ParseMessageFn, raw: bytes) -> str | None:
     """The member a message holds a valid transaction for (what the stream must fold), else None."""
     out = list(parse.process((SOURCE, raw)))
-    if not out or isinstance(out[0], TaggedOutput) or out[0][1] is None:
+    if not out or isinstance(out[0], TaggedOutput) or out[0][1].txn is None:
         return None
     return out[0][0]
 
@@ -205,3 +205,84 @@ def test_replay_refuses_a_folder_that_holds_a_run(export, tmp_path, capsys):
     assert cli.main(["--streaming", "--input", str(path), "--output", str(out), "--skip-preflight"]) == 2
     assert "already holds a run (run.json)" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+
+
+def _line_message(member: str, when: dt.datetime, points: int = 100) -> str:
+    return f"{member},{when:%Y-%m-%d %H:%M:%S},buy,{points},2.5"
+
+
+def _run_stream(stream, tmp_path, partner, **overrides) -> tuple[list[dict], list[dict], list[str]]:
+    """build_stream over a TestStream; (results rows, dead letters, result file names in write order per shard)."""
+    settings = dict(debounce_s=5.0, idle_days=30, window_s=60, timer_clock=simulated_clock, shards=1)
+    settings.update(overrides)
+    cfg = StreamConfig(partner, AS_OF, str(tmp_path / "results"), str(tmp_path / "dead_letter"), **settings)
+    with beam.Pipeline(runner=streaming_local_runner(), options=PipelineOptions(["--streaming"])) as p:
+        build_stream(p | stream, {SOURCE: message_layout(partner.input)}, cfg)
+    files = sorted(p.name for p in (tmp_path / "results").glob("part-*.parquet"))
+    rows = summary.read_parts(str(tmp_path / "results")).to_pylist() if files else []
+    dead = (summary.read_parts(str(tmp_path / "dead_letter")).to_pylist()
+            if list((tmp_path / "dead_letter").glob("part-*.parquet")) else [])
+    return rows, dead, files
+
+
+def test_a_member_three_days_late_holds_back_no_other_members_results(server_url, tmp_path):
+    """B's transactions run three days behind (its publisher stamps them with their own time, and
+    the watermark waits for it); A's update is still decided and written in the next window of
+    processing time, not when the watermark finally moves at the end of the stream."""
+    partner = load_named("default").with_endpoint_url(server_url)
+    now = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.timezone.utc)
+    late = now - dt.timedelta(days=3)
+    stream = (
+        test_stream.TestStream()
+        .advance_watermark_to(late.timestamp() - 1)  # held there by B until the end
+        .add_elements([TimestampedValue((SOURCE, _line_message("A", now).encode()), now.timestamp()),
+                       TimestampedValue((SOURCE, _line_message("B", late).encode()), late.timestamp())])
+        .advance_processing_time(10)  # debounce: both updates decided
+        .advance_processing_time(60)  # the sink's window ends in processing time: A's file is written
+        .add_elements([TimestampedValue((SOURCE, _line_message("C", now).encode()), now.timestamp())])
+        .advance_processing_time(10)
+        .advance_processing_time(60)
+        .advance_watermark_to_infinity()
+    )
+    rows, dead, files = _run_stream(stream, tmp_path, partner)
+    assert not dead
+    assert [f.rsplit("-", 1)[1] for f in files] == ["000000.parquet", "000001.parquet"]  # one shard, two flushes
+    first, second = (pq.read_table(tmp_path / "results" / f).column("MEMBER_ID").to_pylist() for f in files)
+    assert sorted(first) == ["A", "B"] and second == ["C"]  # A was written before the watermark moved
+    assert all(r["STATUS"] == "OK" for r in rows)
+
+
+def test_drain_loses_no_pending_update(server_url, tmp_path):
+    """The watermark reaches the end while every member's update is still pending (its debounce never
+    fired: a drain): each update is emitted by the idle flush, called and written."""
+    partner = load_named("default").with_endpoint_url(server_url)
+    now = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.timezone.utc)
+    members = [f"D{i:02d}" for i in range(30)]
+    messages = [TimestampedValue((SOURCE, _line_message(m, now - dt.timedelta(hours=i), i + 1).encode()),
+                                 now.timestamp() + i) for i, m in enumerate(members)]
+    stream = test_stream.TestStream().add_elements(messages).advance_watermark_to_infinity()
+    rows, dead, _ = _run_stream(stream, tmp_path, partner, debounce_s=3600, shards=4)
+    assert not dead
+    assert sorted(r["MEMBER_ID"] for r in rows) == members  # one update each, none lost
+    assert all(r["STATUS"] == "OK" and r["OFFER"] and r["N_TRANSACTIONS"] == 1 for r in rows)
+    assert {r["MEMBER_ID"]: r["AVG_POINTS_BOUGHT"] for r in rows} == {m: float(i + 1) for i, m in enumerate(members)}
+
+
+def test_replay_with_a_transaction_id_column_folds_each_transaction_once(server_url, tmp_path):
+    """A partner naming a transaction-id column: a re-published transaction (same id, again later)
+    is a DUPLICATE dead letter and changes no feature."""
+    base = load_named("default").with_endpoint_url(server_url)
+    partner = base.model_copy(update={"input": base.input.model_copy(update={"transaction_id_column": "TXN_ID"})})
+    now = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.timezone.utc)
+    first = [f"{_line_message('M1', now, 100)},T1", f"{_line_message('M1', now, 300)},T2"]
+    stream = (
+        test_stream.TestStream()
+        .add_elements([TimestampedValue((SOURCE, line.encode()), now.timestamp()) for line in first])
+        .advance_processing_time(10)
+        .add_elements([TimestampedValue((SOURCE, first[0].encode()), now.timestamp() + 60)])  # re-published
+        .advance_processing_time(10)
+        .advance_watermark_to_infinity()
+    )
+    rows, dead, _ = _run_stream(stream, tmp_path, partner)
+    assert [(r["UPDATE_SEQ"], r["N_TRANSACTIONS"], r["AVG_POINTS_BOUGHT"]) for r in rows] == [(1, 2, 200.0)]
+    assert [(d["REASON"], d["RAW_LINE"]) for d in dead] == [("DUPLICATE", first[0])]

@@ -5,7 +5,6 @@ import datetime as dt
 import time
 from collections.abc import Iterable
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -171,11 +170,10 @@ def _utc(seconds: float) -> dt.datetime:
 
 
 class ToStreamResultRowFn(ToResultRowFn):
-    """(member, update summary, decision) -> a results row stamped with its decision time.
+    """(member, update summary, decision) -> a results row with when it was received, computed and decided.
 
-    The row's event time becomes the moment the offer was decided, so the windowed
-    files hold what was decided in each window, and a row is never behind the
-    watermark (which follows transaction time) when it reaches the sink.
+    The row keeps the timestamp its update left the member's state with: the sink files rows
+    by the wall-clock time they reach it (their decision time), not by event time.
     """
 
     def __init__(self, columns: list[str], partner: str):
@@ -196,4 +194,4 @@ class ToStreamResultRowFn(ToResultRowFn):
         if row["OFFER"] is not None:
             row["TXN_TO_OFFER_MS"] = (now - summary["RECEIVED_AT"]) * 1000
             self.latency.update(int(row["TXN_TO_OFFER_MS"]))
-        yield beam.window.TimestampedValue(row, now)
+        yield row
