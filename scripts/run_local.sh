@@ -28,29 +28,11 @@ INPUT_ARGS=()
 for path in "${INPUTS[@]}"; do
   INPUT_ARGS+=(--input "$path")
 done
-PORT="$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-LOG="$(mktemp -t offer-server.XXXXXX.log)"
-python -m uvicorn app:app --host 127.0.0.1 --port "$PORT" --log-level warning >"$LOG" 2>&1 &
-SERVER=$!
-stop_server() {
-  local code=$?
-  kill "$SERVER" 2>/dev/null || true
-  wait "$SERVER" 2>/dev/null || true
-  rm -f "$LOG"
-  exit "$code"
-}
-trap stop_server EXIT
-for _ in $(seq 1 100); do
-  if python -c "import sys,urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/', timeout=1)" 2>/dev/null; then
-    break
-  fi
-  kill -0 "$SERVER" 2>/dev/null || { echo "the ML server did not start:"; cat "$LOG"; exit 1; }
-  sleep 0.1
-done
-echo "reference ML service on http://127.0.0.1:$PORT (pid $SERVER); input: ${INPUTS[*]}"
+source "$(dirname "$0")/reference_service.sh"
+echo "reference ML service on $SERVER_URL (pid $SERVER); input: ${INPUTS[*]}"
 set +e
 python -m beam_pipeline "${INPUT_ARGS[@]}" --output "$OUTPUT" --overwrite \
-  --endpoint-url "http://127.0.0.1:$PORT" "${ARGS[@]}"
+  --endpoint-url "$SERVER_URL" "${ARGS[@]}"
 CODE=$?
 set -e
 if [ "$CODE" -eq 0 ] || [ "$CODE" -eq 3 ]; then  # 3: published, some members FAILED

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from lantern import features
 from lantern.features import SPEC_FEATURES, Transaction
-from transforms.features import CompactAccumulatorCoder as AccumulatorCoder
 from lantern.state_version import StateVersionError
+from transforms.features import CompactAccumulatorCoder as AccumulatorCoder
 from transforms.member_state import (
     MAX_SEEN_IDS,
     MemberMeta,
@@ -25,8 +25,8 @@ from transforms.member_state import (
     SeenIds,
     SeenIdsCoder,
 )
-from transforms.parse import DEAD_LETTER
 from transforms.messages import Arrival
+from transforms.parse import DEAD_LETTER
 
 DAY_US = 86_400_000_000
 finite = st.floats(allow_nan=False, allow_infinity=False)

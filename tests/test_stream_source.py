@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections import Counter
+from typing import ClassVar
 from unittest import mock
 
 import apache_beam as beam
@@ -38,8 +39,8 @@ SUBSCRIPTION = "projects/lantern-demo/subscriptions/transactions"
 class FakeSubscriber:
     """``pubsub.SubscriberClient``: hands out queued messages, at most ``max_messages`` per pull."""
 
-    queue: list = []
-    acked: list = []
+    queue: ClassVar[list] = []
+    acked: ClassVar[list] = []
     lock = threading.Lock()
 
     @staticmethod
@@ -75,8 +76,8 @@ def _last_updates(folder) -> dict[str, dict]:
     return last
 
 
-def test_subscription_path_with_a_redelivery_equals_the_batch_job(dataflow_extra, export, batch, server_url,
-                                                                  tmp_path):
+def test_subscription_path_with_a_redelivery_equals_the_batch_job(dataflow_extra, export, batch,  # noqa: F811
+                                                                  server_url, tmp_path):
     _, _, lines = export
     expected, batch_dead = batch
     rng = random.Random(3)
@@ -85,7 +86,7 @@ def test_subscription_path_with_a_redelivery_equals_the_batch_job(dataflow_extra
     published = dt.datetime.now(dt.timezone.utc)
     messages = [(f"ack-{i}", f"m-{i}", line.encode(), published) for i, line in enumerate(shuffled)]
     redelivered = next(m for m in messages if m[2].split(b",")[1][:2] == b"20" and m[2].count(b",") == 4)
-    messages.insert(len(messages) - 7, (f"ack-again", *redelivered[1:]))  # at-least-once: the same message id
+    messages.insert(len(messages) - 7, ("ack-again", *redelivered[1:]))  # at-least-once: the same message id
     FakeSubscriber.queue[:] = messages
     FakeSubscriber.acked[:] = []
 
@@ -128,19 +129,19 @@ class FakeBigQuery:
     """The BigQuery client ``WriteToBigQuery`` talks to: tables.Get (404), tables.Insert (keeps the
     schema) and insert_rows_json (checks each row against that schema)."""
 
-    schema: dict[str, str] = {}
-    rows: list = []
-    problems: list = []
+    schema: ClassVar[dict[str, str]] = {}
+    rows: ClassVar[list] = []
+    problems: ClassVar[list] = []
 
     def __init__(self):
         self.tables = self
 
-    def Get(self, request):  # noqa: N802 - the apitools client's method name
+    def Get(self, request):  # the apitools client's method name
         from apitools.base.py.exceptions import HttpError
 
         raise HttpError({"status": 404}, b"not found", "https://bigquery.googleapis.com/")
 
-    def Insert(self, request):  # noqa: N802
+    def Insert(self, request):
         FakeBigQuery.schema.update({f.name: f.type for f in request.table.schema.fields})
         return request.table
 

@@ -213,7 +213,7 @@ def _line_message(member: str, when: dt.datetime, points: int = 100) -> str:
 
 def _run_stream(stream, tmp_path, partner, **overrides) -> tuple[list[dict], list[dict], list[str]]:
     """build_stream over a TestStream; (results rows, dead letters, result file names in write order per shard)."""
-    settings = dict(debounce_s=5.0, idle_days=30, window_s=60, timer_clock=simulated_clock, shards=1)
+    settings = {"debounce_s": 5.0, "idle_days": 30, "window_s": 60, "timer_clock": simulated_clock, "shards": 1}
     settings.update(overrides)
     cfg = StreamConfig(partner, AS_OF, str(tmp_path / "results"), str(tmp_path / "dead_letter"), **settings)
     with beam.Pipeline(runner=streaming_local_runner(), options=PipelineOptions(["--streaming"])) as p:
