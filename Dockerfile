@@ -5,7 +5,7 @@
 #   launcher binary copied from Google's Python 3.11 launcher base image.
 # Built by cloudbuild.yaml; see "Deploy to Dataflow" in the README.
 ARG BEAM_VERSION=2.77.0
-ARG LAUNCHER_TAG=flex_templates_base_image_release_20240628_RC00
+ARG LAUNCHER_TAG=flex_templates_base_image_release_20260122_RC00
 
 FROM gcr.io/dataflow-templates-base/python311-template-launcher-base:${LAUNCHER_TAG} AS launcher
 

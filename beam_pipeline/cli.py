@@ -17,7 +17,19 @@ import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from beam_pipeline import beam_options, dead_letter_limit, inputs, launch, logs, preflight, retry, streaming, summary
+from beam_pipeline import (
+    beam_options,
+    dataflow,
+    dead_letter_limit,
+    inputs,
+    launch,
+    logs,
+    option_types,
+    preflight,
+    retry,
+    streaming,
+    summary,
+)
 from beam_pipeline.accounting import AccountingError, BatchAccountant
 from beam_pipeline.console import format_summary
 from beam_pipeline.finalize import RunPlan
@@ -38,7 +50,8 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The job's own options (Beam's are checked by ``beam_options``)."""
+    """The job's own options (Beam's are checked by ``beam_options``); ``beam_pipeline/flex_template.py``
+    makes the template parameters from them."""
     # Options with a dash also answer to their underscore spelling: the Flex Template launcher passes
     # template parameters as --as_of=..., and Beam's own options are spelled that way too.
     parser = _ArgumentParser(prog="python -m beam_pipeline", description=__doc__.splitlines()[0],
@@ -49,25 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run the output folder holds, and everything else in it "
                              "(without it such a folder is refused)")
-    parser.add_argument("--max-dead-letter-ratio", "--max_dead_letter_ratio", type=float, metavar="R",
+    parser.add_argument("--max-dead-letter-ratio", "--max_dead_letter_ratio", type=option_types.DEAD_LETTER_RATIO,
+                        metavar="R",
                         help="exit 4, unpublished, when dead letters / rows read exceed R "
                              "(default: the partner's input.max_dead_letter_ratio, 0.05; 1 turns it off)")
     who = parser.add_mutually_exclusive_group()
     who.add_argument("--partner", help="partner name: loads partner_options/NAME.yaml (default: default)")
     who.add_argument("--partner-config", "--partner_config", help="path to a partner YAML file")
-    parser.add_argument("--as-of", "--as_of", help="as-of date YYYY-MM-DD (default: today, UTC)")
-    parser.add_argument("--endpoint-url", "--endpoint_url", help="replace scheme, host and port of every endpoint")
-    parser.add_argument("--auth-secret", "--auth_secret",
+    parser.add_argument("--as-of", "--as_of", type=option_types.AS_OF,
+                        help="as-of date YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--endpoint-url", "--endpoint_url", type=option_types.ENDPOINT_URL,
+                        help="replace scheme, host and port of every endpoint (on Dataflow: the partner's "
+                             "production host, which workers reach)")
+    parser.add_argument("--auth-secret", "--auth_secret", type=option_types.AUTH_SECRET,
                         help="Secret Manager version holding the partner's auth header value, "
                              "read where the partner file's env var is unset (Dataflow workers)")
-    parser.add_argument("--features-only", "--features_only", action="store_true",
+    parser.add_argument("--features-only", "--features_only", nargs="?", const=True, default=False,
+                        type=option_types.switch("--features-only"), metavar="true|false",
                         help="compute features, call no endpoint (status FEATURES_ONLY)")
     parser.add_argument("--reader", default=BLOCKS, choices=READERS,
                         help="blocks (default): read, parse and fold exports in blocks of lines; "
                              "lines: one element per line (ReadFromText), the reference path")
-    parser.add_argument("--skip-preflight", "--skip_preflight", action="store_true",
+    parser.add_argument("--skip-preflight", "--skip_preflight", nargs="?", const=True, default=False,
+                        type=option_types.switch("--skip-preflight"), metavar="true|false",
                         help="do not check that endpoint hosts answer before the run")
-    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
+    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS,
+                        help="the least severe messages logged (default INFO)")
     parser.add_argument("--log-format", default="text", choices=logs.FORMATS,
                         help="text, or json: one JSON object per line (Cloud Logging reads these)")
     parser.add_argument("--heartbeat-seconds", type=float, default=10.0,
@@ -152,6 +172,8 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     patterns = [_local(p) for p in args.input]
     files, layouts = inputs.inspect_inputs(patterns, partner, partner_source)
     dead_letter_max = dead_letter_limit.limit_for(args.max_dead_letter_ratio, partner)
+    if dataflow.runs_on_dataflow(PipelineOptions(beam_args)) and not args.features_only:
+        preflight.check_workers_can_reach(partner)
     launch.check_output(args.output, args.overwrite, beam_args)
     if not (args.skip_preflight or args.features_only):
         preflight.check_endpoints(partner)

@@ -32,6 +32,11 @@ def is_dataflow(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner in DATAFLOW_NAMES
 
 
+def runs_on_dataflow(options: PipelineOptions) -> bool:
+    """A job for Dataflow: started with its runner, or by the Flex Template launcher."""
+    return is_dataflow(options) or is_template_launch(options)
+
+
 def is_template_launch(options: PipelineOptions) -> bool:
     """The Flex Template launcher passes ``--template_location``: the job is submitted, never awaited."""
     return bool(options.view_as(GoogleCloudOptions).template_location)

@@ -5,6 +5,7 @@ every member; failing in a second with the URL is kinder.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 from urllib.parse import urlsplit
 
@@ -17,6 +18,31 @@ log = logging.getLogger(__name__)
 
 HOW_TO_FIX = ("point the run at a service that is up with --endpoint-url http://HOST:PORT, or start the "
               "reference service from the repository root: uvicorn app:app --port 8000")
+
+
+def is_loopback(url: str) -> bool:
+    """Whether the URL's host is this machine (127.0.0.0/8, ::1, localhost)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_workers_can_reach(partner: PartnerConfig) -> None:
+    """On Dataflow the calls come from worker VMs: a loopback endpoint there is the worker itself.
+
+    Checked before anything is written or any partner host is asked, so a launch that forgot the
+    partner's production host fails in one line instead of failing every member.
+    """
+    url = partner.endpoints.base_url
+    if is_loopback(url):
+        raise ConfigError(
+            f"endpoint {url} (partner {partner.name}) is this machine, which Dataflow workers cannot call: "
+            "give the partner's production host with --endpoint-url (template parameter endpoint_url)"
+        )
 
 
 def _reason(exc: requests.RequestException) -> str:

@@ -198,3 +198,13 @@ def test_a_flex_template_launch_refuses_a_folder_with_an_earlier_run(export, tmp
     assert cli.main(launcher_argv(export, output)) == launch.EXIT_USAGE
     assert "already holds a run (results)" in capsys.readouterr().err
     assert (output / "results" / "part-00000.parquet").read_bytes() == b"earlier run"
+
+
+def test_a_dataflow_launch_refuses_an_endpoint_on_this_machine(export, tmp_path, capsys):
+    """Workers call the endpoints: the shipped files' 127.0.0.1 would be each worker itself."""
+    argv = [a for a in launcher_argv(export, tmp_path / "runs" / "x") if not a.startswith("--endpoint_url")]
+    assert cli.main(argv) == launch.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "endpoint http://127.0.0.1:8000 (partner default) is this machine" in err
+    assert "--endpoint-url (template parameter endpoint_url)" in err
+    assert not (tmp_path / "runs").exists()
