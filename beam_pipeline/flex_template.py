@@ -53,6 +53,7 @@ NOT_PARAMETERS = {
     "idle_days": "streaming only",
     "window_seconds": "streaming only",
     "bigquery_table": "streaming only",
+    "id_attribute": "streaming only",
 }
 REQUIRED = {"input", "output", "partner"}
 TEMPLATE_REGEX = {"input": GCS_PATH, "output": GCS_PATH}
