@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import dead_letter_limit, outputs, run_folder
 from lantern.run_record import RunSummary, package_versions, to_json
+from transforms.run_counts import CountRun
 
 log = logging.getLogger(__name__)
 
@@ -203,30 +205,35 @@ class FinalizeFn(beam.DoFn):
         self._plan = plan
 
     def process(self, _, items):
+        started = time.perf_counter()
         summary = finalize(self._plan, items)
+        seconds = time.perf_counter() - started
+        log.info("run %s: the last step took %.3f s", self._plan.run_id, seconds, extra={"finalize_seconds": seconds})
         yield summary["exit_code"]
 
 
 class Finalize(beam.PTransform):
-    """The run's last step; waits for every count in ``facts`` and every write in ``writes``.
+    """The run's last step; waits for every count in ``counts`` and every write in ``writes``.
 
-    ``facts``: name -> a PCollection of one value (a ``CombineGlobally``); ``writes``:
-    name -> the PCollection of the file names a write produced (``WriteToParquetBatched``).
-    Another output is awaited and accounted for by adding it to either mapping.
+    ``counts``: name -> (a PCollection, the CombineFn that counts it), all combined at once
+    (``transforms.run_counts.CountRun``); ``writes``: name -> the PCollection of the file names a
+    write produced (``WriteToParquetBatched``). Another output is awaited and accounted for by
+    adding it to either mapping.
     """
 
-    def __init__(self, plan: RunPlan, facts: Mapping[str, beam.PCollection], writes: Mapping[str, beam.PCollection]):
+    def __init__(self, plan: RunPlan, counts: Mapping[str, tuple[beam.PCollection, beam.CombineFn]],
+                 writes: Mapping[str, beam.PCollection]):
         super().__init__()
         self._plan = plan
-        self._facts = dict(facts)
+        self._counts = dict(counts)
         self._writes = dict(writes)
 
     def expand(self, pbegin):
-        tagged = [pcoll | f"Fact[{name}]" >> beam.Map(lambda v, n=name: (FACT, n, v))
-                  for name, pcoll in self._facts.items()]
-        tagged += [pcoll | f"Written[{name}]" >> beam.Map(lambda v, n=name: (WRITTEN, n, v))
+        facts = (pbegin | "Count" >> CountRun(self._counts)
+                 | "Facts" >> beam.FlatMap(lambda counts: [(FACT, name, value) for name, value in counts.items()]))
+        written = [pcoll | f"Written[{name}]" >> beam.Map(lambda path, n=name: (WRITTEN, n, path))
                    for name, pcoll in self._writes.items()]
-        everything = tagged | "Gather" >> beam.Flatten()
+        everything = (facts, *written) | "Gather" >> beam.Flatten()
         return (
             pbegin
             | "Once" >> beam.Create([None])

@@ -259,11 +259,10 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     }
     if job.plan is None:
         return
-    facts = {
-        ROWS: parsed[COUNTS] | "CountRows" >> beam.CombineGlobally(SumCountsFn()),
-        MEMBERS_WITH_FEATURES: members | "CountMembersWithFeatures" >> beam.CombineGlobally(CountRowsFn()),
-        RESULT_STATS: results | "CountResults" >> beam.CombineGlobally(ResultStatsFn()),
-        DEAD_LETTER_REASONS: parsed[DEAD_LETTER] | "CountDeadLetters" >> beam.CombineGlobally(
-            ValueCountsFn("REASON")),
+    counts = {
+        ROWS: (parsed[COUNTS], SumCountsFn()),
+        MEMBERS_WITH_FEATURES: (members, CountRowsFn()),
+        RESULT_STATS: (results, ResultStatsFn()),
+        DEAD_LETTER_REASONS: (parsed[DEAD_LETTER], ValueCountsFn("REASON")),
     }
-    p | FINALIZE >> Finalize(job.plan, facts, written)
+    p | FINALIZE >> Finalize(job.plan, counts, written)

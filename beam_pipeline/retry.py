@@ -230,14 +230,14 @@ def build_retry_pipeline(p: beam.Pipeline, job: RetryJob) -> None:
     }
     if job.plan is None:
         return
-    facts = {
-        CARRIED_OVER: split.kept | "CountCarriedOver" >> beam.CombineGlobally(CountRowsFn()),
-        TO_RETRY: split[RETRY] | "CountToRetry" >> beam.CombineGlobally(CountRowsFn()),
-        RETRIED: retried_rows | "CountRetried" >> beam.CombineGlobally(ResultStatsFn()),
-        RESULT_STATS: results | "CountResults" >> beam.CombineGlobally(ResultStatsFn()),
-        DEAD_LETTER_REASONS: dead_letters | "CountDeadLetters" >> beam.CombineGlobally(ValueCountsFn("REASON")),
+    counts = {
+        CARRIED_OVER: (split.kept, CountRowsFn()),
+        TO_RETRY: (split[RETRY], CountRowsFn()),
+        RETRIED: (retried_rows, ResultStatsFn()),
+        RESULT_STATS: (results, ResultStatsFn()),
+        DEAD_LETTER_REASONS: (dead_letters, ValueCountsFn("REASON")),
     }
-    p | FINALIZE >> Finalize(job.plan, facts, written)
+    p | FINALIZE >> Finalize(job.plan, counts, written)
 
 
 # What run.json's steps report for a retry: (label, transform, unit, element count from the accounting).

@@ -193,25 +193,36 @@ def test_too_many_dead_letters_hold_the_run_back_and_fail_the_job(tmp_path):
         finalize.finalize(plan, items)
 
 
-def test_the_finalize_transform_waits_for_its_side_inputs_and_fails_the_job(tmp_path):
-    plan, items = _staged_run(tmp_path)
+def _counted(p, items) -> tuple[dict, dict]:
+    """The counts and writes of ``_staged_run`` as the pipeline hands them to ``Finalize``."""
     facts = {name: value for kind, name, value in items if kind == finalize.FACT}
     files = {name: value for kind, name, value in items if kind == finalize.WRITTEN}
+    stats = facts[RESULT_STATS]
+    results = [{"STATUS": status, "OFFER": "OFFER_1" if status == "OK" else None}
+               for status, n in stats["statuses"].items() for _ in range(n)]
+    counts = {
+        ROWS: (p | "Rows" >> beam.Create([facts[ROWS]]), SumCountsFn()),
+        MEMBERS_WITH_FEATURES: (p | "Members" >> beam.Create(range(facts[MEMBERS_WITH_FEATURES])), CountRowsFn()),
+        RESULT_STATS: (p | "Results" >> beam.Create(results), ResultStatsFn()),
+        DEAD_LETTER_REASONS: (p | "Dead" >> beam.Create([{"REASON": reason} for reason, n in
+                                                          facts[DEAD_LETTER_REASONS].items() for _ in range(n)]),
+                              ValueCountsFn("REASON")),
+    }
+    return counts, {name: p | f"W{name}" >> beam.Create([path]) for name, path in files.items()}
+
+
+def test_the_finalize_transform_waits_for_its_counts_and_writes_and_fails_the_job(tmp_path):
+    plan, items = _staged_run(tmp_path)
     with TestPipeline() as p:
-        codes = p | finalize.Finalize(
-            plan, {name: p | f"F{name}" >> beam.Create([value]) for name, value in facts.items()},
-            {name: p | f"W{name}" >> beam.Create([path]) for name, path in files.items()})
-        assert_that(codes, equal_to([3]))
-    assert json.loads((Path(plan.output) / "run.json").read_text())["exit_code"] == 3
+        assert_that(p | finalize.Finalize(plan, *_counted(p, items)), equal_to([3]))
+    published = json.loads((Path(plan.output) / "run.json").read_text())
+    assert published["exit_code"] == 3 and published["offers"] == {"OFFER_1": 1}
+    assert published["accounting"]["dead_letter_rows"] == 1
 
     plan, items = _staged_run(tmp_path / "again", dead=4, limit=0.1)
     with pytest.raises(Exception, match=r"above the limit 0\.1"), TestPipeline() as p:
-        _ = p | finalize.Finalize(plan, {ROWS: p | beam.Create([items[0][2]]),
-                                         MEMBERS_WITH_FEATURES: p | "M" >> beam.Create([3]),
-                                         RESULT_STATS: p | "S" >> beam.Create([items[2][2]]),
-                                         DEAD_LETTER_REASONS: p | "D" >> beam.Create([items[3][2]])},
-                                  {RESULTS: p | "R" >> beam.Create([items[4][2]]),
-                                   DEAD_LETTER_FILES: p | "L" >> beam.Create([items[5][2]])})
+        _ = p | finalize.Finalize(plan, *_counted(p, items))
+    assert json.loads((Path(plan.staging) / "run.json").read_text())["exit_code"] == 4
 
 
 # --- end to end: nothing but the job decides ----------------------------------------------------

@@ -175,3 +175,52 @@ class ResultStatsFn(beam.CombineFn):
 
     def extract_output(self, acc: ResultStats) -> dict:
         return acc.as_json(self._names)
+
+
+class NamedCountsFn(beam.CombineFn):
+    """``(name, element)`` pairs -> ``{name: that name's CombineFn output}``: every count of a run in one combine.
+
+    One combine (one shuffle) instead of one per count: a pipeline stage costs a runner
+    some fixed time, whatever it carries. A name that saw no element still gets its
+    CombineFn's empty output.
+    """
+
+    def __init__(self, fns: Mapping[str, beam.CombineFn]):
+        self._fns = dict(fns)
+
+    def create_accumulator(self) -> dict:
+        return {}
+
+    def add_input(self, acc: dict, item: tuple[str, object]) -> dict:
+        name, element = item
+        fn = self._fns[name]
+        acc[name] = fn.add_input(acc[name] if name in acc else fn.create_accumulator(), element)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict]) -> dict:
+        out: dict = {}
+        for acc in accs:
+            for name, part in acc.items():
+                out[name] = part if name not in out else self._fns[name].merge_accumulators([out[name], part])
+        return out
+
+    def compact(self, acc: dict) -> dict:
+        return {name: self._fns[name].compact(part) for name, part in acc.items()}
+
+    def extract_output(self, acc: dict) -> dict:
+        return {name: fn.extract_output(acc[name] if name in acc else fn.create_accumulator())
+                for name, fn in self._fns.items()}
+
+
+class CountRun(beam.PTransform):
+    """``{name: (PCollection, CombineFn)}`` -> one element, ``{name: count}``, from one combine."""
+
+    def __init__(self, counts: Mapping[str, tuple[beam.PCollection, beam.CombineFn]]):
+        super().__init__()
+        self._counts = dict(counts)
+
+    def expand(self, pbegin):
+        tagged = [pcoll | f"Name[{name}]" >> beam.Map(lambda element, n=name: (n, element))
+                  for name, (pcoll, _) in self._counts.items()]
+        fns = {name: fn for name, (_, fn) in self._counts.items()}
+        return tagged | "Gather" >> beam.Flatten() | "Combine" >> beam.CombineGlobally(NamedCountsFn(fns))
