@@ -123,7 +123,7 @@ def test_the_whole_graph_reaches_dataflow(translated, tmp_path):
     assert {"ParseBlocksFn", "CombineMemberShardsFn", "CallEndpointsFn", "ToResultRowFn", "FinalizeFn"} <= set(
         user_functions(job.proto_pipeline).values())
     for step in ("ReadExports", "Parse", "MemberFeatures", "DecideOffers/CallEndpoints/Call", "ToResultRow",
-                 "WriteResults", "WriteDeadLetters", "CountResults", "Finalize/Finalize"):
+                 "WriteResults", "WriteDeadLetters", "Finalize/Count/Combine", "Finalize/Finalize"):
         assert step in got
 
 
