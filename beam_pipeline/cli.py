@@ -180,7 +180,7 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     logs.configure(args.log_level, args.log_format)
     launch.say_notices(partner.notices())
 
-    launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start)
+    launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start, as_of=as_of.isoformat())
     fields = summary.launch_fields(launched, partner, partner_source, as_of.isoformat(), files, vars(args))
     plan = RunPlan(launched.run_id, launched.output, launched.staging, args.overwrite, fields, BatchAccountant(),
                    dead_letter_max)

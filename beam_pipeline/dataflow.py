@@ -48,8 +48,15 @@ def job_name(partner: str, run_id: str) -> str:
     return name.strip("-")[:63].rstrip("-")
 
 
-def prepare(options: PipelineOptions, partner: str, run_id: str) -> None:
-    """Fill in the worker image (or the package to stage) and the job name the user did not give."""
+def labels(partner: str, run_id: str, as_of: str | None) -> dict[str, str]:
+    """The job's labels: whose run it is, which run, for which day (billing export and the console filter
+    on them). Label values are lowercase letters, digits, ``_`` and ``-``, at most 63 characters."""
+    values = {"partner": partner, "run_id": run_id, "as_of": as_of}
+    return {k: re.sub(r"[^a-z0-9_-]", "-", v.lower())[:63] for k, v in values.items() if v}
+
+
+def prepare(options: PipelineOptions, partner: str, run_id: str, as_of: str | None = None) -> None:
+    """Fill in the worker image (or the package to stage), the job name the user did not give, and the labels."""
     if is_template_launch(options) and options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DataflowRunner"
     if not is_dataflow(options):
@@ -63,5 +70,8 @@ def prepare(options: PipelineOptions, partner: str, run_id: str) -> None:
     cloud = options.view_as(GoogleCloudOptions)
     if not cloud.job_name:
         cloud.job_name = job_name(partner, run_id)
-    log.info("dataflow job %s: worker image %s, package %s", cloud.job_name,
-             worker.sdk_container_image or "Beam default", setup.setup_file or "in the image")
+    given = {label.split("=", 1)[0] for label in cloud.labels or []}
+    cloud.labels = [*(cloud.labels or []),
+                    *(f"{k}={v}" for k, v in labels(partner, run_id, as_of).items() if k not in given)]
+    log.info("dataflow job %s: worker image %s, package %s, labels %s", cloud.job_name,
+             worker.sdk_container_image or "Beam default", setup.setup_file or "in the image", ",".join(cloud.labels))

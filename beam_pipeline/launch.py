@@ -81,13 +81,14 @@ def say_notices(notices: list[str]) -> None:
         log.warning("%s", notice)
 
 
-def prepare(options: PipelineOptions, partner: str, output: str, start: Start, staged: bool = True) -> Launch:
-    """The run id, Dataflow's worker image and job name, and where the pipeline writes.
+def prepare(options: PipelineOptions, partner: str, output: str, start: Start, staged: bool = True,
+            as_of: str | None = None) -> Launch:
+    """The run id, Dataflow's worker image, job name and labels, and where the pipeline writes.
 
     ``staged=False`` (a live stream, which appends windows and never ends) writes straight into ``output``.
     """
     rid = run_id(start.at)
-    dataflow.prepare(options, partner, rid)
+    dataflow.prepare(options, partner, rid, as_of)
     output = absolute(output)
     template = dataflow.is_template_launch(options)
     staging = outputs.staging_dir(output, rid) if staged else output

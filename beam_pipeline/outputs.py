@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 
 from apache_beam.io.filesystems import FileSystems
@@ -31,10 +32,14 @@ def join(base: str, *parts: str) -> str:
     return FileSystems.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
 
 
+PROBE_PREFIX = "_write-probe-"
+
+
 def check_writable(output: str) -> None:
-    """Fail before the run if the output folder cannot be created or written; write nothing."""
+    """Fail before the run if the output folder cannot be created or written; leave nothing behind."""
     if is_remote(output):
-        return  # a bucket's permissions cannot be probed offline; the runner reports them
+        probe_remote(output)
+        return
     path = os.path.abspath(output)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"output {output} exists and is not a directory")
@@ -43,6 +48,34 @@ def check_writable(output: str) -> None:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"output directory {output} is not writable ({existing} does not allow writing)")
+
+
+def probe_remote(output: str) -> None:
+    """Write one small object in a remote output folder, then delete it.
+
+    Publishing writes, renames (copy + delete) and deletes objects there, so both must be allowed.
+    Run at launch with the launcher's identity (on a Flex Template: the template's service account,
+    the workers' too), before any partner call, so a missing permission is one line at launch and
+    not a failed write after every member was paid for.
+    """
+    probe = join(output, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+    try:
+        with FileSystems.create(probe) as handle:
+            handle.write(b"write probe: deleted at once\n")
+    except Exception as exc:  # noqa: BLE001 - the filesystem's own error (403, no bucket): say what, where
+        raise ConfigError(f"output {output} is not writable by this identity: {_first_line(exc)}; "
+                          "it needs roles/storage.objectAdmin on the bucket (docs/dataflow.md)") from None
+    try:
+        FileSystems.delete([probe])
+    except Exception as exc:  # noqa: BLE001 - BeamIOError wrapping the store's own error
+        raise ConfigError(f"output {output}: wrote {probe} but cannot delete it: {_first_line(exc)}; publishing "
+                          "deletes and renames objects there, so the identity needs roles/storage.objectAdmin "
+                          "on the bucket (docs/dataflow.md)") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
 
 
 def staging_dir(output: str, run_id: str) -> str:

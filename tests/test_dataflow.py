@@ -13,7 +13,7 @@ import apache_beam as beam
 import pytest
 import yaml
 from apache_beam.internal import pickler
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, WorkerOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, WorkerOptions
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
@@ -102,7 +102,7 @@ def translated(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(dataflow.IMAGE_ENV, image)
         options = PipelineOptions(CLOUD_ARGS)
-        dataflow.prepare(options, "default", "20261124T101500Z-1a2b3c4d")
+        dataflow.prepare(options, "default", "20261124T101500Z-1a2b3c4d", "2026-11-24")
         pipeline = beam.Pipeline(options=options)
         build_pipeline(pipeline, job_config(tmp_path_factory.mktemp("df")))
         result = pipeline.run()
@@ -138,6 +138,20 @@ def test_workers_run_the_image_that_was_built(translated):
 def test_job_is_named_for_the_partner_and_run(translated):
     _, _, job = translated
     assert job.proto.name == "lantern-default-20261124t101500z-1a2b3c4d"
+
+
+def test_every_job_is_labelled_with_partner_run_and_as_of(translated):
+    """Labels are what the console, billing export and `gcloud dataflow jobs list --filter` select jobs by."""
+    _, _, job = translated
+    assert dict(job.proto.labels) == {
+        "partner": "default", "run_id": "20261124t101500z-1a2b3c4d", "as_of": "2026-11-24"}
+
+
+def test_labels_the_user_gave_are_kept():
+    options = PipelineOptions([*CLOUD_ARGS, "--labels=team=loyalty", "--labels=partner=acme-eu"])
+    dataflow.prepare(options, "acme_rewards", "20261124T101500Z-1a2b3c4d", "2026-11-24")
+    assert options.view_as(GoogleCloudOptions).labels == [
+        "team=loyalty", "partner=acme-eu", "run_id=20261124t101500z-1a2b3c4d", "as_of=2026-11-24"]
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", dataflow.job_name("legacy_export", "X_Y" * 40))
 
 
