@@ -27,6 +27,7 @@ from beam_pipeline import (
     option_types,
     preflight,
     retry,
+    sdk_processes,
     streaming,
     summary,
 )
@@ -129,13 +130,16 @@ def parse_as_of(text: str | None) -> dt.date:
         raise ConfigError(f"--as-of {text!r} is not a date YYYY-MM-DD") from None
 
 
-def resolve_partner(args: argparse.Namespace) -> tuple[PartnerConfig, str]:
+def resolve_partner(args: argparse.Namespace, beam_args: list[str] | None = None) -> tuple[PartnerConfig, str]:
+    """The partner file, with the options that change it; a job-wide rate cap becomes each SDK process's share."""
     if args.partner_config:
         partner, source = load(args.partner_config), args.partner_config
     else:
         name = args.partner or "default"
         partner, source = load_named(name), f"partner_options/{name}.yaml"
     partner = partner.with_endpoint_url(args.endpoint_url).with_auth_secret(args.auth_secret)
+    if partner.calls.job_rate_limit_per_s:
+        partner = partner.with_process_share(sdk_processes.max_sdk_processes(PipelineOptions(beam_args or [])))
     partner.auth_headers()  # a missing secret is a start-up error, not 10,000 failed calls
     return partner, source
 
@@ -154,7 +158,7 @@ def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     args, beam_args = parse_args(argv)
     # Logs reach stderr only once the checks have passed: a usage or input error is one line (docs/contract.md).
     previous = retry.apply_previous(args) if args.retry_failed else None
-    partner, partner_source = resolve_partner(args)
+    partner, partner_source = resolve_partner(args, beam_args)
     as_of = parse_as_of(args.as_of)
     if previous is not None:
         return retry.run(args, beam_args, previous, partner, partner_source, start)

@@ -229,7 +229,11 @@ class CallPolicy(_Strict):
         description="most calls in flight per endpoint and worker; the adaptive limit stays at or below it")
     adaptive_concurrency: bool = Field(
         True, description="learn the calls in flight from latency and errors; false pins them at `concurrency`")
-    rate_limit_per_s: float | None = Field(None, gt=0, description="max requests per second per worker")
+    rate_limit_per_s: float | None = Field(
+        None, gt=0, description="max requests per second per SDK worker process, across all its threads")
+    job_rate_limit_per_s: float | None = Field(
+        None, gt=0, description="max requests per second for the whole job: each SDK process takes an equal share "
+                                "(this divided by the most SDK processes the job can run)")
     adaptive_throttling: bool = Field(True, description="refuse calls locally while most calls to an endpoint fail")
 
 
@@ -307,6 +311,17 @@ class PartnerConfig(_Strict):
                 "(projects/PROJECT/secrets/NAME/versions/VERSION)"
             ) from None
         return self.model_copy(update={"auth": auth})
+
+    def with_process_share(self, processes: int) -> PartnerConfig:
+        """Each SDK process's rate cap: ``calls.rate_limit_per_s``, or its share of
+        ``calls.job_rate_limit_per_s`` over at most ``processes`` processes if that is lower."""
+        job = self.calls.job_rate_limit_per_s
+        if not job:
+            return self
+        share = job / max(1, processes)
+        own = self.calls.rate_limit_per_s
+        calls = self.calls.model_copy(update={"rate_limit_per_s": share if own is None else min(own, share)})
+        return self.model_copy(update={"calls": calls})
 
     def notices(self) -> list[str]:
         """Settings that load but do nothing, said once a run's logging is set up (not at load:

@@ -32,6 +32,7 @@ from transforms.partner_client import (
     offer_body,
     prediction_body,
 )
+from transforms.process_shared import ProcessShared
 from transforms.results import DECISION_FIELDS, FAILED, NO_DECISION, OK
 from transforms.timing import TimedDoFn
 
@@ -223,9 +224,11 @@ class CallEndpointsFn(TimedDoFn):
     Outputs keep their own element's window and timestamp. At most
     ``max_pending`` members or batches are in the loop at a time: past that,
     ``process`` waits for one to finish (the endpoints' own limits decide how
-    many calls are actually in flight). The client, its session and loop live
-    for the DoFn instance (``setup``/``teardown``), so keep-alive connections are
-    reused across bundles.
+    many calls are actually in flight). The client, its session and loop are one
+    per SDK process, shared by every instance of this DoFn on the process's threads
+    (``transforms/process_shared.py``): the rate cap, the calls-in-flight limits and
+    the throttler hold per process, as documented, and keep-alive connections are
+    reused across bundles. The last instance's ``teardown`` closes it.
     """
 
     FLUSH_S = 0.5  # metrics and the live limits reach Beam and the heartbeat this often
@@ -235,14 +238,15 @@ class CallEndpointsFn(TimedDoFn):
         # With ``tables`` (batch routes only), each element is a group of tables of members
         # (``lantern.feature_table.members_table``), and one table with their decisions leaves for it.
         self._tables = tables
+        self._shared_client = ProcessShared()  # pickled with the DoFn: its copies in a process share one client
 
     def setup(self):
-        self._client = PartnerClient(self._partner)
+        self._client = self._shared_client.acquire(lambda: PartnerClient(self._partner))
         calls = self._partner.calls
         self._max_pending = 8 if self._partner.endpoints.batch else max(64, 4 * calls.concurrency)
 
     def teardown(self):
-        self._client.close()
+        self._shared_client.release(PartnerClient.close)
 
     def start_bundle(self):
         super().start_bundle()
