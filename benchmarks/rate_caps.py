@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results import Recorder  # noqa: E402
 from beam_pipeline import generate  # noqa: E402
+from benchmarks.results import Recorder  # noqa: E402
 from tests.conftest import uvicorn_server, write_partner  # noqa: E402
 
 THREADS = ["--direct_running_mode", "multi_threading", "--direct_num_workers", "4"]
@@ -48,7 +48,7 @@ def one_run(export: Path, folder: Path, option: str, cap: float, beam_args: list
                         "--partner-config", str(partner), "--as-of", "2026-11-24", "--log-level", "WARNING",
                         "--heartbeat-seconds", "0", *beam_args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - t0
-        with urllib.request.urlopen(url + "/_arrivals") as answer:  # noqa: S310 - our own loopback server
+        with urllib.request.urlopen(url + "/_arrivals") as answer:
             arrivals = sorted(json.load(answer))
     return {"calls": len(arrivals), "calls_per_s": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]), "wall_s": wall}
 
