@@ -8,12 +8,15 @@ stream") describes how a layout change is rolled out.
 """
 from __future__ import annotations
 
+from lantern.errors import ConfigError
+
 STATE_VERSION = 1  # bump when any coded layout changes, and keep a reader for the old one
 _HEADER = bytes((STATE_VERSION,))
 
 
-class StateVersionError(ValueError):
-    """Coded state of a layout version this code cannot read."""
+class StateVersionError(ConfigError):
+    """Coded state of a layout version this code cannot read: read at launch (a state folder), the CLI
+    prints it as one line and exits 2; met by a running stream, the transaction is dead-lettered."""
 
 
 def framed(payload_bytes: bytes) -> bytes:
