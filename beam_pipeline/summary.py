@@ -150,18 +150,19 @@ def _under(step: str, transform: str) -> bool:
 def timed_steps(steps: list[dict], rows: list[dict]) -> list[dict]:
     """run.json's steps (with their element counts) with seconds and throughput from the metrics.
 
-    Seconds are Beam's execution time of the step's transforms when the runner
-    reports it (``seconds_source: execution_time``); otherwise the sum of the
+    Seconds are Beam's execution time of the step's transforms when the runner reports one for the
+    step (``seconds_source: execution_time``); otherwise the sum of the
     bundle times of the step's timed DoFn (``bundle_ms``), which includes the
     time of steps fused after it, and steps without a timed DoFn get null.
     """
     execution = [r for r in rows if r["NAMESPACE"] == "beam" and r["NAME"] == EXECUTION_MSECS]
     bundles = [r for r in rows if r["KIND"] == "distribution" and r["NAME"] == BUNDLE_MS and r["SUM"] is not None]
-    source = "execution_time" if execution else BUNDLE_MS
     out = []
     for step in steps:
-        timed = [r["VALUE"] for r in execution if _under(r["STEP"], step["transform"])] if execution else [
-            r["SUM"] for r in bundles if _under(r["STEP"], step["transform"])]
+        timed = [r["VALUE"] for r in execution if _under(r["STEP"], step["transform"])]
+        source = "execution_time"
+        if not timed:  # a step too quick for the state sampler, or a runner without execution times
+            timed, source = [r["SUM"] for r in bundles if _under(r["STEP"], step["transform"])], BUNDLE_MS
         secs = round(sum(timed) / 1000, 3) if timed else None
         elements = step["elements"]
         out.append({**step, "seconds": secs, "per_second": round(elements / secs, 1) if secs else None,
