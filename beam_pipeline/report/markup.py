@@ -24,7 +24,7 @@ table{border-collapse:collapse;margin:.6em 1em .8em 0;font-size:.92em;max-width:
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 th{background:#f5f5f5} td.n{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:normal}
 code{font-size:.9em;overflow-wrap:anywhere} code.raw{white-space:normal}
-figure{margin:.5em 0;max-width:100%} img{max-width:100%;height:auto;border:1px solid #eee}
+figure{margin:.5em 0;max-width:100%} img{max-width:100%;height:auto;border:1px solid #eee;box-sizing:border-box}
 figcaption{color:#666;font-size:.85em} .row{display:flex;flex-wrap:wrap;gap:1.5em}
 .row>div{min-width:0;max-width:100%}
 details{margin:.5em 0} pre{background:#f7f7f7;padding:.6em;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere}
