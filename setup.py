@@ -24,6 +24,7 @@ setup(
         "report": ["matplotlib>=3.8", "scipy>=1.11"],
         "test": ["pytest>=8", "responses>=0.25", "hypothesis>=6.100", "httpx2>=2",
                  "matplotlib>=3.8", "scipy>=1.11", "jsonschema>=4.18",
+                 "duckdb>=1.1",
                  # docker-py: the Docker build context by Docker's own .dockerignore rules
                  "docker>=7.1,<8"],
         # Google Cloud: gs:// paths, the DataflowRunner, Secret Manager (installed in the image too).

@@ -398,7 +398,12 @@ def failure_rate(results: pa.Table) -> float | None:
     return statuses["FAILED"] / called if called else None
 
 
-def regressions(latency_ms: dict) -> list[dict]:
+# The parts of a call's latency compared, by results column suffix: the whole call, and (where both
+# runs measured it) its time on the wire, the server's share, which queueing cannot blur.
+LATENCY_PARTS = (("LATENCY_MS", "latency"), ("WIRE_MS", "wire time"))
+
+
+def regressions(latency_ms: dict, part: str = "latency") -> list[dict]:
     """Endpoints whose p50 or p95 rose by more than ``LATENCY_RISE`` and at least ``LATENCY_MIN_MS``."""
     out = []
     for kind, both in latency_ms.items():
@@ -406,17 +411,24 @@ def regressions(latency_ms: dict) -> list[dict]:
             then, now = both["then"][q], both["now"][q]
             if then is not None and now is not None and now - then >= LATENCY_MIN_MS \
                     and now > then * (1 + LATENCY_RISE):
-                out.append({"endpoint": kind, "percentile": q, "then_ms": then, "now_ms": now,
+                out.append({"endpoint": kind, "part": part, "percentile": q, "then_ms": then, "now_ms": now,
                             "rise_pct": round(100 * (now - then) / then, 1) if then else None})
     return out
 
 
 def endpoints(baseline: pa.Table, current: pa.Table) -> dict:
-    latency_ms = {kind: {"then": latency(baseline, f"{kind.upper()}_LATENCY_MS"),
-                         "now": latency(current, f"{kind.upper()}_LATENCY_MS")} for kind in ENDPOINTS}
+    out, found = {}, []
+    for suffix, part in LATENCY_PARTS:
+        columns = [f"{kind.upper()}_{suffix}" for kind in ENDPOINTS]
+        if suffix != "LATENCY_MS" and not all(c in t.column_names for c in columns for t in (baseline, current)):
+            continue
+        table = {kind: {"then": latency(baseline, column), "now": latency(current, column)}
+                 for kind, column in zip(ENDPOINTS, columns, strict=True)}
+        out[suffix.lower()] = table
+        found += regressions(table, part)
     return {
-        "latency_ms": latency_ms,
-        "latency_regressions": regressions(latency_ms),
+        **out,
+        "latency_regressions": found,
         "failure_rate": {"then": failure_rate(baseline), "now": failure_rate(current)},
     }
 
@@ -469,7 +481,7 @@ def headline(comparison: dict) -> str:
     else:
         parts.append("no feature or prediction drifted")
     for r in comparison["endpoints"]["latency_regressions"]:
-        parts.append(f"{r['endpoint']} latency {r['percentile']} {r['then_ms']:.1f} -> {r['now_ms']:.1f} ms")
+        parts.append(f"{r['endpoint']} {r['part']} {r['percentile']} {r['then_ms']:.1f} -> {r['now_ms']:.1f} ms")
     rate = comparison["endpoints"]["failure_rate"]
     if rate["then"] is not None and rate["now"] is not None and abs(rate["now"] - rate["then"]) >= 0.01:
         parts.append(f"failure rate {_pct(rate['then'])} -> {_pct(rate['now'])}")

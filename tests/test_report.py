@@ -290,8 +290,10 @@ def _stream_run(folder):
             row |= {"UPDATE_SEQ": seq + k, "LAST_TRANSACTION_AT": at, "RECEIVED_AT": at, "FEATURES_AT": at,
                     "DECIDED_AT": at + dt.timedelta(seconds=2),
                     "TXN_TO_OFFER_MS": 2000.0 + k if row["OFFER"] else None}
-        name = f"part-2026-11-24T10:0{w}:00-2026-11-24T10:0{w + 1}:00-pane0.parquet"
-        pq.write_table(pa.Table.from_pylist(updates, schema=schema), folder / "results" / name)
+        table = pa.Table.from_pylist(updates, schema=schema)
+        for shard in range(2):  # a window's rows in two shard files
+            name = f"part-2026-11-24T10:0{w}:00-2026-11-24T10:0{w + 1}:00-shard{shard:02d}-000000.parquet"
+            pq.write_table(table.slice(shard, 1) if shard == 0 else table.slice(1), folder / "results" / name)
     shutil.rmtree(folder / "dead_letter")
     (folder / "dead_letter").mkdir()  # a stream with no dead letter writes no file
     summary = json.loads((folder / "run.json").read_text())
@@ -315,8 +317,8 @@ def test_a_streaming_output_reports_updates_latency_and_windows(tmp_path, capsys
     assert len(images) == len(names)
     assert page.count("<h2>Stream</h2>") == 1 and "Time per step" not in page
     assert "5 updates for 3 members (0 failed); at each member&#x27;s latest update 2 got OFFER_1" in page
-    assert "<td>2026-11-24T10:00:00</td><td>2026-11-24T10:01:00</td><td class='n'>0</td><td class='n'>3</td>" in page
-    assert "<td>2026-11-24T10:01:00</td><td>2026-11-24T10:02:00</td><td class='n'>0</td><td class='n'>2</td>" in page
+    assert "<td>2026-11-24T10:00:00</td><td>2026-11-24T10:01:00</td><td class='n'>2</td><td class='n'>3</td>" in page
+    assert "<td>2026-11-24T10:01:00</td><td>2026-11-24T10:02:00</td><td class='n'>2</td><td class='n'>2</td>" in page
 
 
 def test_a_streaming_output_compares_with_a_batch_baseline(tmp_path):
@@ -325,3 +327,18 @@ def test_a_streaming_output_compares_with_a_batch_baseline(tmp_path):
     assert report.main([str(tmp_path / "stream"), "--baseline", str(tmp_path / "batch")]) == 0
     result = json.loads((tmp_path / "stream" / report.COMPARISON_JSON).read_text())
     assert result["members"]["now"] == 3 and result["members"]["kept_changed_outcome"] == 0
+
+
+def test_an_incremental_output_reports_its_state(tmp_path):
+    _synthetic_run(tmp_path, ["OK", "NO_TRANSACTIONS"], [])
+    summary = json.loads((tmp_path / "run.json").read_text())
+    summary |= {"incremental_from": "r0", "incremental_from_output": "/day1",
+                "state": {"members": 2, "members_carried_over": 1, "members_updated": 1, "members_new": 0,
+                          "transactions": 4, "inputs_folded": 2, "layout_version": 1}}
+    (tmp_path / "run.json").write_text(json.dumps(summary))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "part-0.parquet").write_bytes(b"")  # the report does not read the state itself
+    assert report.main([str(tmp_path)]) == 0
+    page = (tmp_path / report.REPORT_HTML).read_text()
+    assert "(incremental)" in page and "member state of run <code>r0</code>" in page
+    assert "<tr><td>members carried over</td><td class='n'>1</td></tr>" in page

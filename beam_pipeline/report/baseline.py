@@ -178,19 +178,24 @@ def section(comparison: dict, img) -> str:
         + [["all reasons", num(dead["total_then"]), num(dead["total_now"])],
            ["rows read", num(dead["rows_read_then"]), num(dead["rows_read_now"])]]))
     ends = comparison["endpoints"]
-    regressed = {(r["endpoint"], r["percentile"]) for r in ends["latency_regressions"]}
+    parts.append("<h3>Endpoints</h3><p>Latency per call: the total (retries included) and, where both runs "
+                 "measured it, the time on the wire (request sent to response read: the server's share). "
+                 f"A rise of more than {100 * t['latency_rise']:.0f}% and at least {t['latency_min_ms']:g} ms "
+                 "is in bold.</p>")
+    for key, part in (("latency_ms", "latency"), ("wire_ms", "wire time")):
+        if key not in ends:
+            continue
+        regressed = {(r["endpoint"], r["percentile"]) for r in ends["latency_regressions"] if r["part"] == part}
 
-    def cell(kind, q, side):
-        text = _ms(ends["latency_ms"][kind][side][q])
-        return f"<b style='color:{FLAG_COLORS['major']}'>{text}</b>" if side == "now" and (kind, q) in regressed \
-            else text
+        def cell(kind, q, side, key=key, regressed=regressed):
+            text = _ms(ends[key][kind][side][q])
+            bold = side == "now" and (kind, q) in regressed
+            return f"<b style='color:{FLAG_COLORS['major']}'>{text}</b>" if bold else text
 
-    parts.append("<h3>Endpoints</h3><p>Latency per call (total, retries included). A rise of more than "
-                 f"{100 * t['latency_rise']:.0f}% and at least {t['latency_min_ms']:g} ms is in bold.</p>")
-    parts.append(table(["endpoint", "p50 then (ms)", "p50 now (ms)", "p95 then (ms)", "p95 now (ms)",
-                        "calls then", "calls now"], [
-        [e(k), cell(k, "p50", "then"), cell(k, "p50", "now"), cell(k, "p95", "then"), cell(k, "p95", "now"),
-         num(v["then"]["calls"]), num(v["now"]["calls"])] for k, v in ends["latency_ms"].items()]))
+        parts.append(table([f"endpoint ({part})", "p50 then (ms)", "p50 now (ms)", "p95 then (ms)", "p95 now (ms)",
+                            "calls then", "calls now"], [
+            [e(k), cell(k, "p50", "then"), cell(k, "p50", "now"), cell(k, "p95", "then"), cell(k, "p95", "now"),
+             num(v["then"]["calls"]), num(v["now"]["calls"])] for k, v in ends[key].items()]))
     parts.append(table(["failure rate", "baseline (%)", "now (%)"], [
         ["FAILED / members called", _rate(ends["failure_rate"]["then"]), _rate(ends["failure_rate"]["now"])]]))
     return "".join(parts)

@@ -25,8 +25,10 @@ RESULT_COLUMNS = ("MEMBER_ID", "N_TRANSACTIONS", "OFFER", "STATUS")
 STREAM_COLUMNS = ("UPDATE_SEQ", "DECIDED_AT", "TXN_TO_OFFER_MS")
 DEAD_LETTER_COLUMNS = ("SOURCE", "RAW_LINE", "REASON", "DETAIL")
 BATCH, RETRY, INCREMENTAL, STREAMING = "batch", "retry", "incremental", "streaming"
-# A windowed file's name (transforms/windowed_parquet.py): part-START-END-paneN.parquet
-WINDOW_FILE = re.compile(r"part-(?P<start>.+?)-(?P<end>\d{4}-\d\d-\d\dT[^-]+)-pane(?P<pane>\d+)\.parquet$")
+# A windowed file's name (transforms/windowed_parquet.py): part-START-END-shardNN-SEQ.parquet
+# (or -paneN.parquet, as earlier streams wrote them); START and END are UTC times.
+WINDOW_FILE = re.compile(r"part-(?P<start>\d{4}-\d\d-\d\dT[\d:]+)-(?P<end>\d{4}-\d\d-\d\dT[\d:]+)-"
+                         r"(?:shard(?P<shard>\d+)-\d+|pane\d+)\.parquet$")
 
 
 class ReportError(RuntimeError):
@@ -40,7 +42,7 @@ class Run:
     kind: str  # batch, retry, incremental or streaming
     results: pa.Table  # one row per member (a stream: each member's latest update)
     updates: pa.Table | None  # a stream's every update; None for batch outputs
-    windows: list[dict]  # a stream's result files: window start, end, pane, rows
+    windows: list[dict]  # a stream's result files: window start and end (None if unnamed), file, rows
     dead: pa.Table | None
     metrics: pa.Table | None
 
@@ -132,6 +134,5 @@ def load_run(output: str) -> Run:
         for path, table in files:
             match = WINDOW_FILE.search(path)
             windows.append({"start": match["start"] if match else None, "end": match["end"] if match else None,
-                            "pane": int(match["pane"]) if match else None, "file": path.rsplit("/", 1)[-1],
-                            "table": table})
+                            "file": path.replace("\\", "/").rsplit("/", 1)[-1], "table": table})
     return Run(output, summary, kind, results, updates, windows, dead, metrics)

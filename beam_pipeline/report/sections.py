@@ -220,12 +220,20 @@ def section_details(run: Run) -> str:
     if summary.get("retry_of"):
         retry = (f" A retry of run <code>{e(summary['retry_of'])}</code> "
                  f"(<code>{e(summary.get('retry_of_output'))}</code>).")
+    if summary.get("incremental_from"):
+        retry += (f" Today's rows folded into the member state of run <code>{e(summary['incremental_from'])}</code> "
+                  f"(<code>{e(summary.get('incremental_from_output'))}</code>).")
+    state = summary.get("state")
+    state_table = ""
+    if isinstance(state, dict) and state:
+        state_table = ("<h3>Member state (state/)</h3>"
+                       + table(["state", "count"], [[e(k.replace("_", " ")), num(v)] for k, v in state.items()]))
     return (
         "<h2>Run details</h2>"
         f"<p>Run <code>{e(summary['run_id'])}</code> ({e(run.kind)}), partner <b>{e(summary['partner'])}</b>, "
         f"as of {e(summary.get('as_of'))}, runner {e(summary.get('runner'))}, started {e(summary.get('started_at'))}, "
         f"finished {e(summary.get('finished_at'))}, exit code {e(summary.get('exit_code'))}.{retry}</p>"
-        f"{inputs}<details><summary>Options</summary>{options}</details>"
+        f"{inputs}{state_table}<details><summary>Options</summary>{options}</details>"
         f"<details><summary>Package versions</summary>{versions}</details>"
         f"<details><summary>All Beam metrics ({len(metric_rows)})</summary>{metrics_table}</details>"
         f"<details><summary>run.json</summary>{everything}</details>"
