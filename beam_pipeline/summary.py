@@ -29,6 +29,7 @@ from lantern.partner import PartnerConfig
 from lantern.run_record import package_versions  # noqa: F401 - streaming's run.json takes it from here
 from transforms import NAMESPACE
 from transforms.input_files import InputFile
+from transforms.results import LATENCY_COLUMNS
 from transforms.timing import BUNDLE_MS
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,13 @@ def counter_totals(rows: list[dict]) -> Counter:
 
 
 def latency_percentiles(results: pa.Table) -> dict:
+    """run.json's ``latency_ms`` from a results table: per entry of ``LATENCY_COLUMNS`` (each
+    endpoint's call, its wait for slots and its time on the wire) whose column the table has."""
     out = {}
-    for kind in ("ats", "resp", "offer"):
-        column = results.column(f"{kind.upper()}_LATENCY_MS").drop_null()
+    for kind, name in LATENCY_COLUMNS.items():
+        if name not in results.column_names:
+            continue
+        column = results.column(name).drop_null()
         if len(column) == 0:
             out[kind] = {}
             continue

@@ -6,8 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import cli, generate
+from transforms.results import TIMING_COLUMNS
 
-TIMING = ["ATS_LATENCY_MS", "RESP_LATENCY_MS", "OFFER_LATENCY_MS", "PARTNER"]
+TIMING = [*TIMING_COLUMNS, "PARTNER"]
 DECISION = ["ATS_PREDICTION", "RESP_PREDICTION", "OFFER", "ERROR"]
 
 

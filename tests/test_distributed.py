@@ -16,8 +16,9 @@ from apache_beam.runners.portability import local_job_service
 
 from beam_pipeline import cli, launch
 from beam_pipeline.generate import main as generate
+from transforms.results import TIMING_COLUMNS
 
-TIMING = ("ATS_LATENCY_MS", "RESP_LATENCY_MS", "OFFER_LATENCY_MS")
+TIMING = TIMING_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Endpoint calls and DoFns against a scripted local server: success, 500s, malformed bodies."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import apache_beam as beam
@@ -201,3 +202,43 @@ def test_environment_proxy_is_read_once_when_the_client_is_made(server, monkeypa
         client.close()
     assert result.error is None and result.value == 1.0
     assert [c.path for c in server.calls] == [BASE + ATS]
+
+
+def test_latency_in_two_parts_waiting_for_a_slot_and_on_the_wire(server):
+    """One slot, a server that takes 0.2 s: of four calls at once, each is on the wire about 0.2 s;
+    the later ones waited for the slot 0.2, 0.4 and 0.6 s first. Total = wait + wire (+ client work)."""
+    import time as _time
+
+    def slow(request):
+        _time.sleep(0.2)
+        return 200, {}, json.dumps({"prediction": 1.0})
+
+    server.post(ATS, callback=slow)
+    one_slot = at(server).model_copy(update={"calls": FAST.calls.model_copy(update={
+        "concurrency": 1, "adaptive_concurrency": False})})
+    client = C.PartnerClient(one_slot)
+    try:
+        async def four():
+            return await asyncio.gather(*(client.call_async("ats", C.prediction_body(one_slot, FEATURES))
+                                          for _ in range(4)))
+        results = client.loop.run(four())
+    finally:
+        client.close()
+    assert all(r.error is None for r in results)
+    waits = sorted(r.wait_ms for r in results)
+    assert all(180 <= r.wire_ms <= 400 for r in results), [r.wire_ms for r in results]
+    assert waits[0] < 50 and all(w >= 180 * (i + 1) for i, w in enumerate(waits[1:])), waits
+    for r in results:
+        assert r.wait_ms + r.wire_ms <= r.latency_ms + 0.5 and r.latency_ms - r.wait_ms - r.wire_ms < 50
+
+
+def test_retried_attempts_add_up_on_the_wire(server):
+    server.post(ATS, status=503, body="busy")
+    server.post(ATS, json={"prediction": 1.0})
+    client = C.PartnerClient(at(server))
+    try:
+        result = client.call("ats", C.prediction_body(at(server), FEATURES))
+    finally:
+        client.close()
+    assert result.error is None and result.attempts == 2
+    assert 0 < result.wire_ms <= result.latency_ms and result.wait_ms >= 0

@@ -14,6 +14,7 @@ import pytest
 
 from beam_pipeline import cli, generate
 from tests.reference import assert_row_matches, expected_member
+from transforms.results import TIMING_COLUMNS
 
 AS_OF = dt.date(2026, 11, 24)
 
@@ -106,7 +107,7 @@ def test_rerun_gives_the_same_results(export, run_output, server_url, tmp_path):
     _, _, out = run_output
     cli.run(["--input", str(export), "--output", str(tmp_path), "--as-of", AS_OF.isoformat(),
              "--endpoint-url", server_url])
-    drop = {"ATS_LATENCY_MS", "RESP_LATENCY_MS", "OFFER_LATENCY_MS"}
+    drop = set(TIMING_COLUMNS)
     first = {k: {c: v for c, v in r.items() if c not in drop} for k, r in read_results(out).items()}
     second = {k: {c: v for c, v in r.items() if c not in drop} for k, r in read_results(tmp_path).items()}
     assert first == second

@@ -18,11 +18,12 @@ import pytest
 from beam_pipeline import accounting, cli, preflight
 from tests.broken_server import BrokenServer
 from tests.conftest import free_port, uvicorn_process, uvicorn_server, write_partner
+from transforms.results import TIMING_COLUMNS
 
 AS_OF = "2026-11-24"
 # Latency and attempts differ between runs by nature; everything else must not.
 HTTP_503 = 'HTTP 503: {"detail": "injected fault: HTTP 503"}'
-VOLATILE = ("ATS_LATENCY_MS", "RESP_LATENCY_MS", "OFFER_LATENCY_MS", "ATTEMPTS")
+VOLATILE = (*TIMING_COLUMNS, "ATTEMPTS")
 
 
 

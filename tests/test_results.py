@@ -25,12 +25,15 @@ MEMBERS = [
     ("fo", {"N_TRANSACTIONS": 3, "FEATURES": features(3)}, NOT_CALLED),
     ("ok", {"N_TRANSACTIONS": 2, "FEATURES": features(2)},
      {"ATS_PREDICTION": 1400.5, "RESP_PREDICTION": 0.25, "OFFER": "OFFER_B", "STATUS": "OK", "ERROR": None,
-      "ATS_LATENCY_MS": 1.5, "RESP_LATENCY_MS": 2.0, "OFFER_LATENCY_MS": 0.5, "ATTEMPTS": 3}),
+      "ATS_LATENCY_MS": 1.5, "RESP_LATENCY_MS": 2.0, "OFFER_LATENCY_MS": 0.5, "ATS_WAIT_MS": 0.25,
+      "ATS_WIRE_MS": 1.25, "RESP_WAIT_MS": 0.5, "RESP_WIRE_MS": 1.5, "OFFER_WAIT_MS": 0.0, "OFFER_WIRE_MS": 0.5,
+      "ATTEMPTS": 3}),
     ("failed", {"N_TRANSACTIONS": 1, "FEATURES": features(1)},
      {"STATUS": "FAILED", "ERROR": "ats: HTTP 503", "ATS_LATENCY_MS": 9.0, "ATTEMPTS": 4}),
 ]
 NO_DECISION = dict.fromkeys(("ATS_PREDICTION", "RESP_PREDICTION", "OFFER", "STATUS", "ERROR", "ATS_LATENCY_MS",
-                             "RESP_LATENCY_MS", "OFFER_LATENCY_MS", "ATTEMPTS"))
+                             "RESP_LATENCY_MS", "OFFER_LATENCY_MS", "ATS_WAIT_MS", "ATS_WIRE_MS", "RESP_WAIT_MS",
+                             "RESP_WIRE_MS", "OFFER_WAIT_MS", "OFFER_WIRE_MS", "ATTEMPTS"))
 
 
 def expected(member_id, summary, decision) -> dict:

@@ -26,11 +26,11 @@ from lantern.features import SPEC_FEATURES
 from lantern.partner import load
 from tests.conftest import free_port, uvicorn_server, write_partner
 from transforms.previous_results import RETRY, SplitPreviousResultsFn
-from transforms.results import feature_columns, result_row, results_schema
+from transforms.results import TIMING_COLUMNS, feature_columns, result_row, results_schema
 from transforms.run_counts import ResultStatsFn
 
 AS_OF = "2026-11-24"
-VOLATILE = ("ATS_LATENCY_MS", "RESP_LATENCY_MS", "OFFER_LATENCY_MS", "ATTEMPTS")
+VOLATILE = (*TIMING_COLUMNS, "ATTEMPTS")
 RUN_SCHEMA = json.loads((Path(retry.__file__).parent / "schemas" / "run.schema.json").read_text())
 RESP_DOWN = {"FAULT_RATE": "1", "FAULT_STATUS": "503", "FAULT_PATHS": "/ml/resp"}
 

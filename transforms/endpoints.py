@@ -81,12 +81,19 @@ def decision(ats: CallResult, resp: CallResult, offer: CallResult | None) -> dic
         "ATS_LATENCY_MS": ats.latency_ms,
         "RESP_LATENCY_MS": resp.latency_ms,
         "OFFER_LATENCY_MS": None,
+        "ATS_WAIT_MS": ats.wait_ms,
+        "ATS_WIRE_MS": ats.wire_ms,
+        "RESP_WAIT_MS": resp.wait_ms,
+        "RESP_WIRE_MS": resp.wire_ms,
+        "OFFER_WAIT_MS": None,
+        "OFFER_WIRE_MS": None,
         "OFFER": None,
         "ATTEMPTS": ats.attempts + resp.attempts,
         "ERROR": None,
     }
     if offer is not None:
-        out.update(OFFER=offer.value, OFFER_LATENCY_MS=offer.latency_ms, ATTEMPTS=out["ATTEMPTS"] + offer.attempts)
+        out.update(OFFER=offer.value, OFFER_LATENCY_MS=offer.latency_ms, OFFER_WAIT_MS=offer.wait_ms,
+                   OFFER_WIRE_MS=offer.wire_ms, ATTEMPTS=out["ATTEMPTS"] + offer.attempts)
     out["ERROR"] = joined_errors(ats.error, resp.error, offer.error if offer is not None else None)
     out["STATUS"] = FAILED if out["ERROR"] else OK
     return out
@@ -140,6 +147,11 @@ def _spread(answers: list[BatchAnswer]) -> tuple[list, list, list, list]:
     return values, errors, latency, attempts
 
 
+def _timing(kind: str, answer: BatchAnswer, n: int) -> dict[str, list]:
+    """A request's wait and wire time as its members' columns (shared, as its latency is)."""
+    return {f"{kind.upper()}_WAIT_MS": [answer.wait_ms] * n, f"{kind.upper()}_WIRE_MS": [answer.wire_ms] * n}
+
+
 async def _decide_request(client: PartnerClient, bodies: list[str]) -> dict[str, list]:
     """One request's worth of members (bodies already written): ATS and RESP at once, then the
     offer for the members whose two predictions both succeeded; ``decision``'s values as columns."""
@@ -151,18 +163,22 @@ async def _decide_request(client: PartnerClient, bodies: list[str]) -> dict[str,
     resp, resp_errors, resp_latency, resp_attempts = _spread([resp_answer])
     ready = [i for i in range(n) if ats_errors[i] is None and resp_errors[i] is None]
     offer, offer_errors, offer_latency, offer_attempts = [None] * n, [None] * n, [None] * n, [0] * n
+    timing = {**_timing("ats", ats_answer, n), **_timing("resp", resp_answer, n),
+              "OFFER_WAIT_MS": [None] * n, "OFFER_WIRE_MS": [None] * n}
     if ready:
         texts = client.offer_template.render([pa.array([ats[i] for i in ready], pa.float64()),
                                              pa.array([resp[i] for i in ready], pa.float64())]).to_pylist()
         answer = await client.post_batch_async("offer", json_list_field(BATCH_REQUEST_FIELD, texts), len(texts))
         for i, value, error, latency, attempts in zip(ready, *_spread([answer]), strict=True):
             offer[i], offer_errors[i], offer_latency[i], offer_attempts[i] = value, error, latency, attempts
+            timing["OFFER_WAIT_MS"][i], timing["OFFER_WIRE_MS"][i] = answer.wait_ms, answer.wire_ms
     errors = [joined_errors(*triple) if any(triple) else None
               for triple in zip(ats_errors, resp_errors, offer_errors, strict=True)]
     return {
         "ATS_PREDICTION": ats, "RESP_PREDICTION": resp, "OFFER": offer,
         "STATUS": [FAILED if e else OK for e in errors], "ERROR": errors,
         "ATS_LATENCY_MS": ats_latency, "RESP_LATENCY_MS": resp_latency, "OFFER_LATENCY_MS": offer_latency,
+        **timing,
         "ATTEMPTS": [a + r + o for a, r, o in zip(ats_attempts, resp_attempts, offer_attempts, strict=True)],
     }
 

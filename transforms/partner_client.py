@@ -49,6 +49,9 @@ class CallResult(NamedTuple):
     latency_ms: float | None  # None when the call was not sent (held back by the throttler)
     attempts: int
     error: str | None
+    # The two parts of latency_ms the client controls and the server does, over all attempts:
+    wait_ms: float | None = None  # waiting for a slot (and a rate-limit token): client-side queueing
+    wire_ms: float | None = None  # on the wire: request sent to response read (server and network)
 
 
 class BatchAnswer(NamedTuple):
@@ -59,6 +62,24 @@ class BatchAnswer(NamedTuple):
     errors: list[str | None] | None
     latency_ms: float | None
     attempts: int
+    wait_ms: float | None = None  # as CallResult's, for the whole request
+    wire_ms: float | None = None
+
+
+class CallTiming:
+    """One call's time waiting for a slot and on the wire, summed over its attempts (seconds).
+
+    What is left of the call's latency is back-off between attempts and the client's own work."""
+
+    __slots__ = ("wait_s", "wire_s")
+
+    def __init__(self):
+        self.wait_s = 0.0
+        self.wire_s = 0.0
+
+    def into(self, result):
+        """``result`` (a CallResult or BatchAnswer) with this call's wait and wire milliseconds."""
+        return result._replace(wait_ms=self.wait_s * 1000, wire_ms=self.wire_s * 1000)
 
 
 class BadResponse(ValueError):
@@ -227,6 +248,9 @@ class PartnerClient:
         self.retries = {kind: self.metrics.counter(f"retries_{kind}") for kind in KINDS}
         self.bad_items = {kind: self.metrics.counter(f"batch_bad_items_{kind}") for kind in KINDS}
         self.latency = {kind: self.metrics.distribution(f"latency_ms_{kind}") for kind in KINDS}
+        # Per attempt: the wait for a slot and the time on the wire (the results hold them per call).
+        self.wait_ms = {kind: self.metrics.distribution(f"wait_ms_{kind}") for kind in KINDS}
+        self.wire_ms = {kind: self.metrics.distribution(f"wire_ms_{kind}") for kind in KINDS}
         self.loop = LoopThread(name=f"endpoints-{partner.name}")
         try:
             self.session = self.loop.run(self._open(headers))
@@ -299,43 +323,62 @@ class PartnerClient:
             with self._lock:
                 throttler.successful_request(start * 1000)
 
-    async def _attempt(self, kind: str, url: str, data: bytes, first: bool) -> tuple:
+    async def _attempt(self, kind: str, url: str, data: bytes, first: bool, timing: CallTiming) -> tuple:
         """One attempt inside one of the endpoint's slots: (answer or None, transport failure,
         whether it was a connect failure, the Retry-After seconds asked for), or a held-back
         CallResult when the throttler refuses the call (decided once a slot is free, so calls
-        queued behind failing ones are held back too)."""
+        queued behind failing ones are held back too). ``timing`` gets the attempt's wait for
+        its slot and its time on the wire."""
         slots = self.slots[kind]
-        in_flight = await slots.acquire(first)
+        queued = time.perf_counter()
+        in_flight = await slots.acquire(first)  # where an attempt waits for its slot
+        waited = time.perf_counter() - queued
+        timing.wait_s += waited
+        self.wait_ms[kind].update(int(waited * 1000))
         if first:
             held_back = self._held_back(kind)
             if held_back is not None:
                 slots.give_back()
                 return held_back, None, False, None
         t0 = time.perf_counter()
-        try:
+        try:  # where the attempt is on the wire: from the request sent to the whole answer read
             async with self.session.post(url, data=data, timeout=self._timeout, proxy=self._proxies[url]) as response:
                 body = await response.read()
                 status = response.status
+                wire = time.perf_counter() - t0
                 wait = (retry_after_s(response.headers.get("Retry-After"), self.policy.retry_after_max_s)
                         if status in RETRY_AFTER_STATUSES else None)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._on_wire(kind, timing, time.perf_counter() - t0)
             slots.release(time.perf_counter() - t0, in_flight, dropped=True)
             reason, connect = describe_error(exc)
             return None, reason, connect, None
         except BaseException:  # cancelled: give the slot back all the same
             slots.release(time.perf_counter() - t0, in_flight, dropped=False)
             raise
+        self._on_wire(kind, timing, wire)
         slots.release(time.perf_counter() - t0, in_flight, dropped=status in RETRY_STATUSES)
         return _Answer(status, body), None, False, wait
 
+    def _on_wire(self, kind: str, timing: CallTiming, seconds: float) -> None:
+        timing.wire_s += seconds
+        self.wire_ms[kind].update(int(seconds * 1000))
+
     async def _post(self, kind: str, url: str, data: bytes) -> CallResult:
         """POST with retries: the parsed JSON body as the value, or the reason it failed as the
-        error, never an exception. Budgets as urllib3's ``Retry``: ``retries`` in all, of which
+        error, never an exception; with the call's wait for slots and time on the wire."""
+        timing = CallTiming()
+        posted = await self._post_timed(kind, url, data, timing)
+        return posted if posted.latency_ms is None else timing.into(posted)  # None: never sent
+
+    async def _post_timed(self, kind: str, url: str, data: bytes, timing: CallTiming) -> CallResult:
+        """``_post``'s attempts. Budgets as urllib3's ``Retry``: ``retries`` in all, of which
         at most ``connect_retries`` for connections that cannot be made."""
         policy = self.policy
         if self._rate_limiter is not None:
             wait = self._rate_limiter.reserve()
-            if wait:
+            if wait:  # waiting for a rate-limit token is client-side queueing too
+                timing.wait_s += wait
                 await pause(wait)
         start = time.time()
         t0 = time.perf_counter()
@@ -344,7 +387,7 @@ class PartnerClient:
         retries_left = policy.retries
         while True:
             attempts += 1
-            answer, failure, connect, retry_after = await self._attempt(kind, url, data, first=attempts == 1)
+            answer, failure, connect, retry_after = await self._attempt(kind, url, data, attempts == 1, timing)
             if isinstance(answer, CallResult):
                 return answer
             retry = answer is None or answer.status in RETRY_STATUSES
@@ -397,9 +440,10 @@ class PartnerClient:
             value = self._value(kind, _field(posted.value, field))
         except BadResponse as exc:
             self.outcomes[kind, "bad_response"].inc()
-            return self._failed(kind, posted.latency_ms, posted.attempts, f"bad response: {exc}")
+            failed = self._failed(kind, posted.latency_ms, posted.attempts, f"bad response: {exc}")
+            return failed._replace(wait_ms=posted.wait_ms, wire_ms=posted.wire_ms)
         self.outcomes[kind, "ok"].inc()
-        return CallResult(value, posted.latency_ms, posted.attempts, None)
+        return posted._replace(value=value)
 
     async def post_batch_async(self, kind: str, data: bytes, count: int) -> BatchAnswer:
         """One request of ``count`` instances (``data``, already encoded) to a batch route.
@@ -417,7 +461,8 @@ class PartnerClient:
                 self.outcomes[kind, "bad_response"].inc()
                 failed = self._failed(kind, posted.latency_ms, posted.attempts, f"bad response: {exc}").error
         if failed:
-            return BatchAnswer([None] * count, [failed] * count, posted.latency_ms, posted.attempts)
+            return BatchAnswer([None] * count, [failed] * count, posted.latency_ms, posted.attempts,
+                               posted.wait_ms, posted.wire_ms)
         self.outcomes[kind, "ok"].inc()
         if kind == "offer":
             offers = self._offers
@@ -425,7 +470,7 @@ class PartnerClient:
         else:
             usual = all(type(v) is float for v in items) and all(map(math.isfinite, items))
         if usual:  # every item a valid answer: checked at once, not item by item
-            return BatchAnswer(items, None, posted.latency_ms, posted.attempts)
+            return BatchAnswer(items, None, posted.latency_ms, posted.attempts, posted.wait_ms, posted.wire_ms)
         values: list = []
         errors: list[str | None] = []
         for item in items:
@@ -436,7 +481,8 @@ class PartnerClient:
                 self.bad_items[kind].inc()
                 values.append(None)
                 errors.append(f"{kind}: bad response item: {exc}")
-        return BatchAnswer(values, errors if any(errors) else None, posted.latency_ms, posted.attempts)
+        return BatchAnswer(values, errors if any(errors) else None, posted.latency_ms, posted.attempts,
+                           posted.wait_ms, posted.wire_ms)
 
     def call(self, kind: str, body: dict) -> CallResult:
         """``call_async`` from a thread other than the loop's (tests, benchmarks)."""

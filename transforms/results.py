@@ -38,13 +38,29 @@ DECISION_FIELDS = [
     ("ATS_LATENCY_MS", pa.float64()),
     ("RESP_LATENCY_MS", pa.float64()),
     ("OFFER_LATENCY_MS", pa.float64()),
+    # The two parts of each call's latency (over its attempts): waiting for a slot, client side,
+    # and on the wire, request sent to response read (the server's and the network's time).
+    ("ATS_WAIT_MS", pa.float64()),
+    ("ATS_WIRE_MS", pa.float64()),
+    ("RESP_WAIT_MS", pa.float64()),
+    ("RESP_WIRE_MS", pa.float64()),
+    ("OFFER_WAIT_MS", pa.float64()),
+    ("OFFER_WIRE_MS", pa.float64()),
     ("ATTEMPTS", pa.int64()),
 ]
 
 
 # The latency columns, by the name run.json's ``latency_ms`` gives each: one summary per column
 # (transforms/run_counts.py), so a new latency column is summarised once it is listed here.
-LATENCY_COLUMNS = {"ats": "ATS_LATENCY_MS", "resp": "RESP_LATENCY_MS", "offer": "OFFER_LATENCY_MS"}
+# A decision's timing columns: they differ from one run of the same members to the next.
+TIMING_COLUMNS = tuple(name for name, _ in DECISION_FIELDS if name.endswith("_MS"))
+# run.json's latency_ms entries and the results column each summarises: per endpoint the whole call
+# (``ats``), its wait for slots (``ats_wait``) and its time on the wire (``ats_wire``).
+LATENCY_COLUMNS = {
+    **{kind: f"{kind.upper()}_LATENCY_MS" for kind in ("ats", "resp", "offer")},
+    **{f"{kind}_{part}": f"{kind.upper()}_{part.upper()}_MS" for kind in ("ats", "resp", "offer")
+       for part in ("wait", "wire")},
+}
 
 
 def feature_columns(feature_names: Iterable[str]) -> list[str]:

@@ -76,7 +76,8 @@ def section_members(run: Run, img) -> str:
 
 ENDPOINT_COLUMNS = ["endpoint", "calls", "p50 (ms)", "p95 (ms)", "p99 (ms)", "max (ms)", "ok", "errors",
                     "retries", "throttled", "limit (calls in flight)"]
-LATENCY_PARTS = (("latency_ms", "total per call"), ("wait_ms", "waiting for a slot"), ("wire_ms", "on the wire"))
+# run.json latency_ms entries per part of a call: "" the whole call, "_wait" and "_wire" its parts.
+LATENCY_PARTS = (("", "total per call"), ("_wait", "waiting for a slot"), ("_wire", "on the wire"))
 
 
 def endpoint_table(summary: dict) -> str:
@@ -97,18 +98,20 @@ def endpoint_table(summary: dict) -> str:
 
 def latency_parts_table(summary: dict) -> str:
     """Per endpoint, the percentiles of each part of a call the run measured (total, wait, wire)."""
+    latency = summary.get("latency_ms") or {}
+    if not any(latency.get(f"{kind}{suffix}") for kind in KINDS for suffix, _ in LATENCY_PARTS[1:]):
+        return ""
     rows = []
-    for key, label in LATENCY_PARTS:
-        part = summary.get(key) or {}
-        for kind in KINDS:
-            lat = part.get(kind) or {}
+    for kind in KINDS:
+        for suffix, label in LATENCY_PARTS:
+            lat = latency.get(f"{kind}{suffix}") or {}
             if lat:
                 rows.append([e(kind), e(label), num(lat.get("count")), num(lat.get("p50"), 1),
                              num(lat.get("p95"), 1), num(lat.get("p99"), 1), num(lat.get("max"), 1)])
-    if not any(summary.get(k) for k, _ in LATENCY_PARTS[1:]):
-        return ""
-    rows.sort(key=lambda r: KINDS.index(r[0]))
-    return table(["endpoint", "part", "calls", "p50 (ms)", "p95 (ms)", "p99 (ms)", "max (ms)"], rows, numeric_from=2)
+    return ("<p>Each call's latency in its parts (the rest of the total is back-off between attempts "
+            "and the client's own work):</p>"
+            + table(["endpoint", "part", "calls", "p50 (ms)", "p95 (ms)", "p99 (ms)", "max (ms)"], rows,
+                    numeric_from=2))
 
 
 def section_steps(run: Run, img) -> str:
