@@ -16,6 +16,7 @@ from beam_pipeline.report.folder import Run
 
 KINDS = ("ats", "resp", "offer")
 SCATTER_POINTS = 20_000  # more only slows the drawing and hides nothing
+LATENCY_FLOOR_MS = 0.1  # the latency histograms' first bar holds everything shorter
 DPI = 100
 NONE = "\u2013"  # an en dash: the report's mark for a missing value
 STATUS_COLORS = {"OK": "#2e7d32", "NO_TRANSACTIONS": "#9e9e9e", "FAILED": "#c62828"}
@@ -131,15 +132,22 @@ def fig_statuses(run: Run):
     return fig
 
 
+def _thousands(value, _position) -> str:
+    return f"{value:,.0f}"
+
+
 def fig_steps(run: Run):
     """Time per step (every step; an untimed one says so), and each step's rate in a panel of its own
     unit: rows/s, accumulators/s and members/s are not comparable on one axis."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     steps = run.summary.get("steps") or []
     units = list(dict.fromkeys(s["unit"] for s in steps if s.get("per_second")))
-    fig = Figure(figsize=(12, 2.6 + 0.35 * len(steps) + 2.6), dpi=DPI, layout="constrained")
-    grid = fig.add_gridspec(2, max(1, len(units)), height_ratios=[1 + 0.12 * len(steps), 1])
+    cols = 2
+    rate_rows = max(1, -(-len(units) // cols))
+    fig = Figure(figsize=(12, 1.6 + 0.4 * len(steps) + 2.4 * rate_rows), dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(1 + rate_rows, cols, height_ratios=[0.8 + 0.4 * len(steps) / 2.4] + [1] * rate_rows)
     top = fig.add_subplot(grid[0, :])
     if not steps:
         empty(top, "run.json lists no steps")
@@ -156,18 +164,19 @@ def fig_steps(run: Run):
     top.set_title("Time per step")
     top.grid(axis="x", alpha=0.3)
     for i, name in enumerate(units):
-        ax = fig.add_subplot(grid[1, i])
+        ax = fig.add_subplot(grid[1 + i // cols, i % cols])
         rated = [s for s in steps if s.get("per_second") and s["unit"] == name]
         drawn = ax.barh([s["name"] for s in rated], [s["per_second"] for s in rated], color="#6a1b9a")
         ax.bar_label(drawn, [f"{s['per_second']:,.0f}" for s in rated], padding=3, fontsize=9)
         ax.invert_yaxis()
-        ax.set_xlim(0, max(s["per_second"] for s in rated) * 1.45)
+        ax.set_xlim(0, max(s["per_second"] for s in rated) * 1.35)
+        ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
         ax.set_xlabel(f"{name} per second")
         ax.set_ylabel("step")
         ax.set_title(f"Rate, {name}/s", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     if not units:
-        empty(fig.add_subplot(grid[1, 0]), "no step has a rate (no step times)")
+        empty(fig.add_subplot(grid[1, :]), "no step has a rate (no step times)")
     return fig
 
 
@@ -184,24 +193,32 @@ def latency_columns(results: pa.Table, kind: str) -> list[tuple[str, str]]:
 
 
 def fig_latency(run: Run):
+    """Per endpoint, histograms of each measured part of a call on a log scale: waiting for a slot can be
+    a hundred times the time on the wire, and both must stay readable."""
+    import numpy as np
+
     fig, axes = figure(13, 4, ncols=3)
     results = run.results if run.updates is None else run.updates
     for ax, kind in zip(axes, KINDS, strict=True):
         columns = latency_columns(results, kind)
-        drawn = False
-        for (column, label), color in zip(columns, ("#00838f", "#ef6c00", "#6a1b9a"), strict=False):
-            values = [v for v in results.column(column).to_pylist() if v is not None]
-            if values:
-                ax.hist(values, bins=40, color=color, histtype="step", linewidth=1.6, label=label)
-                drawn = True
-        if not drawn:
+        series = [(label, np.asarray([v for v in results.column(column).to_pylist() if v is not None and v > 0]))
+                  for column, label in columns]
+        series = [(label, values) for label, values in series if len(values)]
+        if not series:
             empty(ax, f"no {kind} calls")
             ax.set_title(kind)
             continue
+        # Under 0.1 ms (a free slot at once) is drawn in the first bar: no need for decades of nothing.
+        low = max(min(values.min() for _, values in series), LATENCY_FLOOR_MS)
+        high = max(max(values.max() for _, values in series), low * 2)
+        edges = np.geomspace(low, high * 1.0001, 41)
+        for (label, values), color in zip(series, ("#00838f", "#ef6c00", "#6a1b9a"), strict=False):
+            ax.hist(values.clip(low, None), bins=edges, color=color, histtype="step", linewidth=1.6, label=label)
+        ax.set_xscale("log")
         ax.legend(fontsize=8)
         calls = pc.count(results.column(columns[0][0])).as_py()
         ax.set_title(f"{kind} ({calls:,} calls)")
-        ax.set_xlabel("milliseconds per call")
+        ax.set_xlabel(f"milliseconds per call (log scale; first bar: under {LATENCY_FLOOR_MS:g} ms too)")
         ax.set_ylabel("calls")
         ax.grid(alpha=0.3)
     return fig
