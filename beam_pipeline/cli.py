@@ -4,7 +4,8 @@ Exit codes (docs/contract.md): 0 all members OK or NO_TRANSACTIONS; 2 a usage, p
 or input error found before the run (one line on stderr, nothing written);
 3 the run finished but some members FAILED; 4 the dead letters passed
 --max-dead-letter-ratio (one line on stderr, the outputs staged, not published);
-1 anything unexpected.
+1 anything unexpected. ``python -m beam_pipeline wait OUTPUT`` waits for a run
+that another process launched (``beam_pipeline/wait.py``).
 """
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ from beam_pipeline import (
     sdk_processes,
     streaming,
     summary,
+    wait,
 )
 from beam_pipeline.accounting import AccountingError, BatchAccountant
-from beam_pipeline.console import format_summary
+from beam_pipeline.console import OneLineParser, format_summary
 from beam_pipeline.finalize import RunPlan
 from beam_pipeline.heartbeat import Heartbeat
 from beam_pipeline.pipeline import BLOCKS, READERS, JobConfig, build_pipeline
@@ -45,18 +47,13 @@ from transforms import progress
 log = logging.getLogger(__name__)
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError(f"usage: {message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The job's own options (Beam's are checked by ``beam_options``); ``beam_pipeline/flex_template.py``
     makes the template parameters from them."""
     # Options with a dash also answer to their underscore spelling: the Flex Template launcher passes
     # template parameters as --as_of=..., and Beam's own options are spelled that way too.
-    parser = _ArgumentParser(prog="python -m beam_pipeline", description=__doc__.splitlines()[0],
-                             allow_abbrev=False)
+    parser = OneLineParser(prog="python -m beam_pipeline", description=__doc__.splitlines()[0],
+                           allow_abbrev=False)
     parser.add_argument("--input", action="append",
                         help="export file or glob (local or gs://); repeat for several")
     parser.add_argument("--output", required=True, help="output directory (local or gs://)")
@@ -215,6 +212,9 @@ def _in_process(options: PipelineOptions) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["wait"]:
+        return wait.main(argv[1:])
     try:
         code, run_summary = run(argv)
     except ConfigError as exc:

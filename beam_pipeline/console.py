@@ -1,11 +1,21 @@
 """What a run prints when it ends: a few lines on where its outputs are and how every row and member went.
 
 Read from the run's summary as run.json holds it, so the console and the file
-never disagree.
+never disagree. A usage error is one line too (:class:`OneLineParser`).
 """
 from __future__ import annotations
 
+import argparse
+
 from beam_pipeline import dead_letter_limit
+from lantern.errors import ConfigError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are a ConfigError: one line on stderr and exit 2, not the usage text."""
+
+    def error(self, message: str):
+        raise ConfigError(f"usage: {message} (see --help)")
 
 
 def format_summary(s: dict) -> str:

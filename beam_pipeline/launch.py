@@ -20,7 +20,7 @@ import uuid
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import console, dataflow, dead_letter_limit, finalize, outputs, run_folder
+from beam_pipeline import console, dataflow, dead_letter_limit, finalize, jobs, outputs, run_folder
 from beam_pipeline.runners import runner_name
 from lantern.run_record import ReplaySummary, RunSummary, to_json
 
@@ -108,9 +108,13 @@ def run_job(pipeline, launch: Launch):
     Returns the ``PipelineResult`` (None when the job failed) and the job's failure (None when it did not):
     a run that the last step held back fails its job on purpose, and its run.json says why.
     """
+    submission = jobs.Submission(launch.run_id, launch.options, launch.runner, launch.output, launch.staging,
+                                 detached=launch.template)
     try:
-        with finalize.runner_quiet_about_held_back_runs():
+        # job.json in the staging folder says where the job runs, before and once it is submitted.
+        with finalize.runner_quiet_about_held_back_runs(), submission:
             result = pipeline.run()
+            submission.submitted(result)
             if not launch.template:
                 result.wait_until_finish()
         return result, None
