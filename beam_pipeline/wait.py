@@ -91,7 +91,8 @@ class Waiter:
                     state = None
                 if state is not None and state.terminal:
                     ended_at = ended_at or now
-                    if now - ended_at >= self.settle_s:
+                    # The launcher saw the job end: nothing will write a run.json any more.
+                    if job.error or now - ended_at >= self.settle_s:
                         return Outcome(EXIT_FAILED, run_id, error=_unfinished(run_id, job, state))
                 if state is not None and state.state != reported:
                     reported = state.state
@@ -149,7 +150,8 @@ def main(argv: list[str]) -> int:
     logs.configure(args.log_level, "text")
     output = launch.absolute(args.output)
     try:
-        outcome = Waiter(output, args.timeout, poll_s=args.poll_seconds).wait()
+        outcome = Waiter(output, args.timeout, poll_s=args.poll_seconds, ask_every_s=ASK_EVERY_S,
+                         unreachable_s=UNREACHABLE_S, settle_s=SETTLE_S).wait()
     except KeyboardInterrupt:
         return 130
     if outcome.summary is not None:

@@ -128,17 +128,25 @@ def local_runner():
 
 
 @pytest.fixture(scope="session")
-def small_run(tmp_path_factory, server_url):
-    """One small end-to-end run against the reference service: (exit code, run summary, output dir)."""
-    from beam_pipeline import cli, generate
+def small_export(tmp_path_factory) -> Path:
+    """300 generated rows and two bad ones: the export of ``small_run``."""
+    from beam_pipeline import generate
 
-    folder = tmp_path_factory.mktemp("small_run")
-    export = folder / "export.csv"
+    export = tmp_path_factory.mktemp("small_export") / "export.csv"
     with open(export, "w", encoding="utf-8", newline="") as out:
         generate.write(out, n_rows=300, seed=11)
         out.write(",2026-01-02 03:04:05,buy,10,1.5\n")  # no member id
         out.write("M-BAD,yesterday,buy,10,1.5\n")  # bad timestamp
-    output = folder / "out"
-    code, summary = cli.run(["--input", str(export), "--output", str(output), "--as-of", "2026-11-24",
+    return export
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, server_url, small_export):
+    """One small end-to-end run of ``small_export`` against the reference service, on the local runner:
+    (exit code, run summary, output dir)."""
+    from beam_pipeline import cli
+
+    output = tmp_path_factory.mktemp("small_run") / "out"
+    code, summary = cli.run(["--input", str(small_export), "--output", str(output), "--as-of", "2026-11-24",
                              "--endpoint-url", server_url, "--heartbeat-seconds", "0"])
     return code, summary, output

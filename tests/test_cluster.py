@@ -83,44 +83,61 @@ def same_outputs(a: Path, b: Path) -> None:
         assert run_a[key] == run_b[key], key
 
 
-def test_runs_on_the_cluster_equal_the_local_runners_digit_for_digit_and_a_pending_output_is_refused(
-        cluster, server_url, export, tmp_path, capsys):
-    exports = {"bundled": ROOT / "member_data.csv", "generated": export}
-    running = {name: launch(cluster, "--input", str(path), "--output", str(tmp_path / f"{name}-cluster"),
-                            "--endpoint-url", server_url)
-               for name, path in exports.items()}
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, cluster, server_url, small_export):
+    """The module's jobs, all launched at once (the cluster runs them side by side): name -> (launcher, output)."""
+    base = tmp_path_factory.mktemp("runs")
+    (base / "tmp").mkdir()
+    # The launcher has the partner's key; the cluster's workers do not: that job fails where it calls.
+    keyed = base / "keyed.yaml"
+    keyed.write_text(json.dumps({"name": "keyed", "endpoints": {"base_url": server_url},
+                                 "auth": {"header": "X-Partner-Key", "env": "LANTERN_TEST_KEY"}}))
+    jobs_to_run = {
+        "bundled": ["--input", str(ROOT / "member_data.csv"), "--endpoint-url", server_url],
+        "generated": ["--input", str(small_export), "--endpoint-url", server_url],
+        "failing": ["--input", str(small_export), "--partner-config", str(keyed)],
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(base / "tmp"))
+        patch.setattr(tempfile, "tempdir", None)
+        procs = {name: (launch(cluster, *args, "--output", str(base / name), env={"LANTERN_TEST_KEY": "launcher-only"}),
+                        base / name)
+                 for name, args in jobs_to_run.items()}
+    yield procs
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
+
+def test_runs_on_the_cluster_equal_the_local_runners_digit_for_digit_and_a_pending_output_is_refused(
+        cluster, launched, server_url, small_export, small_run, tmp_path, capsys):
     # While its job runs, the output is taken: a second launch is refused in one line, --overwrite or not.
-    pending = tmp_path / "generated-cluster"
+    pending = launched["generated"][1]
     record = job_record(pending)
     assert jobs.state_of(record).state in ("STARTING", "RUNNING")
-    code = cli.main(["--input", str(export), "--output", str(pending), "--overwrite", "--features-only"])
+    code = cli.main(["--input", str(small_export), "--output", str(pending), "--overwrite", "--features-only"])
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"error: output {pending} has run {record.run_id} pending (job {record.job_id} on "
                              f"PortableRunner at {cluster.job_endpoint}: ")
 
-    for name, path in exports.items():
-        code, summary = cli.run(["--input", str(path), "--output", str(tmp_path / f"{name}-local"), "--as-of", AS_OF,
-                                 "--endpoint-url", server_url, "--heartbeat-seconds", "0", "--log-level", "WARNING"])
-        assert code == 0, summary
-    for name, proc in running.items():
+    code, summary = cli.run(["--input", str(ROOT / "member_data.csv"), "--output", str(tmp_path / "bundled"),
+                             "--as-of", AS_OF, "--endpoint-url", server_url, "--heartbeat-seconds", "0",
+                             "--log-level", "WARNING"])
+    assert code == 0, summary
+    local = {"bundled": tmp_path / "bundled", "generated": small_run[2]}
+    for name, local_output in local.items():
+        proc, output = launched[name]
         code, out, err = finished(proc, cluster)
         assert code == 0, err
-        same_outputs(tmp_path / f"{name}-cluster", tmp_path / f"{name}-local")
-        assert waited(tmp_path / f"{name}-cluster", capsys) == (0, out, "")
+        same_outputs(output, local_output)
+        assert waited(output, capsys) == (0, out, "")
     assert json.loads((pending / "run.json").read_text())["accounting"]["members_ok"] > 0
 
 
-def test_a_job_that_fails_on_the_cluster_ends_wait_with_exit_1_and_the_runners_error(
-        cluster, server_url, export, tmp_path, capsys):
-    # The launcher has the partner's key; the cluster's workers do not: the job fails where it calls.
-    partner = tmp_path / "keyed.yaml"
-    partner.write_text(json.dumps({"name": "keyed", "endpoints": {"base_url": server_url},
-                                   "auth": {"header": "X-Partner-Key", "env": "LANTERN_TEST_KEY"}}))
-    out = tmp_path / "out"
-    proc = launch(cluster, "--input", str(export), "--output", str(out), "--partner-config", str(partner),
-                  env={"LANTERN_TEST_KEY": "launcher-only"})
+def test_a_job_that_fails_on_the_cluster_ends_wait_with_exit_1_and_the_runners_error(cluster, launched, capsys):
+    proc, out = launched["failing"]
     code, _, _ = finished(proc, cluster)
     assert code == 1
     assert not (out / "run.json").exists() and not (out / "results").exists()
@@ -133,19 +150,20 @@ def test_a_job_that_fails_on_the_cluster_ends_wait_with_exit_1_and_the_runners_e
     assert stderr.count("\n") == 1
 
 
-def test_a_job_killed_mid_run_leaves_nothing_that_looks_complete(export, tmp_path, capsys, monkeypatch):
+def test_a_job_killed_mid_run_leaves_nothing_that_looks_complete(cluster, export, tmp_path, capsys, monkeypatch):
+    """The module's last test: the cluster dies with the job."""
     out = tmp_path / "out"
     # Every call takes 100 ms: the job is still calling when its cluster dies.
-    with uvicorn_server(env={"FAULT_LATENCY_MS": "100"}) as slow, portable_cluster(tmp_path / "cluster") as doomed:
-        proc = launch(doomed, "--input", str(export), "--output", str(out), "--endpoint-url", slow)
+    with uvicorn_server(env={"FAULT_LATENCY_MS": "100"}) as slow:
+        proc = launch(cluster, "--input", str(export), "--output", str(out), "--endpoint-url", slow)
         record = job_record(out)
         deadline = time.monotonic() + 60
         while jobs.state_of(record).state != "RUNNING" and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(3)  # the worker has started and is calling
+        time.sleep(1)  # the worker is starting, or calling
         assert not jobs.state_of(record).terminal
-        doomed.kill()
-        code, _, _ = finished(proc, doomed)
+        cluster.kill()
+        code, _, _ = finished(proc, cluster)
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == [f"_staging-{record.run_id}"]
     assert not (out / f"_staging-{record.run_id}" / "run.json").exists()

@@ -222,8 +222,10 @@ def test_a_run_replaced_meanwhile_is_exit_1(tmp_path):
 
 def test_a_launcher_that_saw_its_job_fail_says_so_without_asking_the_runner(tmp_path):
     pending(tmp_path, RUN_1, error="RuntimeError: the job service went away")
-    outcome = waiter(tmp_path, jobs.state_of, settle_s=0).wait()
+    clock = Clock()
+    outcome = waiter(tmp_path, jobs.state_of, clock, settle_s=10).wait()
     assert outcome.code == 1 and outcome.error.endswith(": RuntimeError: the job service went away")
+    assert clock.now == 0  # the job has ended: no run.json can come any more
 
 
 # ---- a launch into a folder whose run is pending -----------------------------------------------------------
