@@ -23,6 +23,7 @@ from beam_pipeline import (
     dataflow,
     dead_letter_limit,
     inputs,
+    jobs,
     launch,
     logs,
     option_types,
@@ -90,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text, or json: one JSON object per line (Cloud Logging reads these)")
     parser.add_argument("--heartbeat-seconds", type=float, default=10.0,
                         help="log progress every N seconds during a local run (0: never; default 10)")
+    parser.add_argument("--detach", action="store_true",
+                        help="submit the job and exit 0 once the runner has accepted it, printing the job and "
+                             "where the run will appear; the job publishes itself. Needs a runner that runs jobs "
+                             "on its own: DataflowRunner, or PortableRunner with --job_endpoint (not LOOPBACK). "
+                             "Then: python -m beam_pipeline wait OUTPUT")
     parser.add_argument("--retry-failed", "--retry_failed", metavar="PREVIOUS_OUTPUT",
                         help="call the endpoints again for the FAILED members of this published run only "
                              "and write a complete new output (docs/day-two.md)")
@@ -148,11 +154,14 @@ def _local(pattern: str) -> str:
 def run(argv: list[str] | None = None) -> tuple[int, dict | None]:
     """Run the job; returns the exit code and the run summary as run.json holds it.
 
-    The summary is None when a Flex Template launch only submitted the job, or when the run's
-    accounting did not close (exit 1: the error is logged).
+    A launch that does not wait (``--detach``, a Flex Template's) returns the job record instead
+    (job.json: where the job runs). The summary is None when the run's accounting did not close
+    (exit 1: the error is logged).
     """
     start = launch.Start.now()
     args, beam_args = parse_args(argv)
+    if args.detach:
+        jobs.check_detachable(PipelineOptions(beam_args), streaming=args.streaming)
     # Logs reach stderr only once the checks have passed: a usage or input error is one line (docs/contract.md).
     previous = retry.apply_previous(args) if args.retry_failed else None
     partner, partner_source = resolve_partner(args, beam_args)
@@ -181,7 +190,8 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     logs.configure(args.log_level, args.log_format)
     launch.say_notices(partner.notices())
 
-    launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start, as_of=as_of.isoformat())
+    launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start, as_of=as_of.isoformat(),
+                              detach=args.detach)
     fields = summary.launch_fields(launched, partner, partner_source, as_of.isoformat(), files, vars(args))
     plan = RunPlan(launched.run_id, launched.output, launched.staging, args.overwrite, fields, BatchAccountant(),
                    dead_letter_max)
@@ -198,11 +208,11 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     progress.reset()
     # Only a local run can see live counts (transforms/progress.py); Dataflow shows its own.
     heartbeat_s = args.heartbeat_seconds if engine is not None else 0
+    job = launch.submission(launched)
     with Heartbeat(heartbeat_s, total_bytes, live=_in_process(launched.options)):
-        result, failure = launch.run_job(pipeline, launched)
-    if launched.template and failure is None:
-        launch.log_submitted(launched)
-        return launch.EXIT_OK, None
+        result, failure = launch.run_job(pipeline, launched, job)
+    if launched.detached and failure is None:
+        return launch.submitted(launched, job)
     return summary.conclude(launched, result, failure)
 
 

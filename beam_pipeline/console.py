@@ -9,6 +9,17 @@ import argparse
 
 from beam_pipeline import dead_letter_limit
 from lantern.errors import ConfigError
+from lantern.job_record import JobRecord
+
+
+def format_submitted(record: JobRecord) -> str:
+    """What a launch that does not wait prints: the job, where its run will appear, how to wait for it."""
+    staging = record.output.rstrip("/") + f"/_staging-{record.run_id}"
+    return (
+        f"submitted: run {record.run_id}, {record.where()}\n"
+        f"outputs: {record.output} once the run is published (run.json last); a run held back stays in {staging}\n"
+        f"wait for it: python -m beam_pipeline wait {record.output}"
+    )
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -19,9 +30,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def format_summary(s: dict) -> str:
-    """The console summary of a batch, retry or streaming run."""
+    """The console summary of a batch, retry or streaming run, or of a job submitted and not waited for."""
     if s.get("streaming"):
         return _streaming(s)
+    if "accounting" not in s and "launcher" in s:
+        return format_submitted(JobRecord.model_validate(s))
     acc = s["accounting"]
     offers = ", ".join(f"{k} {v}" for k, v in s["offers"].items()) or "none"
     where = s["output"] if s.get("published", True) else f"{s['staging']} (NOT published: too many dead letters)"

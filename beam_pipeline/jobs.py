@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from beam_pipeline import dataflow, outputs
 from beam_pipeline.runners import LOCAL_NAMES
+from lantern.errors import ConfigError
 from lantern.job_record import JOB_JSON, JobRecord, Launcher, from_text, to_text
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,28 @@ def _remove(path: str, staging: str) -> None:
         pass
     except Exception:  # Beam wraps filesystem errors in its own type
         log.debug("could not remove %s", path, exc_info=True)
+
+
+def check_detachable(options: PipelineOptions, streaming: bool = False) -> None:
+    """``--detach`` needs a runner that runs the job without its launcher; one line (ConfigError) if not."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    if streaming:
+        raise ConfigError("--detach is for batch runs; a streaming job runs until it is drained")
+    runner = options.view_as(StandardOptions).runner
+    if dataflow.is_template_launch(options) or runner in dataflow.DATAFLOW_NAMES:
+        return
+    portable = options.view_as(PortableOptions)
+    if runner not in LOCAL_NAMES and portable.job_endpoint and portable.job_endpoint != "embed":
+        if (portable.environment_type or "").upper() == "LOOPBACK":
+            raise ConfigError("--detach cannot run with --environment_type LOOPBACK: its workers live in the "
+                              "launcher and end with it; use EXTERNAL (a worker pool) or DOCKER")
+        return
+    raise ConfigError(
+        f"--detach needs a runner that runs the job without its launcher: --runner DataflowRunner, or "
+        f"--runner PortableRunner --job_endpoint HOST:PORT; {runner or 'DirectRunner'}"
+        f"{' without --job_endpoint' if runner not in LOCAL_NAMES else ''} runs it in this process"
+    )
 
 
 # ---- asking the runner -------------------------------------------------------------------------------------

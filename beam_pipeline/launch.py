@@ -54,6 +54,7 @@ class Launch:
     output: str  # absolute for a local folder
     staging: str  # where the pipeline writes: a private folder, or ``output`` itself when in place
     template: bool  # a Flex Template launch: the job is submitted and finalizes itself; nothing waits for it
+    detached: bool = False  # nothing waits for the job (``--detach``, or a Flex Template launch)
 
     def wall_seconds(self) -> float:
         return round(time.monotonic() - self.start.monotonic, 3)
@@ -82,40 +83,50 @@ def say_notices(notices: list[str]) -> None:
 
 
 def prepare(options: PipelineOptions, partner: str, output: str, start: Start, staged: bool = True,
-            as_of: str | None = None) -> Launch:
+            as_of: str | None = None, detach: bool = False) -> Launch:
     """The run id, Dataflow's worker image, job name and labels, and where the pipeline writes.
 
     ``staged=False`` (a live stream, which appends windows and never ends) writes straight into ``output``.
+    ``detach``: submit the job and return (``jobs.check_detachable`` has said the runner can run it alone).
     """
     rid = run_id(start.at)
     dataflow.prepare(options, partner, rid, as_of)
     output = absolute(output)
     template = dataflow.is_template_launch(options)
     staging = outputs.staging_dir(output, rid) if staged else output
-    return Launch(rid, start, options, runner_name(options), output, staging, template)
+    return Launch(rid, start, options, runner_name(options), output, staging, template, detach or template)
 
 
-def log_submitted(launch: Launch, job: str = "job") -> None:
-    """A Flex Template launch ends when its job is submitted; the job publishes itself."""
-    log.info("run %s: %s submitted from a Flex Template; it publishes its run.json in %s when it finishes "
-             "(or holds the run back in %s); the job page in the console has the counters",
-             launch.run_id, job, launch.output, launch.staging)
+def submission(launch: Launch) -> jobs.Submission:
+    """The run's ``job.json`` (where its job runs), kept current by ``run_job``."""
+    return jobs.Submission(launch.run_id, launch.options, launch.runner, launch.output, launch.staging,
+                           detached=launch.detached)
 
 
-def run_job(pipeline, launch: Launch):
-    """Run the pipeline; waits unless the launch is a Flex Template's.
+def submitted(launch: Launch, job: jobs.Submission, what: str = "job") -> tuple[int, dict]:
+    """A launch that does not wait ends when its job is submitted: exit 0, and the job record to print.
+
+    The job publishes itself (or holds the run back); ``python -m beam_pipeline wait`` waits for it.
+    """
+    log.info("run %s: %s submitted%s (%s); it publishes its run.json in %s when it finishes (or holds the run "
+             "back in %s)", launch.run_id, what, " from a Flex Template" if launch.template else "",
+             job.record.where(), launch.output, launch.staging)
+    return EXIT_OK, job.record.model_dump(mode="json")
+
+
+def run_job(pipeline, launch: Launch, job: jobs.Submission | None = None):
+    """Run the pipeline; waits unless the launch is detached (``--detach``, a Flex Template's).
 
     Returns the ``PipelineResult`` (None when the job failed) and the job's failure (None when it did not):
     a run that the last step held back fails its job on purpose, and its run.json says why.
     """
-    submission = jobs.Submission(launch.run_id, launch.options, launch.runner, launch.output, launch.staging,
-                                 detached=launch.template)
+    job = job or submission(launch)
     try:
         # job.json in the staging folder says where the job runs, before and once it is submitted.
-        with finalize.runner_quiet_about_held_back_runs(), submission:
+        with finalize.runner_quiet_about_held_back_runs(), job:
             result = pipeline.run()
-            submission.submitted(result)
-            if not launch.template:
+            job.submitted(result)
+            if not launch.detached:
                 result.wait_until_finish()
         return result, None
     except Exception as exc:  # noqa: BLE001 - conclude() tells a held-back run from a crash by its run.json

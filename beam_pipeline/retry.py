@@ -313,7 +313,7 @@ def run(args: argparse.Namespace, beam_args: list[str], previous: PreviousRun, p
     logs.configure(args.log_level, args.log_format)
     launch.say_notices(partner.notices())
 
-    launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start)
+    launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start, detach=args.detach)
     if previous.members_failed:
         log.info("run %s: retrying the %d FAILED member(s) of run %s (%s), partner=%s as_of=%s runner=%s output=%s",
                  launched.run_id, previous.members_failed, previous.run_id, previous.output, partner.name, as_of,
@@ -330,8 +330,8 @@ def run(args: argparse.Namespace, beam_args: list[str], previous: PreviousRun, p
     pipeline = beam.Pipeline(runner=make_runner(launched.options), options=launched.options)
     build_retry_pipeline(pipeline, RetryJob(previous, partner, as_of, launched.staging, plan))
     progress.reset()
-    result, failure = launch.run_job(pipeline, launched)
-    if launched.template and failure is None:
-        launch.log_submitted(launched, "retry job")
-        return launch.EXIT_OK, None
+    job = launch.submission(launched)
+    result, failure = launch.run_job(pipeline, launched, job)
+    if launched.detached and failure is None:
+        return launch.submitted(launched, job, "retry job")
     return summary.conclude(launched, result, failure)

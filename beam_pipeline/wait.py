@@ -87,7 +87,7 @@ class Waiter:
                     if now - unreachable_since >= self.unreachable_s:
                         return Outcome(EXIT_FAILED, run_id, error=f"run {run_id}: {exc} (for "
                                                                   f"{now - unreachable_since:.0f}s)")
-                    log.warning("run %s: %s", run_id, exc)
+                    log.info("run %s: %s", run_id, exc)  # transient until unreachable_s: the end says it once
                     state = None
                 if state is not None and state.terminal:
                     ended_at = ended_at or now

@@ -1,12 +1,15 @@
 """The product on a cluster: Beam's portable job server and an external worker pool on loopback.
 
-The job runs in other processes than its launcher (``tests/cluster.py``), over
-the Fn API, as on Dataflow: the launcher is a subprocess, as a scheduler's
-would be, and the tests read only what a scheduler can see: the output folder,
-the exit codes and ``python -m beam_pipeline wait``.
+The jobs run in other processes than their launcher (``tests/cluster.py``), over
+the Fn API, as on Dataflow, and nobody waits on them: each launcher is a
+subprocess run with ``--detach``, as a scheduler would start it, and exits once
+its job is submitted. The tests read only what a scheduler can see: the output
+folder, the exit codes and ``python -m beam_pipeline wait``.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -69,6 +72,7 @@ def job_record(output: Path, timeout: float = 60):
 
 
 def waited(output: Path, capsys, *args: str) -> tuple[int, str, str]:
+    """``python -m beam_pipeline wait OUTPUT``: exit code, stdout, stderr."""
     code = cli.main(["wait", str(output), "--poll-seconds", "0.2", *args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -84,70 +88,123 @@ def same_outputs(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, cluster, server_url, small_export):
-    """The module's jobs, all launched at once (the cluster runs them side by side): name -> (launcher, output)."""
-    base = tmp_path_factory.mktemp("runs")
+def detached(tmp_path_factory, cluster, server_url, small_export):
+    """The module's runs, all launched with --detach at once (the cluster runs them side by side).
+
+    name -> (launcher's exit code, its stdout, output folder). What a scheduler could
+    see the moment the first launcher had exited is kept under "seen".
+    """
+    base = tmp_path_factory.mktemp("detached")
     (base / "tmp").mkdir()
     # The launcher has the partner's key; the cluster's workers do not: that job fails where it calls.
     keyed = base / "keyed.yaml"
     keyed.write_text(json.dumps({"name": "keyed", "endpoints": {"base_url": server_url},
                                  "auth": {"header": "X-Partner-Key", "env": "LANTERN_TEST_KEY"}}))
-    jobs_to_run = {
+    late = small_export.parent / "late.csv"
+    runs = {
+        "generated": ["--input", str(small_export.parent / "*.csv"), "--endpoint-url", server_url],
         "bundled": ["--input", str(ROOT / "member_data.csv"), "--endpoint-url", server_url],
-        "generated": ["--input", str(small_export), "--endpoint-url", server_url],
+        "held_back": ["--input", str(small_export), "--endpoint-url", server_url, "--max-dead-letter-ratio", "0.001"],
         "failing": ["--input", str(small_export), "--partner-config", str(keyed)],
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", str(base / "tmp"))
         patch.setattr(tempfile, "tempdir", None)
-        procs = {name: (launch(cluster, *args, "--output", str(base / name), env={"LANTERN_TEST_KEY": "launcher-only"}),
-                        base / name)
-                 for name, args in jobs_to_run.items()}
-    yield procs
-    for proc, _ in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        procs = {name: launch(cluster, *args, "--output", str(base / name), "--detach",
+                              env={"LANTERN_TEST_KEY": "launcher-only"})
+                 for name, args in runs.items()}
+    seen = {}
+    try:
+        code, out, err = finished(procs["generated"], cluster)
+        assert code == 0, err
+        # The launcher has exited; the job has not ended.
+        record = from_text(next((base / "generated").glob("_staging-*/job.json")).read_text())
+        seen["state"] = jobs.state_of(record).state
+        seen["run_json"] = sorted(p.name for p in (base / "generated").rglob("run.json"))
+        seen["record"] = record
+        # A file that lands in the input folder after the launch is not the run's input.
+        late.write_text(small_export.read_text(encoding="utf-8").replace("M-BAD", "M-LATE"), encoding="utf-8")
+        # A second launch into the output of the pending run is refused, --overwrite or not.
+        with contextlib.redirect_stderr(io.StringIO()) as refused:
+            second = cli.main(["--input", str(small_export), "--output", str(base / "generated"), "--overwrite",
+                               "--features-only", "--detach", *cluster.beam_args()])
+        seen["second"] = (second, "", refused.getvalue())
+        launched = {"generated": (code, out, base / "generated"), "seen": seen}
+        for name in ("bundled", "held_back", "failing"):
+            code, out, err = finished(procs[name], cluster)
+            launched[name] = (code, out, base / name)
+        yield launched
+    finally:
+        late.unlink(missing_ok=True)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
-def test_runs_on_the_cluster_equal_the_local_runners_digit_for_digit_and_a_pending_output_is_refused(
-        cluster, launched, server_url, small_export, small_run, tmp_path, capsys):
-    # While its job runs, the output is taken: a second launch is refused in one line, --overwrite or not.
-    pending = launched["generated"][1]
-    record = job_record(pending)
-    assert jobs.state_of(record).state in ("STARTING", "RUNNING")
-    code = cli.main(["--input", str(small_export), "--output", str(pending), "--overwrite", "--features-only"])
-    err = capsys.readouterr().err.splitlines()
-    assert code == 2 and len(err) == 1
-    assert err[0].startswith(f"error: output {pending} has run {record.run_id} pending (job {record.job_id} on "
+def test_a_detached_launch_exits_before_its_job_ends_and_prints_where_the_run_will_appear(cluster, detached):
+    code, out, output = detached["generated"]
+    seen = detached["seen"]
+    record = seen["record"]
+    assert code == 0
+    assert out.splitlines() == [
+        f"submitted: run {record.run_id}, job {record.job_id} on PortableRunner at {cluster.job_endpoint}",
+        f"outputs: {output} once the run is published (run.json last); a run held back stays in "
+        f"{output}/_staging-{record.run_id}",
+        f"wait for it: python -m beam_pipeline wait {output}",
+    ]
+    assert (record.detached, record.job_endpoint) == (True, cluster.job_endpoint)
+    assert seen["state"] in ("STARTING", "RUNNING")
+    assert seen["run_json"] == []
+    code, stdout, stderr = seen["second"]
+    assert (code, stdout) == (2, "")
+    assert stderr.startswith(f"error: output {output} has run {record.run_id} pending (job {record.job_id} on "
                              f"PortableRunner at {cluster.job_endpoint}: ")
+    assert stderr.count("\n") == 1
 
+
+def test_detached_runs_equal_the_local_runners_digit_for_digit(detached, server_url, small_run, tmp_path, capsys):
     code, summary = cli.run(["--input", str(ROOT / "member_data.csv"), "--output", str(tmp_path / "bundled"),
                              "--as-of", AS_OF, "--endpoint-url", server_url, "--heartbeat-seconds", "0",
                              "--log-level", "WARNING"])
     assert code == 0, summary
-    local = {"bundled": tmp_path / "bundled", "generated": small_run[2]}
+    local = {"bundled": tmp_path / "bundled", "generated": small_run[2]}  # small_run read small_export alone
     for name, local_output in local.items():
-        proc, output = launched[name]
-        code, out, err = finished(proc, cluster)
-        assert code == 0, err
+        output = detached[name][2]
+        code, stdout, stderr = waited(output, capsys)
+        assert (code, stderr) == (0, "")
+        assert stdout.startswith(f"outputs: {output} (results/")
         same_outputs(output, local_output)
-        assert waited(output, capsys) == (0, out, "")
-    assert json.loads((pending / "run.json").read_text())["accounting"]["members_ok"] > 0
+        assert sorted(p.name for p in output.iterdir()) == ["dead_letter", "results", "run.json"]
+    assert json.loads((detached["generated"][2] / "run.json").read_text())["accounting"]["members_ok"] > 0
 
 
-def test_a_job_that_fails_on_the_cluster_ends_wait_with_exit_1_and_the_runners_error(cluster, launched, capsys):
-    proc, out = launched["failing"]
-    code, _, _ = finished(proc, cluster)
-    assert code == 1
-    assert not (out / "run.json").exists() and not (out / "results").exists()
-    code, stdout, stderr = waited(out, capsys)
+def test_a_detached_run_past_the_dead_letter_limit_ends_wait_with_exit_4_and_nothing_published(detached, capsys):
+    _, _, output = detached["held_back"]
+    code, stdout, stderr = waited(output, capsys)
+    assert code == 4
+    assert "NOT published" in stdout
+    assert stderr.startswith("error: ") and "above the limit 0.001" in stderr and stderr.count("\n") == 1
+    [staging] = output.iterdir()  # nothing in the output but the held-back staging folder
+    assert staging.name.startswith("_staging-")
+    held = json.loads((staging / "run.json").read_text())
+    assert (held["published"], held["exit_code"]) == (False, 4)
+
+
+def test_a_detached_job_that_fails_ends_wait_with_exit_1_and_the_runners_error(detached, capsys, monkeypatch):
+    code, _, output = detached["failing"]
+    assert code == 0  # submitted: the job fails later, where its workers call
+    monkeypatch.setattr(wait, "SETTLE_S", 1.0)
+    code, stdout, stderr = waited(output, capsys)
     assert (code, stdout) == (1, "")
-    assert stderr.startswith(f"error: run {run_folder.runs(str(out))[-1].run_id}: job ")
+    run_id = run_folder.runs(str(output))[-1].run_id
+    assert stderr.startswith(f"error: run {run_id}: job ")
+    assert " ended FAILED without finishing the run: " in stderr
     assert stderr.endswith("lantern.errors.ConfigError: partner keyed: environment variable LANTERN_TEST_KEY "
                            "(auth header X-Partner-Key) is not set, and no --auth-secret names a Secret Manager "
                            "version [while running 'DecideOffers/CallEndpoints/Call']\n")
     assert stderr.count("\n") == 1
+    assert not (output / "run.json").exists() and not (output / "results").exists()
 
 
 def test_a_job_killed_mid_run_leaves_nothing_that_looks_complete(cluster, export, tmp_path, capsys, monkeypatch):
@@ -155,7 +212,9 @@ def test_a_job_killed_mid_run_leaves_nothing_that_looks_complete(cluster, export
     out = tmp_path / "out"
     # Every call takes 100 ms: the job is still calling when its cluster dies.
     with uvicorn_server(env={"FAULT_LATENCY_MS": "100"}) as slow:
-        proc = launch(cluster, "--input", str(export), "--output", str(out), "--endpoint-url", slow)
+        code, _, err = finished(launch(cluster, "--input", str(export), "--output", str(out), "--endpoint-url", slow,
+                                       "--detach"), cluster)
+        assert code == 0, err
         record = job_record(out)
         deadline = time.monotonic() + 60
         while jobs.state_of(record).state != "RUNNING" and time.monotonic() < deadline:
@@ -163,12 +222,19 @@ def test_a_job_killed_mid_run_leaves_nothing_that_looks_complete(cluster, export
         time.sleep(1)  # the worker is starting, or calling
         assert not jobs.state_of(record).terminal
         cluster.kill()
-        code, _, _ = finished(proc, cluster)
-    assert code == 1
-    assert sorted(p.name for p in out.iterdir()) == [f"_staging-{record.run_id}"]
-    assert not (out / f"_staging-{record.run_id}" / "run.json").exists()
+    staging = out / f"_staging-{record.run_id}"
+    assert sorted(p.name for p in out.iterdir()) == [staging.name]
+    assert not (staging / "run.json").exists()
 
     monkeypatch.setattr(wait, "UNREACHABLE_S", 1.0)
+    monkeypatch.setattr(wait, "ASK_EVERY_S", 0.5)
     code, stdout, stderr = waited(out, capsys)
     assert (code, stdout) == (1, "")
-    assert stderr.startswith(f"error: run {record.run_id}: ")
+    assert stderr.startswith(f"error: run {record.run_id}: the job service at {cluster.job_endpoint} does not "
+                             "answer (UNAVAILABLE) (for ")
+    assert stderr.count("\n") == 1
+    # The job cannot be asked: a new launch into the folder is refused, and told what to delete if it is gone.
+    code = cli.main(["--input", str(export), "--output", str(out), "--features-only"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.rstrip().endswith(f"if that job is gone, delete {staging} and launch again")

@@ -23,6 +23,7 @@ from beam_pipeline.finalize import RunPlan
 from beam_pipeline.inputs import layout_for
 from beam_pipeline.pipeline import JobConfig, build_pipeline
 from beam_pipeline.runners import local_runner
+from lantern.job_record import from_text
 from lantern.partner import load_named
 from transforms.input_files import InputFile
 
@@ -201,7 +202,13 @@ def test_a_flex_template_launch_submits_and_returns(export, tmp_path, monkeypatc
     code, summary = cli.run(launcher_argv(export, tmp_path / "runs" / "2026-11-24"))
     assert (code, summary) == (launch.EXIT_OK, None)
     assert "job submitted from a Flex Template" in caplog.text
-    assert not (tmp_path / "runs").exists()  # the job writes there when it runs; the launcher writes nothing
+    # The job writes there when it runs; the launcher writes only where to find it, for `wait`.
+    [record_path] = (tmp_path / "runs").rglob("*.*")
+    assert record_path.relative_to(tmp_path / "runs" / "2026-11-24").parts[1] == "job.json"
+    record = from_text(record_path.read_text())
+    assert (record.runner, record.detached, record.project, record.region, record.job_id) == (
+        "DataflowRunner", True, PROJECT, REGION, None)
+    assert record.job_name.startswith("lantern-default-")  # the launcher cannot learn the id: wait finds it by name
 
 
 def test_a_flex_template_launch_refuses_a_folder_with_an_earlier_run(export, tmp_path, capsys):

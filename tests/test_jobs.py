@@ -9,7 +9,8 @@ import types
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import jobs
+from beam_pipeline import cli, jobs
+from lantern.errors import ConfigError
 from lantern.job_record import JobRecord, Launcher, from_text
 from tests.conftest import free_port
 
@@ -161,3 +162,31 @@ def test_a_launcher_that_sees_its_job_fail_records_why(tmp_path):
     record = from_text((tmp_path / "s" / "job.json").read_text())
     assert record.error == "ValueError: bad row [while running 'Parse']"
     assert jobs.state_of(record) == jobs.JobState("FAILED", record.error)
+
+
+@pytest.mark.parametrize(("args", "streaming", "error"), [
+    ([], False, "--detach needs a runner that runs the job without its launcher: --runner DataflowRunner, or "
+                "--runner PortableRunner --job_endpoint HOST:PORT; DirectRunner runs it in this process"),
+    (["--runner=PortableRunner"], False, "PortableRunner without --job_endpoint runs it in this process"),
+    (["--runner=PortableRunner", "--job_endpoint=embed"], False, "without --job_endpoint runs it in this process"),
+    (["--runner=PortableRunner", "--job_endpoint=localhost:8099", "--environment_type=LOOPBACK"], False,
+     "--detach cannot run with --environment_type LOOPBACK: its workers live in the launcher and end with it"),
+    (["--runner=DataflowRunner"], True, "--detach is for batch runs; a streaming job runs until it is drained"),
+    (["--runner=PortableRunner", "--job_endpoint=localhost:8099", "--environment_type=EXTERNAL"], False, None),
+    (["--runner=DataflowRunner", "--project=p", "--region=r"], False, None),
+    ([f"--template_location={'gs://b/t'}"], False, None),
+])
+def test_only_a_runner_that_runs_jobs_on_its_own_can_be_left_alone(args, streaming, error):
+    if error is None:
+        jobs.check_detachable(PipelineOptions(args), streaming)
+        return
+    with pytest.raises(ConfigError) as refused:
+        jobs.check_detachable(PipelineOptions(args), streaming)
+    assert error in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_cli_refuses_detach_on_the_local_runner_in_one_line(export, tmp_path, capsys):
+    assert cli.main(["--input", str(export), "--output", str(tmp_path / "out"), "--features-only", "--detach"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --detach needs a runner")
+    assert not (tmp_path / "out").exists()
