@@ -256,7 +256,7 @@ def test_a_run_nobody_waits_for_publishes_what_the_waiting_launcher_computed(tmp
         out.write("M-BAD,yesterday,buy,10,1.5\n")
     real_run_job = launch.run_job
 
-    def detached(pipeline, launched):
+    def detached(pipeline, launched, job=None):
         def forbidden(*args, **kwargs):
             raise AssertionError("the launcher read the results or the metrics")
 
@@ -264,7 +264,7 @@ def test_a_run_nobody_waits_for_publishes_what_the_waiting_launcher_computed(tmp
             m.setattr(pq, "read_table", forbidden)
             m.setattr(summary, "read_parts", forbidden)
             m.setattr(summary, "metric_rows", forbidden)
-            real_run_job(pipeline, launched)
+            real_run_job(pipeline, launched, job)
         return None, None  # the launcher looks at no result, as a detached launch
 
     monkeypatch.setattr(launch, "run_job", detached)
