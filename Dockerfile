@@ -3,7 +3,7 @@
 # job is built and executed by the same code with the same dependency versions.
 #   base: Beam's Python 3.11 SDK image at the Beam version setup.py pins, with the Flex Template
 #   launcher binary copied from Google's Python 3.11 launcher base image.
-# Built by cloudbuild.yaml; see "Deploy to Dataflow" in the README.
+# Built by cloudbuild.yaml; see docs/dataflow.md ("Release a partner's template").
 ARG BEAM_VERSION=2.77.0
 ARG LAUNCHER_TAG=flex_templates_base_image_release_20260122_RC00
 

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", action="append",
                         help="export file or glob (local or gs://); repeat for several")
     parser.add_argument("--output", required=True, help="output directory (local or gs://)")
-    parser.add_argument("--overwrite", action="store_true",
+    parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=option_types.switch("--overwrite"),
+                        metavar="true|false",
                         help="replace the run the output folder holds, and everything else in it "
                              "(without it such a folder is refused)")
     parser.add_argument("--max-dead-letter-ratio", "--max_dead_letter_ratio", type=option_types.DEAD_LETTER_RATIO,

@@ -29,6 +29,7 @@ GCS_PATH = r"^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](/[^\r\n]*)?$"
 PARAMETERS = {
     "input": "Input export (gs:// path or glob)",
     "output": "Output folder (gs://)",
+    "overwrite": "Replace the run the output folder holds",
     "partner": "Partner",
     "as_of": "As-of date",
     "endpoint_url": "Partner endpoint URL",
@@ -41,7 +42,6 @@ PARAMETERS = {
     "log_format": "Log format",
 }
 NOT_PARAMETERS = {
-    "overwrite": "a template launch never replaces a run: each run gets its own output folder",
     "partner_config": "a template is built for one partner file, the one in its image",
     "heartbeat_seconds": "progress lines of a run in this process; Dataflow shows progress on the job page",
     "retry_failed": "a day-two re-run started from a workstation or scheduler (docs/day-two.md)",

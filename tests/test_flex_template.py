@@ -20,6 +20,7 @@ VALID = {
     "max_dead_letter_ratio": ["0.05", "0", "1", "0.5", ".25", "1.0"],
     "features_only": ["true", "false"],
     "skip_preflight": ["false", "true"],
+    "overwrite": ["true", "false"],
 }
 INVALID = {
     "input": ["/home/me/export.csv", "gs://", "s3://acme/x.csv", "gs://Acme/x.csv"],
@@ -30,8 +31,10 @@ INVALID = {
     "max_dead_letter_ratio": ["1.5", "-0.1", "2", "5%", "0,05"],
     "features_only": ["yes", "1", "True", ""],
     "skip_preflight": ["no"],
+    "overwrite": ["yes"],
 }
-CLI_CHECKED = {"as_of", "endpoint_url", "auth_secret", "max_dead_letter_ratio", "features_only", "skip_preflight"}
+CLI_CHECKED = {"as_of", "endpoint_url", "auth_secret", "max_dead_letter_ratio", "features_only", "skip_preflight",
+               "overwrite"}
 
 
 def params(partner: str) -> dict[str, dict]:

@@ -189,7 +189,10 @@ def test_bad_partner_file_is_one_line_naming_file_and_field(text, message, tmp_p
 
 def test_partner_docs_hold_the_generated_partner_schema():
     readme = (ROOT / "docs" / "partners.md").read_text()
-    assert schema_markdown() in readme, "run `python -m lantern.partner` and paste its table into docs/partners.md"
+    assert readme.count(schema_markdown()) == 1, \
+        "run `python -m lantern.partner` and paste its table, once, into docs/partners.md"
+    for line in schema_markdown().splitlines()[-1:]:
+        assert readme.count(line) == 1, f"docs/partners.md repeats: {line[:60]}"
 
 
 def test_headerless_partner(server_url, tmp_path):
