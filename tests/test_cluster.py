@@ -1,10 +1,11 @@
 """The product on a cluster: Beam's portable job server and an external worker pool on loopback.
 
 The jobs run in other processes than their launcher (``tests/cluster.py``), over
-the Fn API, as on Dataflow, and nobody waits on them: each launcher is a
-subprocess run with ``--detach``, as a scheduler would start it, and exits once
-its job is submitted. The tests read only what a scheduler can see: the output
-folder, the exit codes and ``python -m beam_pipeline wait``.
+the Fn API, as on Dataflow, and nobody waits on them: each is launched with
+``--detach`` and the launch returns once the job is submitted (the last test's
+launcher is a subprocess, as a scheduler would start it, and exits while its
+job runs). The tests read only what a scheduler can see: the output folder, the
+exit codes and ``python -m beam_pipeline wait``.
 """
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ def own_tmpdir(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", None)
 
 
+@contextlib.contextmanager
+def _removed(path: Path):
+    """Deletes ``path`` on the way out, whatever happened."""
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def launch(cluster, *args: str, env: dict | None = None) -> subprocess.Popen:
     """``python -m beam_pipeline ARGS`` on the cluster, as a scheduler would start it."""
     cmd = [sys.executable, "-m", "beam_pipeline", "--as-of", AS_OF, "--heartbeat-seconds", "0",
@@ -55,20 +65,6 @@ def launch(cluster, *args: str, env: dict | None = None) -> subprocess.Popen:
 def finished(proc: subprocess.Popen, cluster, timeout: float = 120) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err + ("" if proc.returncode in (0, 2, 3, 4) else cluster.log_tail())
-
-
-def job_record(output: Path, timeout: float = 60):
-    """The pending run's job record, once the runner has accepted the job."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for staging in output.glob("_staging-*"):
-            path = staging / "job.json"
-            if path.exists():
-                record = from_text(path.read_text())
-                if record.job_id:
-                    return record
-        time.sleep(0.1)
-    raise AssertionError(f"no job record with a job id in {output} after {timeout}s")
 
 
 def waited(output: Path, capsys, *args: str) -> tuple[int, str, str]:
@@ -89,11 +85,7 @@ def same_outputs(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def detached(tmp_path_factory, cluster, server_url, small_export):
-    """The module's runs, all launched with --detach at once (the cluster runs them side by side).
-
-    name -> (launcher's exit code, its stdout, output folder). What a scheduler could
-    see the moment the first launcher had exited is kept under "seen".
-    """
+    """The module's runs, each launched with --detach (the cluster runs them side by side): name -> output."""
     base = tmp_path_factory.mktemp("detached")
     (base / "tmp").mkdir()
     # The launcher has the partner's key; the cluster's workers do not: that job fails where it calls.
@@ -107,60 +99,22 @@ def detached(tmp_path_factory, cluster, server_url, small_export):
         "held_back": ["--input", str(small_export), "--endpoint-url", server_url, "--max-dead-letter-ratio", "0.001"],
         "failing": ["--input", str(small_export), "--partner-config", str(keyed)],
     }
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TMPDIR", str(base / "tmp"))
-        patch.setattr(tempfile, "tempdir", None)
-        procs = {name: launch(cluster, *args, "--output", str(base / name), "--detach",
-                              env={"LANTERN_TEST_KEY": "launcher-only"})
-                 for name, args in runs.items()}
-    seen = {}
-    try:
-        code, out, err = finished(procs["generated"], cluster)
-        assert code == 0, err
-        # The launcher has exited; the job has not ended.
-        record = from_text(next((base / "generated").glob("_staging-*/job.json")).read_text())
-        seen["state"] = jobs.state_of(record).state
-        seen["run_json"] = sorted(p.name for p in (base / "generated").rglob("run.json"))
-        seen["record"] = record
-        # A file that lands in the input folder after the launch is not the run's input.
-        late.write_text(small_export.read_text(encoding="utf-8").replace("M-BAD", "M-LATE"), encoding="utf-8")
-        # A second launch into the output of the pending run is refused, --overwrite or not.
-        with contextlib.redirect_stderr(io.StringIO()) as refused:
-            second = cli.main(["--input", str(small_export), "--output", str(base / "generated"), "--overwrite",
-                               "--features-only", "--detach", *cluster.beam_args()])
-        seen["second"] = (second, "", refused.getvalue())
-        launched = {"generated": (code, out, base / "generated"), "seen": seen}
-        for name in ("bundled", "held_back", "failing"):
-            code, out, err = finished(procs[name], cluster)
-            launched[name] = (code, out, base / name)
+    launched = {}
+    with _removed(late):
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()):
+            patch.setenv("TMPDIR", str(base / "tmp"))
+            patch.setattr(tempfile, "tempdir", None)
+            patch.setenv("LANTERN_TEST_KEY", "launcher-only")
+            for name, args in runs.items():  # in this process: the last test launches as a scheduler would
+                code, record = cli.run(["--as-of", AS_OF, "--heartbeat-seconds", "0", "--log-level", "WARNING",
+                                        *args, "--output", str(base / name), "--detach", *cluster.beam_args()])
+                assert code == 0 and record["job_id"], record
+                launched[name] = base / name
+                if name == "generated":
+                    # A file that lands in the input folder after the launch is not the run's input.
+                    late.write_text(small_export.read_text(encoding="utf-8").replace("M-BAD", "M-LATE"),
+                                    encoding="utf-8")
         yield launched
-    finally:
-        late.unlink(missing_ok=True)
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-
-
-def test_a_detached_launch_exits_before_its_job_ends_and_prints_where_the_run_will_appear(cluster, detached):
-    code, out, output = detached["generated"]
-    seen = detached["seen"]
-    record = seen["record"]
-    assert code == 0
-    assert out.splitlines() == [
-        f"submitted: run {record.run_id}, job {record.job_id} on PortableRunner at {cluster.job_endpoint}",
-        f"outputs: {output} once the run is published (run.json last); a run held back stays in "
-        f"{output}/_staging-{record.run_id}",
-        f"wait for it: python -m beam_pipeline wait {output}",
-    ]
-    assert (record.detached, record.job_endpoint) == (True, cluster.job_endpoint)
-    assert seen["state"] in ("STARTING", "RUNNING")
-    assert seen["run_json"] == []
-    code, stdout, stderr = seen["second"]
-    assert (code, stdout) == (2, "")
-    assert stderr.startswith(f"error: output {output} has run {record.run_id} pending (job {record.job_id} on "
-                             f"PortableRunner at {cluster.job_endpoint}: ")
-    assert stderr.count("\n") == 1
 
 
 def test_detached_runs_equal_the_local_runners_digit_for_digit(detached, server_url, small_run, tmp_path, capsys):
@@ -170,17 +124,17 @@ def test_detached_runs_equal_the_local_runners_digit_for_digit(detached, server_
     assert code == 0, summary
     local = {"bundled": tmp_path / "bundled", "generated": small_run[2]}  # small_run read small_export alone
     for name, local_output in local.items():
-        output = detached[name][2]
+        output = detached[name]
         code, stdout, stderr = waited(output, capsys)
         assert (code, stderr) == (0, "")
         assert stdout.startswith(f"outputs: {output} (results/")
         same_outputs(output, local_output)
         assert sorted(p.name for p in output.iterdir()) == ["dead_letter", "results", "run.json"]
-    assert json.loads((detached["generated"][2] / "run.json").read_text())["accounting"]["members_ok"] > 0
+    assert json.loads((detached["generated"] / "run.json").read_text())["accounting"]["members_ok"] > 0
 
 
 def test_a_detached_run_past_the_dead_letter_limit_ends_wait_with_exit_4_and_nothing_published(detached, capsys):
-    _, _, output = detached["held_back"]
+    output = detached["held_back"]
     code, stdout, stderr = waited(output, capsys)
     assert code == 4
     assert "NOT published" in stdout
@@ -192,8 +146,7 @@ def test_a_detached_run_past_the_dead_letter_limit_ends_wait_with_exit_4_and_not
 
 
 def test_a_detached_job_that_fails_ends_wait_with_exit_1_and_the_runners_error(detached, capsys, monkeypatch):
-    code, _, output = detached["failing"]
-    assert code == 0  # submitted: the job fails later, where its workers call
+    output = detached["failing"]  # submitted, exit 0: the job fails later, where its workers call
     monkeypatch.setattr(wait, "SETTLE_S", 1.0)
     code, stdout, stderr = waited(output, capsys)
     assert (code, stdout) == (1, "")
@@ -207,22 +160,40 @@ def test_a_detached_job_that_fails_ends_wait_with_exit_1_and_the_runners_error(d
     assert not (output / "run.json").exists() and not (output / "results").exists()
 
 
-def test_a_job_killed_mid_run_leaves_nothing_that_looks_complete(cluster, export, tmp_path, capsys, monkeypatch):
+def test_a_detached_launch_ends_before_its_job_a_second_launch_is_refused_and_a_killed_job_leaves_nothing_complete(
+        cluster, export, tmp_path, capsys, monkeypatch):
     """The module's last test: the cluster dies with the job."""
     out = tmp_path / "out"
-    # Every call takes 100 ms: the job is still calling when its cluster dies.
-    with uvicorn_server(env={"FAULT_LATENCY_MS": "100"}) as slow:
-        code, _, err = finished(launch(cluster, "--input", str(export), "--output", str(out), "--endpoint-url", slow,
-                                       "--detach"), cluster)
+    # Every call takes 300 ms: the job is still calling when the launcher has long exited, and when its cluster dies.
+    with uvicorn_server(env={"FAULT_LATENCY_MS": "300"}) as slow:
+        code, printed, err = finished(launch(cluster, "--input", str(export), "--output", str(out),
+                                             "--endpoint-url", slow, "--detach"), cluster)
         assert code == 0, err
-        record = job_record(out)
+        # The launcher has exited; its job has not ended, and says where the run will appear.
+        record = from_text(next(out.glob("_staging-*/job.json")).read_text())
+        staging = out / f"_staging-{record.run_id}"
+        assert not jobs.state_of(record).terminal
+        assert printed.splitlines() == [
+            f"submitted: run {record.run_id}, job {record.job_id} on PortableRunner at {cluster.job_endpoint}",
+            f"outputs: {out} once the run is published (run.json last); a run held back stays in {staging}",
+            f"wait for it: python -m beam_pipeline wait {out}",
+        ]
+        assert (record.detached, record.job_endpoint) == (True, cluster.job_endpoint)
+
+        # A second launch into the output of the pending run is refused, --overwrite or not.
+        code = cli.main(["--input", str(export), "--output", str(out), "--overwrite", "--features-only", "--detach",
+                         *cluster.beam_args()])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1
+        assert err.startswith(f"error: output {out} has run {record.run_id} pending (job {record.job_id} on "
+                              f"PortableRunner at {cluster.job_endpoint}: ")
+
         deadline = time.monotonic() + 60
         while jobs.state_of(record).state != "RUNNING" and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1)  # the worker is starting, or calling
         assert not jobs.state_of(record).terminal
         cluster.kill()
-    staging = out / f"_staging-{record.run_id}"
     assert sorted(p.name for p in out.iterdir()) == [staging.name]
     assert not (staging / "run.json").exists()
 
