@@ -310,14 +310,17 @@ def _state_name(state: Any) -> str:
 
 
 def _dataflow_job_by_name(client: Any, record: JobRecord) -> str | None:
-    """The newest job with the record's name created since it was submitted (a Flex Template launch)."""
+    """The newest job created since the launch that carries the run's ``run_id`` label, or else the record's
+    job name (a Flex Template launch: ``gcloud dataflow flex-template run NAME`` may name the job itself)."""
     from google.cloud import dataflow as dataflow_api
 
     since = dt.datetime.fromisoformat(record.submitted_at) - dt.timedelta(minutes=5)
+    run_label = dataflow.labels("", record.run_id, None)["run_id"]
     request = dataflow_api.ListJobsRequest(project_id=record.project, location=record.region,
                                            filter=dataflow_api.ListJobsRequest.Filter.ALL)
-    found = [job for job in client._jobs_client.list_jobs(request)
-             if job.name == record.job_name and _created(job) >= since]
+    found = [job for job in client._jobs_client.list_jobs(request)  # apiclient has no public listing
+             if _created(job) >= since
+             and (dict(getattr(job, "labels", None) or {}).get("run_id") == run_label or job.name == record.job_name)]
     return max(found, key=_created).id if found else None
 
 

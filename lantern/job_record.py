@@ -44,8 +44,9 @@ class JobRecord(Record):
     job_endpoint: str | Absent = Field(None, description="PortableRunner: the job service (HOST:PORT)")
     project: str | Absent = Field(None, description="DataflowRunner: the Google Cloud project")
     region: str | Absent = Field(None, description="DataflowRunner: the job's region")
-    job_name: str | Absent = Field(None, description="DataflowRunner: the job's name (found by it when a Flex "
-                                                     "Template launch could not learn the job id)")
+    job_name: str | Absent = Field(None, description="DataflowRunner: the job's name as launched; with the run's "
+                                                     "run_id label, how a Flex Template's job is found (its launcher "
+                                                     "cannot learn the job id)")
     error: str | Absent = Field(None, description="set by a launcher that saw its job fail, or was stopped, before "
                                                   "the run ended: the one-line reason")
 

@@ -94,11 +94,17 @@ def test_a_flex_template_job_is_found_by_its_name(dataflow_api):
     now = dt.datetime.now(dt.timezone.utc)
     listed = [types.SimpleNamespace(id="old", name="lantern-default-r1", create_time=now - dt.timedelta(days=1)),
               types.SimpleNamespace(id="other", name="someone-else", create_time=now),
-              types.SimpleNamespace(id="new", name="lantern-default-r1", create_time=now)]
+              types.SimpleNamespace(id="new", name="lantern-default-r1", create_time=now - dt.timedelta(seconds=5))]
     fake = FakeDataflow({"new": "JOB_STATE_DONE"}, listed=listed)
     state = jobs.state_of(dataflow_record(), dataflow_client=lambda r: fake)
     assert state.state == "DONE"
     assert fake.asked == [("list_jobs", "p", "europe-west1"), ("get_job", "new")]
+
+    # gcloud named the job itself: the run_id label the launch put on the job finds it.
+    fake.listed.append(types.SimpleNamespace(id="named", name="acme-2026-11-24", labels={"run_id": "r1"},
+                                             create_time=now))
+    fake.jobs_by_id["named"] = "JOB_STATE_RUNNING"
+    assert jobs.state_of(dataflow_record(), dataflow_client=lambda r: fake).state == "RUNNING"
 
 
 def test_a_flex_template_job_not_listed_yet_is_being_submitted_until_the_grace_ends(dataflow_api):
