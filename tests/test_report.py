@@ -200,8 +200,10 @@ def test_every_step_is_in_the_step_chart_and_untimed_ones_say_so(tmp_path):
     fig = charts.fig_steps(run)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert labels == ["parse"] and "not timed by this runner" in texts
+    assert labels == ["parse"] and "not timed: the launcher did not wait for the job" in texts
     assert fig.axes[0].get_xlabel() == "seconds"
+    run.summary["launcher_wall_seconds"] = 61.0  # a launcher that waited, on a runner without step times
+    assert "not timed by this runner" in [t.get_text() for ax in charts.fig_steps(run).axes for t in ax.texts]
 
 
 def test_every_chart_axis_has_a_label(built):

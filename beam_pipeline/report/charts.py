@@ -136,6 +136,15 @@ def _thousands(value, _position) -> str:
     return f"{value:,.0f}"
 
 
+def untimed_reason(summary: dict) -> str:
+    """Why a step has no seconds: the runner reported no time for it, or nobody waited for the job
+    (step times come from the runner's metrics, which only a launcher that waits adds to run.json)."""
+    steps = summary.get("steps") or []
+    if steps and all(s.get("seconds") is None for s in steps) and "launcher_wall_seconds" not in summary:
+        return "not timed: the launcher did not wait for the job"
+    return "not timed by this runner"
+
+
 def fig_steps(run: Run):
     """Time per step (every step; an untimed one says so), and each step's rate in a panel of its own
     unit: rows/s, accumulators/s and members/s are not comparable on one axis."""
@@ -154,8 +163,9 @@ def fig_steps(run: Run):
         return fig
     names = [s["name"] for s in steps]
     seconds = [s["seconds"] if s.get("seconds") is not None else 0 for s in steps]
+    untimed = untimed_reason(run.summary)
     drawn = top.barh(names, seconds, color=["#1565c0" if s.get("seconds") is not None else "#bdbdbd" for s in steps])
-    top.bar_label(drawn, [f"{s['seconds']:.3f} s" if s.get("seconds") is not None else "not timed by this runner"
+    top.bar_label(drawn, [f"{s['seconds']:.3f} s" if s.get("seconds") is not None else untimed
                           for s in steps], padding=3)
     top.invert_yaxis()
     top.set_xlim(0, (max(seconds) or 1) * 1.3)

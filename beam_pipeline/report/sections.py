@@ -118,7 +118,7 @@ def section_steps(run: Run, img) -> str:
     summary = run.summary
     steps = summary.get("steps") or []
     step_rows = [[e(s["name"]), num(s["elements"]), e(s["unit"]),
-                  num(s["seconds"], 3) if s.get("seconds") is not None else "not timed",
+                  num(s["seconds"], 3) if s.get("seconds") is not None else e(charts.untimed_reason(summary)),
                   num(s.get("per_second"))] for s in steps]
     source = next((s.get("seconds_source") for s in steps if s.get("seconds_source")), None)
     note = {"execution_time": "Seconds are Beam's execution time of each step, excluding the steps after it.",
