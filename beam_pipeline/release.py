@@ -1,7 +1,8 @@
 """What a release checks before a partner's template goes live: the smoke run's verdict.
 
 ``cloudbuild.yaml`` smoke-runs the versioned template on a small export, fetches the
-``run.json`` the job published, and runs this on it (step ``verdict``). The smoke run
+``run.json`` the job published, reads it with ``python -m beam_pipeline wait`` (exit 0 only
+for a published run with no FAILED member) and runs this on it (step ``verdict``). The smoke run
 passes only when it is the partner's run, it published (``run.json`` at the output's
 top level, never ``published: false``), it ended with exit code 0 (no FAILED member,
 under the dead-letter limit) and its accounting closes: every row read is a
@@ -9,7 +10,7 @@ transaction, a member-only row or a dead letter, and every member has exactly on
 status. Only then is the ``--passed`` marker written, and the ``promote`` step
 refuses to copy the template to its live name without it.
 
-    python -m beam_pipeline.release verdict build/smoke-run.json --partner acme_rewards --passed build/smoke-passed
+    python -m beam_pipeline.release verdict build/smoke/run.json --partner acme_rewards --passed build/smoke-passed
 """
 from __future__ import annotations
 
