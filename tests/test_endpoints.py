@@ -242,3 +242,22 @@ def test_retried_attempts_add_up_on_the_wire(server):
         client.close()
     assert result.error is None and result.attempts == 2
     assert 0 < result.wire_ms <= result.latency_ms and result.wait_ms >= 0
+
+
+def test_the_dofns_of_a_process_share_one_client_closed_by_the_last(server):
+    import pickle
+
+    fn = E.CallEndpointsFn(load_named("default").with_endpoint_url(server.url))
+    copies = [pickle.loads(pickle.dumps(fn)) for _ in range(3)]  # as a worker process unpickles each instance
+    failed = pickle.loads(pickle.dumps(fn))
+    failed.teardown()  # an instance whose setup never ran lets go of nothing
+    for copy in copies:
+        copy.setup()
+    client = copies[0]._client
+    assert all(copy._client is client for copy in copies)
+    copies[0].teardown()
+    copies[0].teardown()  # twice: still one user fewer
+    assert not client.loop.loop.is_closed()
+    for copy in copies[1:]:
+        copy.teardown()
+    assert client.loop.loop.is_closed()

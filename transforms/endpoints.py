@@ -262,7 +262,10 @@ class CallEndpointsFn(TimedDoFn):
         self._max_pending = 8 if self._partner.endpoints.batch else max(64, 4 * calls.concurrency)
 
     def teardown(self):
-        self._shared_client.release(PartnerClient.close)
+        # Only an instance that holds the client lets go of it (a failed setup holds none).
+        if getattr(self, "_client", None) is not None:
+            self._client = None
+            self._shared_client.release(PartnerClient.close)
 
     def start_bundle(self):
         super().start_bundle()
