@@ -178,7 +178,7 @@ def sustained(row: dict) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", type=float, nargs="+", default=[5, 10, 20, 40, 80])
+    parser.add_argument("--rates", type=float, nargs="+", default=[1, 2, 5, 10, 20])
     parser.add_argument("--debounce", type=float, nargs="+", default=[0.0, 5.0])
     parser.add_argument("--seconds", type=float, default=30.0, help="publishing time per rate")
     parser.add_argument("--runs", type=int, default=1, help="runs per (debounce, rate); the table shows the median")

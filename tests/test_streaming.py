@@ -187,6 +187,7 @@ def test_bigquery_rows_and_schema_follow_the_parquet_schema():
     (["--streaming"], "exactly one of --subscription"),
     (["--streaming", "--input", "x.csv", "--subscription", "projects/p/subscriptions/s"], "exactly one of"),
     (["--streaming", "--subscription", "projects/p/subscriptions/s", "--idle-days", "0"], "must be > 0"),
+    (["--streaming", "--input", "x.csv", "--id-attribute", "txn"], "--id-attribute reads a Pub/Sub attribute"),
     (["--streaming", "--input", "x.csv", "--runner", "DataflowRunner"], "a streaming replay runs locally"),
     ([], "required: --input"),
 ])
