@@ -1,8 +1,9 @@
 """Benchmark results as data: each benchmark invocation saves one JSON file, and the tables in
-``docs/performance.md`` are generated from the newest file of each benchmark.
+``docs/performance.md`` (and ``docs/failure-handling.md``) are generated from the newest file of
+each benchmark.
 
-    python benchmarks/results.py            # regenerate docs/performance.md from benchmarks/results/
-    python benchmarks/results.py --check    # exit 1 if the page is not what the results give
+    python benchmarks/results.py            # regenerate the pages from benchmarks/results/
+    python benchmarks/results.py --check    # exit 1 if a page is not what the results give
 
 A results file holds the machine's facts (cores, memory, Python, load average before and
 after), the commit and the command, and the benchmark's rows: every run's figures, not
@@ -23,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "performance.md"
+DOCS = (DOC, ROOT / "docs" / "failure-handling.md")  # pages with generated tables
 _BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n).*?(<!-- end generated -->)", re.S)
 
 
@@ -133,18 +135,20 @@ def render(text: str, directory: Path = RESULTS) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if docs/performance.md is out of date")
+    parser.add_argument("--check", action="store_true", help="fail if a page is out of date")
     args = parser.parse_args(argv)
-    current = DOC.read_text()
-    wanted = render(current)
-    if args.check:
-        if wanted != current:
-            print(f"{DOC.relative_to(ROOT)} is out of date: run python benchmarks/results.py", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(wanted)
-    print(f"wrote {DOC.relative_to(ROOT)}")
-    return 0
+    stale = 0
+    for doc in DOCS:
+        current = doc.read_text()
+        wanted = render(current)
+        if args.check:
+            if wanted != current:
+                print(f"{doc.relative_to(ROOT)} is out of date: run python benchmarks/results.py", file=sys.stderr)
+                stale += 1
+            continue
+        doc.write_text(wanted)
+        print(f"wrote {doc.relative_to(ROOT)}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

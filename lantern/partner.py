@@ -213,7 +213,18 @@ class Auth(_Strict):
 
 class CallPolicy(_Strict):
     connect_timeout_s: float = Field(3.0, gt=0, description="TCP connect timeout per attempt")
-    read_timeout_s: float = Field(10.0, gt=0, description="read timeout per attempt")
+    read_timeout_s: float = Field(10.0, gt=0, description="longest wait for the next bytes of an answer, per read")
+    attempt_timeout_s: float = Field(
+        30.0, gt=0, description="longest one attempt may take in all: connect, send and the whole answer")
+    member_timeout_s: float = Field(
+        120.0, gt=0, description="longest a member's calls may take in all, across attempts and the waits "
+                                 "between them (not counting waits for a free slot)")
+    max_response_bytes: int = Field(
+        1_048_576, ge=1024, description="largest answer read, before and after decompression; a larger one "
+                                        "fails the call (not retried)")
+    redirects: Literal["none", "same_origin"] = Field(
+        "none", description="redirects followed: none, or same_origin (never another origin, which would "
+                            "receive the auth header)")
     retries: int = Field(8, ge=0, le=20, description="retries after the first attempt (429, 5xx, timeouts)")
     connect_retries: int = Field(
         2, ge=0, le=20, description="of those, retries when no connection can be made (refused, connect timeout)")

@@ -152,7 +152,7 @@ def test_a_host_that_refuses_connections_gets_only_the_connect_retries(client_fo
     assert (result.attempts, result.error) == (2, "ats: ConnectionError: connection refused")
 
 
-def test_calls_to_a_down_endpoint_are_held_back_and_to_a_healthy_one_never(server_url, client_for):
+def test_calls_to_a_down_endpoint_are_held_back_and_to_a_healthy_one_never(server_url, client_for, sleeps):
     down = client_for(f"http://127.0.0.1:{free_port()}", retries=0)
     results = [down.call("ats", FEATURES) for _ in range(40)]
     sent = [r for r in results if r.attempts]
@@ -162,6 +162,7 @@ def test_calls_to_a_down_endpoint_are_held_back_and_to_a_healthy_one_never(serve
     assert all(r.error == "ats: ConnectionError: connection refused" for r in sent)
     assert all(r.error == "ats: not sent: most calls are failing (last: ConnectionError: connection refused)"
                and r.latency_ms is None and r.value is None for r in held_back)
+    assert sleeps and set(sleeps) <= {0.1, 0.2, 0.4}  # a refused call waited and asked again before giving up
     healthy = client_for(server_url, retries=0)
     assert all(healthy.call("ats", FEATURES).attempts == 1 for _ in range(40))
 

@@ -14,7 +14,7 @@ congestion control and Netflix's concurrency-limits:
   success at first (slow start: it doubles every round trip), by one per round
   trip (one per ``limit`` successes) once congestion has been seen, and again
   by one per success after ``calm_s`` without congestion (it probes back up);
-- a dropped call (timeout, connection error, 429, 5xx) multiplies the limit by
+- a dropped call (no connection, 429, 5xx) multiplies the limit by
   ``drop_backoff``, a latency above the target by ``latency_backoff``, at most
   once per round trip, so a burst of failures from one overloaded moment
   counts once;
@@ -126,6 +126,7 @@ class Slots:
     def __init__(self, limit: AdaptiveLimit):
         self.limit = limit
         self.in_flight = 0
+        self.aside = 0  # holders no longer counted against the limit (stuck: see ``set_aside``)
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
     async def acquire(self, first: bool = True) -> int:
@@ -156,6 +157,24 @@ class Slots:
     def give_back(self) -> None:
         """Release a slot that was not used for a call (nothing to report to the limit)."""
         self._hand_back()
+
+    def set_aside(self) -> bool:
+        """Stop counting a holder that has been in flight far longer than calls take against the
+        limit: its slot goes to the next waiter while it runs on to its own deadline, so stuck
+        calls (an answer dripping in, a server that never answers) cannot take every slot. At most
+        ``max_limit`` holders are set aside at once: calls in flight stay under the limit plus
+        that. True when it was set aside; finish it with ``finish_aside``."""
+        if self.aside >= self.limit.max_limit:
+            return False
+        self.aside += 1
+        self._hand_back()
+        return True
+
+    def finish_aside(self, latency_s: float | None, in_flight: int, dropped: bool) -> None:
+        """A set-aside holder is done: its latency (None: nothing to report) goes to the limit."""
+        self.aside -= 1
+        if latency_s is not None:
+            self.limit.sample(latency_s, in_flight, dropped)
 
     def _hand_back(self) -> None:
         self.in_flight -= 1

@@ -27,6 +27,7 @@ from transforms import progress
 from transforms.partner_client import (
     BATCH_REQUEST_FIELD,
     BatchAnswer,
+    Budget,
     CallResult,
     PartnerClient,
     offer_body,
@@ -48,14 +49,15 @@ async def decide_async(client: PartnerClient, features: dict) -> dict:
     try:
         partner = client.partner
         data = json.dumps(prediction_body(partner, features, client.wire)).encode()  # one body, sent twice
-        resp_call = asyncio.ensure_future(client.call_async("resp", data))  # in flight while ATS is
+        budget = Budget(client.policy.member_timeout_s)  # the member's time, shared by its three calls
+        resp_call = asyncio.ensure_future(client.call_async("resp", data, budget))  # in flight while ATS is
         try:
-            ats = await client.call_async("ats", data)
+            ats = await client.call_async("ats", data, budget)
         finally:
             resp = await resp_call
         offer = None
         if ats.error is None and resp.error is None:
-            offer = await client.call_async("offer", offer_body(partner, ats.value, resp.value))
+            offer = await client.call_async("offer", offer_body(partner, ats.value, resp.value), budget)
         return decision(ats, resp, offer)
     except Exception as exc:
         log.exception("unexpected error while calling the endpoints for one member")
@@ -157,8 +159,9 @@ async def _decide_request(client: PartnerClient, bodies: list[str]) -> dict[str,
     offer for the members whose two predictions both succeeded; ``decision``'s values as columns."""
     n = len(bodies)
     data = json_list_field(BATCH_REQUEST_FIELD, bodies)  # the same instances for ATS and RESP
-    ats_answer, resp_answer = await asyncio.gather(client.post_batch_async("ats", data, n),
-                                                   client.post_batch_async("resp", data, n))
+    budget = Budget(client.policy.member_timeout_s)  # the time of the request's members, as for one member
+    ats_answer, resp_answer = await asyncio.gather(client.post_batch_async("ats", data, n, budget),
+                                                   client.post_batch_async("resp", data, n, budget))
     ats, ats_errors, ats_latency, ats_attempts = _spread([ats_answer])
     resp, resp_errors, resp_latency, resp_attempts = _spread([resp_answer])
     ready = [i for i in range(n) if ats_errors[i] is None and resp_errors[i] is None]
@@ -168,7 +171,8 @@ async def _decide_request(client: PartnerClient, bodies: list[str]) -> dict[str,
     if ready:
         texts = client.offer_template.render([pa.array([ats[i] for i in ready], pa.float64()),
                                              pa.array([resp[i] for i in ready], pa.float64())]).to_pylist()
-        answer = await client.post_batch_async("offer", json_list_field(BATCH_REQUEST_FIELD, texts), len(texts))
+        answer = await client.post_batch_async("offer", json_list_field(BATCH_REQUEST_FIELD, texts), len(texts),
+                                               budget)
         for i, value, error, latency, attempts in zip(ready, *_spread([answer]), strict=True):
             offer[i], offer_errors[i], offer_latency[i], offer_attempts[i] = value, error, latency, attempts
             timing["OFFER_WAIT_MS"][i], timing["OFFER_WIRE_MS"][i] = answer.wait_ms, answer.wire_ms

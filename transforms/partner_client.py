@@ -17,26 +17,32 @@ import functools
 import json
 import math
 import random
-import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from apache_beam.io.components.adaptive_throttler import ReactiveThrottler
 from apache_beam.metrics import Metrics
 
 from lantern.json_columns import ObjectTemplate
 from lantern.partner import PartnerConfig
 from transforms import NAMESPACE, progress
+from transforms.call_throttle import CompletedCallThrottler
 from transforms.concurrency_limit import AdaptiveLimit, Slots
 from transforms.event_loop import LoopThread
 from transforms.rate_limit import RateLimiter
+from transforms.response_body import ACCEPT_ENCODING, BadEncoding, TooLarge, read_capped
 from transforms.thread_metrics import PooledMetrics
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_AFTER_STATUSES = frozenset({413, 429, 503})  # urllib3's: where a Retry-After header is honoured
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5  # same-origin hops followed, where the partner allows them
+STUCK_AFTER_S = 2.0  # at least: an attempt this long (and 10x the latency target) stops counting against the limit
+THROTTLED_RETRIES = 3  # a call the throttler refuses asks again after backoff_max_s, then 2x and 4x that
 INITIAL_LIMIT = 16  # calls in flight per endpoint before the first answers; slow start takes it from there
 KINDS = ("ats", "resp", "offer")
 # The batch routes' convention (Vertex AI, TF Serving): {"instances": [...]} -> {"predictions": [...]}.
@@ -200,6 +206,59 @@ def env_proxy(url: str) -> str | None:
 class _Answer(NamedTuple):
     status: int
     body: bytes
+    retry_after: float | None  # seconds a Retry-After header asks for, where honoured
+
+
+class Attempt(NamedTuple):
+    """What one attempt came to: an answer, or the reason there is none; whether to try again."""
+
+    answer: _Answer | None
+    failure: str | None
+    retry: bool  # a timeout, no connection, 429 or 5xx: worth another attempt, and a sign of overload
+    connect: bool = False  # no connection could be made (the separate connect-retry budget)
+
+
+class NotFollowed(ValueError):
+    """A redirect the client does not follow: to another origin, ever; to the same one, unless allowed."""
+
+
+def origin(url: str) -> str:
+    """scheme://host:port of ``url``, the port spelt out, so http://h and http://h:80 are one origin."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    except ValueError:
+        port = 0
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+class Budget:
+    """One member's time with an endpoint, against ``calls.member_timeout_s``: wall time while at
+    least one of its calls is on the wire or waiting to retry (ATS and RESP in parallel count
+    once), not while it waits for a slot or a rate-limit token (the client's own queue)."""
+
+    def __init__(self, total_s: float, clock: Callable[[], float] = time.monotonic):
+        self.total_s = total_s
+        self._clock = clock
+        self._spent = 0.0
+        self._active = 0
+        self._since = 0.0
+
+    def left(self) -> float:
+        running = self._clock() - self._since if self._active else 0.0
+        return self.total_s - self._spent - running
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        if not self._active:
+            self._since = self._clock()
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._spent += self._clock() - self._since
 
 
 class PartnerClient:
@@ -221,15 +280,10 @@ class PartnerClient:
         self._proxies = {url: env_proxy(url) for url in (*self.urls.values(), *self.batch_urls.values())}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.connect_timeout_s,
                                               sock_read=policy.read_timeout_s)
-        headers = {"Content-Type": "application/json", **partner.auth_headers()}
-        self._throttlers = {
-            kind: ReactiveThrottler(
-                window_ms=60_000, bucket_ms=1_000, overload_ratio=2,
-                namespace=f"{NAMESPACE}.{kind}",
-            )
-            for kind in KINDS
-        } if policy.adaptive_throttling else {}
-        self._lock = threading.Lock()
+        auth = partner.auth_headers()
+        self._secrets = [value for value in auth.values() if value]
+        headers = {"Content-Type": "application/json", "Accept-Encoding": ACCEPT_ENCODING, **auth}
+        self._throttlers = {kind: CompletedCallThrottler() for kind in KINDS} if policy.adaptive_throttling else {}
         self._last_error: dict[str, str] = {}  # per endpoint, quoted when a call is held back
         rate = policy.rate_limit_per_s
         self._rate_limiter = RateLimiter(rate) if rate else None
@@ -291,137 +345,233 @@ class PartnerClient:
         """Endpoints that have been called at least once (an unused limit would only blur the metric)."""
         return [kind for kind in KINDS if self.limits[kind].floor_s is not None or self.limits[kind].decreases]
 
-    def _held_back(self, kind: str) -> CallResult | None:
-        """Client-side throttling (Beam's ReactiveThrottler, the SRE book's algorithm).
+    def _refused(self, kind: str) -> bool:
+        """Client-side throttling (``transforms.call_throttle``): whether to hold this call back now.
 
-        Once more than half of the recent calls to an endpoint failed even after
-        retries, each call is refused locally with the throttler's probability,
-        so a dead or drowning endpoint gets fewer requests and the run ends
-        instead of waiting out every member's retries. A healthy or merely
-        flaky endpoint (retries succeed) is never held back.
+        Only once more than half of the recent completed calls to the endpoint
+        failed even after retries; a healthy or merely flaky endpoint (retries
+        succeed) is never held back.
         """
         throttler = self._throttlers.get(kind)
-        if throttler is None:
-            return None
-        with self._lock:
-            refused = throttler.throttle_request(time.time() * 1000)
-        # Before any call has failed, requests still in flight look like failures to the
-        # throttler (concurrent first calls would refuse each other): never hold back then.
-        if not refused or kind not in self._last_error:
-            return None
-        self.outcomes[kind, "throttled"].inc()
-        last = self._last_error.get(kind, "")
-        return CallResult(None, None, 0, f"{kind}: not sent: most calls are failing (last: {last:.140})")
+        return throttler is not None and throttler.refuse()
 
-    def _failed(self, kind: str, latency: float, attempts: int, detail: str) -> CallResult:
+    def _completed(self, kind: str, accepted: bool) -> None:
+        throttler = self._throttlers.get(kind)
+        if throttler is not None:
+            throttler.completed(accepted)
+
+    def _failed(self, kind: str, latency: float | None, attempts: int, detail: str) -> CallResult:
+        detail = self._redact(detail)
         self._last_error[kind] = detail
         return CallResult(None, latency, attempts, f"{kind}: {detail}")
 
-    def _succeeded(self, kind: str, start: float) -> None:
-        throttler = self._throttlers.get(kind)
-        if throttler is not None:
-            with self._lock:
-                throttler.successful_request(start * 1000)
+    def _redact(self, text: str) -> str:
+        """A reason never carries the auth secret, even where an endpoint echoes it back."""
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
 
-    async def _attempt(self, kind: str, url: str, data: bytes, first: bool, timing: CallTiming) -> tuple:
-        """One attempt inside one of the endpoint's slots: (answer or None, transport failure,
-        whether it was a connect failure, the Retry-After seconds asked for), or a held-back
-        CallResult when the throttler refuses the call (decided once a slot is free, so calls
-        queued behind failing ones are held back too). ``timing`` gets the attempt's wait for
-        its slot and its time on the wire."""
+    async def _attempt(self, kind: str, url: str, data: bytes, first: bool, budget: Budget,
+                       timing: CallTiming) -> Attempt:
+        """One attempt: wait for one of the endpoint's slots, then go on the wire; never raises
+        for what the endpoint does (the Attempt says what happened). ``timing`` gets the
+        attempt's wait for its slot and its time on the wire."""
         slots = self.slots[kind]
         queued = time.perf_counter()
         in_flight = await slots.acquire(first)  # where an attempt waits for its slot
         waited = time.perf_counter() - queued
         timing.wait_s += waited
         self.wait_ms[kind].update(int(waited * 1000))
-        if first:
-            held_back = self._held_back(kind)
-            if held_back is not None:
-                slots.give_back()
-                return held_back, None, False, None
         t0 = time.perf_counter()
-        try:  # where the attempt is on the wire: from the request sent to the whole answer read
-            async with self.session.post(url, data=data, timeout=self._timeout, proxy=self._proxies[url]) as response:
-                body = await response.read()
-                status = response.status
-                wire = time.perf_counter() - t0
-                wait = (retry_after_s(response.headers.get("Retry-After"), self.policy.retry_after_max_s)
-                        if status in RETRY_AFTER_STATUSES else None)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            self._on_wire(kind, timing, time.perf_counter() - t0)
-            slots.release(time.perf_counter() - t0, in_flight, dropped=True)
-            reason, connect = describe_error(exc)
-            return None, reason, connect, None
-        except BaseException:  # cancelled: give the slot back all the same
-            slots.release(time.perf_counter() - t0, in_flight, dropped=False)
+        attempt = None
+        aside = False
+        # Where the attempt is on the wire: from the request sent to the whole answer read.
+        wire = asyncio.ensure_future(self._on_the_wire(url, data, budget))
+        try:
+            with budget.running():
+                done, _ = await asyncio.wait((wire,), timeout=self._stuck_after_s(kind))
+                if not done:  # stuck: its slot goes to the next call (see Slots.set_aside)
+                    aside = slots.set_aside()
+                attempt = await wire
+            return attempt
+        except BaseException:  # cancelled: so is the call
+            wire.cancel()
             raise
-        self._on_wire(kind, timing, wire)
-        slots.release(time.perf_counter() - t0, in_flight, dropped=status in RETRY_STATUSES)
-        return _Answer(status, body), None, False, wait
+        finally:  # cancelled too: the slot is given back
+            seconds = time.perf_counter() - t0
+            if attempt is not None:
+                self._on_wire(kind, timing, seconds)
+            self._give_back(slots, attempt, seconds, in_flight, aside)
 
     def _on_wire(self, kind: str, timing: CallTiming, seconds: float) -> None:
         timing.wire_s += seconds
         self.wire_ms[kind].update(int(seconds * 1000))
 
-    async def _post(self, kind: str, url: str, data: bytes) -> CallResult:
+    @staticmethod
+    def _give_back(slots: Slots, attempt: Attempt | None, latency: float, in_flight: int, aside: bool) -> None:
+        """The attempt's slot back, with what it says of the endpoint's load: 429 and 5xx, and no
+        connection, are overload signals; an attempt with no complete answer (a deadline, a reset, a
+        short body, bytes that are not HTTP) or a refused one (too large, a redirect) says nothing of
+        the other calls, and cutting the limit for it would let a few misbehaving members starve
+        the others."""
+        if attempt is None or attempt.answer is not None or attempt.connect:
+            sample, dropped = latency, attempt is not None and attempt.retry
+        else:
+            sample, dropped = None, False
+        if aside:
+            slots.finish_aside(sample, in_flight, dropped)
+        elif sample is None:
+            slots.give_back()
+        else:
+            slots.release(sample, in_flight, dropped=dropped)
+
+    def _stuck_after_s(self, kind: str) -> float:
+        """How long an attempt runs before it is taken to be stuck: far past what calls take."""
+        target = self.limits[kind].target_s()
+        return max(STUCK_AFTER_S, 10 * target) if target is not None else STUCK_AFTER_S
+
+    async def _on_the_wire(self, url: str, data: bytes, budget: Budget) -> Attempt:
+        """Send ``data`` and read the whole answer within the attempt's deadline (connect, send,
+        every byte of the body): the smaller of ``attempt_timeout_s`` and what the member has left."""
+        policy = self.policy
+        limit = min(policy.attempt_timeout_s, budget.left())
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                answer = await self._exchange(url, data)
+        except TimeoutError as exc:
+            if deadline.expired():
+                if limit < policy.attempt_timeout_s:
+                    why = f"member timeout: its calls took {policy.member_timeout_s:g} s (calls.member_timeout_s)"
+                else:
+                    why = f"attempt timeout: no complete answer within {limit:g} s (calls.attempt_timeout_s)"
+                return Attempt(None, f"ConnectionError: {why}", retry=True)
+            reason, connect = describe_error(exc)
+            return Attempt(None, reason, retry=True, connect=connect)
+        except (aiohttp.ClientError, OSError) as exc:
+            reason, connect = describe_error(exc)
+            return Attempt(None, reason, retry=True, connect=connect)
+        except NotFollowed as exc:
+            return Attempt(None, str(exc), retry=False)
+        except (TooLarge, BadEncoding) as exc:
+            return Attempt(None, str(exc), retry=False)
+        return Attempt(answer, None, retry=answer.status in RETRY_STATUSES)
+
+    async def _exchange(self, url: str, data: bytes) -> _Answer:
+        """POST and read the answer (size-capped); redirects only as the partner allows them:
+        never to another origin, so the auth header never goes anywhere else."""
+        policy = self.policy
+        for _ in range(MAX_REDIRECTS + 1):
+            proxy = self._proxies[url] if url in self._proxies else env_proxy(url)
+            async with self.session.post(url, data=data, timeout=self._timeout, proxy=proxy,
+                                         allow_redirects=False, auto_decompress=False) as response:
+                status = response.status
+                if status in REDIRECT_STATUSES:
+                    url = self._redirect_target(url, status, response.headers.get("Location"))
+                    continue
+                body = await read_capped(response, policy.max_response_bytes)
+                wait = (retry_after_s(response.headers.get("Retry-After"), policy.retry_after_max_s)
+                        if status in RETRY_AFTER_STATUSES else None)
+                return _Answer(status, body, wait)
+        raise NotFollowed(f"more than {MAX_REDIRECTS} redirects")
+
+    def _redirect_target(self, url: str, status: int, location: str | None) -> str:
+        """Where a redirect may be followed to, or NotFollowed saying why not."""
+        if not location:
+            raise NotFollowed(f"HTTP {status}: redirect without a Location not followed")
+        target = urljoin(url, location.strip())
+        where = origin(target)
+        if where != origin(url):
+            raise NotFollowed(f"HTTP {status}: redirect to {where[:120]} not followed (another origin)")
+        if self.policy.redirects != "same_origin":
+            raise NotFollowed(f"HTTP {status}: redirect to {where[:120]} not followed "
+                              "(same origin: calls.redirects: same_origin would follow it)")
+        return target
+
+    async def _post(self, kind: str, url: str, data: bytes, budget: Budget | None = None) -> CallResult:
         """POST with retries: the parsed JSON body as the value, or the reason it failed as the
         error, never an exception; with the call's wait for slots and time on the wire."""
         timing = CallTiming()
-        posted = await self._post_timed(kind, url, data, timing)
+        posted = await self._post_timed(kind, url, data, timing, budget)
         return posted if posted.latency_ms is None else timing.into(posted)  # None: never sent
 
-    async def _post_timed(self, kind: str, url: str, data: bytes, timing: CallTiming) -> CallResult:
+    async def _post_timed(self, kind: str, url: str, data: bytes, timing: CallTiming,
+                          budget: Budget | None) -> CallResult:
         """``_post``'s attempts. Budgets as urllib3's ``Retry``: ``retries`` in all, of which
-        at most ``connect_retries`` for connections that cannot be made."""
+        at most ``connect_retries`` for connections that cannot be made; and the member's time
+        (``budget``): no attempt starts, no wait is begun, that it could not finish."""
         policy = self.policy
+        budget = budget if budget is not None else Budget(policy.member_timeout_s)
         if self._rate_limiter is not None:
             wait = self._rate_limiter.reserve()
             if wait:  # waiting for a rate-limit token is client-side queueing too
                 timing.wait_s += wait
                 await pause(wait)
-        start = time.time()
+        refused = await self._wait_while_refused(kind, budget, timing)
+        if refused is not None:
+            return refused
         t0 = time.perf_counter()
         attempts = 0
         connect_left = min(policy.connect_retries, policy.retries)
         retries_left = policy.retries
+        gave_up = ""
         while True:
             attempts += 1
-            answer, failure, connect, retry_after = await self._attempt(kind, url, data, attempts == 1, timing)
-            if isinstance(answer, CallResult):
-                return answer
-            retry = answer is None or answer.status in RETRY_STATUSES
-            if retry and retries_left > 0 and not (connect and connect_left <= 0):
-                retries_left -= 1
-                connect_left -= connect
-                wait = retry_after or backoff_s(attempts, policy.backoff_s, policy.backoff_jitter_s,
-                                                policy.backoff_max_s)
-                if wait:
+            attempt = await self._attempt(kind, url, data, attempts == 1, budget, timing)
+            if not attempt.retry or retries_left <= 0 or (attempt.connect and connect_left <= 0):
+                break
+            wait = attempt.answer.retry_after if attempt.answer is not None else None
+            wait = wait or backoff_s(attempts, policy.backoff_s, policy.backoff_jitter_s, policy.backoff_max_s)
+            if budget.left() <= wait:
+                gave_up = f" (gave up: calls.member_timeout_s of {policy.member_timeout_s:g} s spent)"
+                break
+            retries_left -= 1
+            connect_left -= attempt.connect
+            if wait:
+                with budget.running():
                     await pause(wait)
-                continue
-            break
         latency = (time.perf_counter() - t0) * 1000
         if attempts > 1:
             self.retries[kind].inc(attempts - 1)
+        answer = attempt.answer
+        # A completed call for the throttler: accepted unless the endpoint was overloaded or unreachable.
+        self._completed(kind, accepted=not attempt.retry)
         if answer is None:
-            self.outcomes[kind, "exception"].inc()
-            return self._failed(kind, latency, attempts, f"{failure:.200}")
+            self.outcomes[kind, "http_error" if attempt.failure.startswith("HTTP ") else
+                          "bad_response" if not attempt.retry else "exception"].inc()
+            return self._failed(kind, latency, attempts, f"{attempt.failure:.200}{gave_up}")
         self.latency[kind].update(int(latency))
-        if answer.status not in RETRY_STATUSES:
-            # The backend handled the request: not a sign of overload, whatever the answer.
-            # (A 401 or 422 for every member must not make the throttler slow the run down.)
-            self._succeeded(kind, start)
         if answer.status != 200:
             self.outcomes[kind, "http_error"].inc()
             text = answer.body.decode("utf-8", "replace").replace("\n", " ")
-            return self._failed(kind, latency, attempts, f"HTTP {answer.status}: {text:.160}")
+            return self._failed(kind, latency, attempts, f"HTTP {answer.status}: {text:.160}{gave_up}")
         try:
             payload = json.loads(answer.body)
-        except ValueError:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
             self.outcomes[kind, "bad_response"].inc()
-            text = answer.body.decode("utf-8", "replace")
+            if isinstance(exc, RecursionError):
+                return self._failed(kind, latency, attempts, "bad response: JSON nested too deeply")
+            text = answer.body[:200].decode("utf-8", "replace")
             return self._failed(kind, latency, attempts, f"bad response: body is not JSON: {text!r:.60}")
         return CallResult(payload, latency, attempts, None)
+
+    async def _wait_while_refused(self, kind: str, budget: Budget, timing: CallTiming) -> CallResult | None:
+        """While the throttler refuses the call, wait and ask again (the endpoint may recover
+        meanwhile); a call still refused after ``THROTTLED_RETRIES`` waits is not sent. The
+        waits are client-side queueing (``timing``)."""
+        if not self._refused(kind):
+            return None
+        for n in range(THROTTLED_RETRIES):
+            wait = max(self.policy.backoff_max_s, 0.1) * 2 ** n
+            if budget.left() <= wait:
+                break
+            with budget.running():
+                await pause(wait)
+            timing.wait_s += wait
+            if not self._refused(kind):
+                return None
+        self.outcomes[kind, "throttled"].inc()
+        last = self._last_error.get(kind, "")
+        return CallResult(None, None, 0, f"{kind}: not sent: most calls are failing (last: {last:.140})")
 
     def _value(self, kind: str, item: Any) -> Any:
         """One member's answer: a prediction number, or an offer among the partner's offers."""
@@ -429,10 +579,11 @@ class PartnerClient:
             return check_offer(item, self.partner.endpoints.offer.offers)
         return check_prediction(item, getattr(self.partner.endpoints, kind).response_field)
 
-    async def call_async(self, kind: str, body: dict | bytes) -> CallResult:
-        """One member's call to a per-member route (``body`` as a dict or already as JSON)."""
+    async def call_async(self, kind: str, body: dict | bytes, budget: Budget | None = None) -> CallResult:
+        """One member's call to a per-member route (``body`` as a dict or already as JSON); ``budget``
+        is the member's time, shared by its calls (a budget of its own when not given)."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        posted = await self._post(kind, self.urls[kind], data)
+        posted = await self._post(kind, self.urls[kind], data, budget)
         if posted.error:
             return posted
         field = getattr(self.partner.endpoints, kind).response_field
@@ -445,14 +596,14 @@ class PartnerClient:
         self.outcomes[kind, "ok"].inc()
         return posted._replace(value=value)
 
-    async def post_batch_async(self, kind: str, data: bytes, count: int) -> BatchAnswer:
+    async def post_batch_async(self, kind: str, data: bytes, count: int, budget: Budget | None = None) -> BatchAnswer:
         """One request of ``count`` instances (``data``, already encoded) to a batch route.
 
         A failed request fails each of its members with the same reason; an item
         that is not a valid answer fails only its own member. Latency and attempts
         are the request's, shared by its members.
         """
-        posted = await self._post(kind, self.batch_urls[kind], data)
+        posted = await self._post(kind, self.batch_urls[kind], data, budget)
         failed = posted.error
         if not failed:
             try:
