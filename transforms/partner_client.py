@@ -284,6 +284,7 @@ class PartnerClient:
         self._secrets = [value for value in auth.values() if value]
         headers = {"Content-Type": "application/json", "Accept-Encoding": ACCEPT_ENCODING, **auth}
         self._throttlers = {kind: CompletedCallThrottler() for kind in KINDS} if policy.adaptive_throttling else {}
+        self._called: set[str] = set()  # endpoints with at least one attempt (active_kinds)
         self._last_error: dict[str, str] = {}  # per endpoint, quoted when a call is held back
         rate = policy.rate_limit_per_s
         self._rate_limiter = RateLimiter(rate) if rate else None
@@ -343,7 +344,7 @@ class PartnerClient:
 
     def active_kinds(self) -> list[str]:
         """Endpoints that have been called at least once (an unused limit would only blur the metric)."""
-        return [kind for kind in KINDS if self.limits[kind].floor_s is not None or self.limits[kind].decreases]
+        return [kind for kind in KINDS if kind in self._called]
 
     def _refused(self, kind: str) -> bool:
         """Client-side throttling (``transforms.call_throttle``): whether to hold this call back now.
@@ -377,6 +378,7 @@ class PartnerClient:
         for what the endpoint does (the Attempt says what happened). ``timing`` gets the
         attempt's wait for its slot and its time on the wire."""
         slots = self.slots[kind]
+        self._called.add(kind)
         queued = time.perf_counter()
         in_flight = await slots.acquire(first)  # where an attempt waits for its slot
         waited = time.perf_counter() - queued
