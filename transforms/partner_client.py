@@ -386,24 +386,20 @@ class PartnerClient:
         self.wait_ms[kind].update(int(waited * 1000))
         t0 = time.perf_counter()
         attempt = None
-        aside = False
-        # Where the attempt is on the wire: from the request sent to the whole answer read.
-        wire = asyncio.ensure_future(self._on_the_wire(url, data, budget))
+        aside = []  # set when the attempt is stuck: its slot goes to the next call (see Slots.set_aside)
+        stuck = asyncio.get_running_loop().call_later(
+            self._stuck_after_s(kind), lambda: slots.set_aside() and aside.append(True))
         try:
             with budget.running():
-                done, _ = await asyncio.wait((wire,), timeout=self._stuck_after_s(kind))
-                if not done:  # stuck: its slot goes to the next call (see Slots.set_aside)
-                    aside = slots.set_aside()
-                attempt = await wire
+                # Where the attempt is on the wire: from the request sent to the whole answer read.
+                attempt = await self._on_the_wire(url, data, budget)
             return attempt
-        except BaseException:  # cancelled: so is the call
-            wire.cancel()
-            raise
         finally:  # cancelled too: the slot is given back
+            stuck.cancel()
             seconds = time.perf_counter() - t0
             if attempt is not None:
                 self._on_wire(kind, timing, seconds)
-            self._give_back(slots, attempt, seconds, in_flight, aside)
+            self._give_back(slots, attempt, seconds, in_flight, bool(aside))
 
     def _on_wire(self, kind: str, timing: CallTiming, seconds: float) -> None:
         timing.wire_s += seconds
