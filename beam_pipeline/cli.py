@@ -22,6 +22,7 @@ from beam_pipeline import (
     beam_options,
     dataflow,
     dead_letter_limit,
+    incremental,
     inputs,
     jobs,
     launch,
@@ -100,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retry-failed", "--retry_failed", metavar="PREVIOUS_OUTPUT",
                         help="call the endpoints again for the FAILED members of this published run only "
                              "and write a complete new output (docs/day-two.md)")
+    parser.add_argument("--incremental-from", "--incremental_from", metavar="PREVIOUS_OUTPUT",
+                        help="fold today's --input into the member state of this published run and write "
+                             "results for every member of the merged state (docs/incremental.md)")
+    parser.add_argument("--changed-only", "--changed_only", action="store_true",
+                        help="with --incremental-from: call the endpoints only for members with rows today; "
+                             "the others keep the base run's decision (DECISION_CARRIED_OVER); wrong when the "
+                             "partner's models depend on the as-of date (docs/incremental.md)")
     streaming.add_arguments(parser)
     _underscore_spellings(parser)
     return parser
@@ -186,6 +194,12 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
     if dataflow.runs_on_dataflow(PipelineOptions(beam_args)) and not args.features_only:
         preflight.check_workers_can_reach(partner)
     launch.check_output(args.output, args.overwrite, beam_args)
+    if args.incremental_from and args.reader != BLOCKS:
+        raise ConfigError("usage: --incremental-from folds into the state with the blocks reader; drop --reader lines")
+    if args.changed_only and (args.features_only or not args.incremental_from):
+        raise ConfigError("usage: --changed-only needs --incremental-from and endpoint calls (not --features-only)")
+    state = incremental.plan([(f.path, f.size_bytes) for f in files], partner.name, args.output,
+                             args.incremental_from)
     if not (args.skip_preflight or args.features_only):
         preflight.check_endpoints(partner)
     logs.configure(args.log_level, args.log_format)
@@ -193,11 +207,15 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
 
     launched = launch.prepare(PipelineOptions(beam_args), partner.name, args.output, start, as_of=as_of.isoformat(),
                               detach=args.detach)
-    fields = summary.launch_fields(launched, partner, partner_source, as_of.isoformat(), files, vars(args))
-    plan = RunPlan(launched.run_id, launched.output, launched.staging, args.overwrite, fields, BatchAccountant(),
+    fields = summary.launch_fields(launched, partner, partner_source, as_of.isoformat(), files, vars(args),
+                                   incremental_from=state.base and (state.base.manifest.run_id, state.base.output))
+    accountant = incremental.StateAccountant(BatchAccountant(), state, launched.run_id, as_of.isoformat(),
+                                             partner.name, launched.staging)
+    plan = RunPlan(launched.run_id, launched.output, launched.staging, args.overwrite, fields, accountant,
                    dead_letter_max)
     job = JobConfig(tuple(files), layouts, partner, as_of, launched.staging, features_only=args.features_only,
-                    reader=args.reader, shards=shards_for(inputs.estimated_bytes(files)), plan=plan)
+                    reader=args.reader, shards=shards_for(inputs.estimated_bytes(files) + state.base_bytes), plan=plan,
+                    base_state=state.base_paths, carry_from=state.base.output if args.changed_only else None)
     total_bytes = sum(f.size_bytes for f in files)
     log.info("run %s: partner=%s input=%s (%d file(s), %s bytes) output=%s as_of=%s runner=%s",
              launched.run_id, partner.name, ",".join(patterns), len(files), f"{total_bytes:,}", launched.output,

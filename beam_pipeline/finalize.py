@@ -57,6 +57,7 @@ class Accounts:
     dead_letter_reasons: dict
     latency_ms: dict
     steps: list[dict]
+    fields: dict = dataclasses.field(default_factory=dict)  # more run.json fields (e.g. the member state's)
 
 
 class _HeldBackFilter(logging.Filter):
@@ -153,6 +154,7 @@ def _record(plan: RunPlan, accounts: Accounts, code: int, verdict: dead_letter_l
         dead_letter_limit=verdict.as_json() if verdict is not None else None,
         versions=package_versions(),
         published=True,
+        **accounts.fields,
     )
 
 

@@ -19,7 +19,7 @@ from lantern.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PARTS = ("results", "dead_letter", "metrics")
+PARTS = ("results", "dead_letter", "metrics", "state")  # state/: members' accumulators (docs/incremental.md)
 RUN_JSON = "run.json"
 PUBLISHING = "_publishing.json"  # in a staging folder: its publication has begun (room made in the output)
 

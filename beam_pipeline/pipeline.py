@@ -18,10 +18,21 @@ from beam_pipeline.finalize import Finalize, RunPlan
 from beam_pipeline.outputs import join
 from lantern.member_table import SHARDS
 from lantern.partner import PartnerConfig
+from lantern.state_manifest import STATE_DIR
 from transforms import NAMESPACE
+from transforms.carried_decisions import RECALL, CarryDecisions
 from transforms.endpoints import CallEndpoints
-from transforms.features import CombineMemberShardsFn, MemberFeaturesFn
+from transforms.features import (
+    STATE,
+    STATE_COUNTS,
+    UNCHANGED,
+    AccumulatorsFn,
+    CombineMemberShardsFn,
+    MemberFeaturesFn,
+    SummaryAndStateFn,
+)
 from transforms.input_files import FixedFiles, InputFile
+from transforms.member_state_io import ReadBaseState, WriteState
 from transforms.parquet_rows import WriteParquetRows
 from transforms.parse import DEAD_LETTER, FileLayout, ParseExport, ParseExportBlocks
 from transforms.results import (
@@ -52,6 +63,11 @@ FINALIZE = "Finalize"
 # The names of the run's counts and awaited writes, as the accountant reads them (beam_pipeline/accounting.py).
 ROWS, RESULT_STATS, DEAD_LETTER_REASONS = "rows", "results", "dead_letters"
 RESULTS, DEAD_LETTER_FILES = "results", "dead_letter"
+# The member state (docs/incremental.md): its write is awaited like the others; its counts are facts.
+STATE_FILES, STATE_FACTS, DECISIONS_CARRIED = "state", "state_members", "decisions_carried_over"
+READ_BASE_STATE = "ReadBaseState"
+WRITE_STATE = "WriteState"
+CARRY_DECISIONS = "CarryDecisions"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +83,8 @@ class JobConfig:
     reader: str = BLOCKS  # blocks: columnar parse and fold; lines: one element per line (the reference)
     shards: int = SHARDS  # member shards of the block reader's shuffle (lantern.member_table.shards_for)
     plan: RunPlan | None = None  # the last step's (beam_pipeline.finalize); None builds the job without it
+    base_state: tuple[str, ...] = ()  # --incremental-from: the base state's files, folded in with today's rows
+    carry_from: str | None = None  # --changed-only: the base run's results, whose decisions unchanged members keep
 
 
 class ExportBlockSource(FixedFiles, FileBasedSource):
@@ -218,27 +236,38 @@ class DecideOffers(beam.PTransform):
 
 
 class MemberFeatures(beam.PTransform):
-    """(member, value) -> (member, summary) with ``MemberFeaturesFn``.
+    """(member, value) -> (member, summary) with ``MemberFeaturesFn`` (output ``members``), and each
+    member's accumulator for ``state/`` (output ``STATE``).
 
     The line reader's values are rows: ``CombinePerKey`` lifts the combine so rows are folded
     before the shuffle. The block reader has already folded each bundle into one packed
-    accumulator per member and sends them in batches by member shard: the shuffle groups the
-    batches by shard, and each shard's members are merged and summarised in one call.
+    accumulator per member and sends them in batches by member shard (a base state's too,
+    marked as such): the shuffle groups the batches by shard, and each shard's members are
+    merged and summarised in one call.
     """
 
-    def __init__(self, fn: MemberFeaturesFn, prefolded: bool, batched: bool = False):
+    def __init__(self, fn: MemberFeaturesFn, prefolded: bool, batched: bool = False, changed_only: bool = False):
         super().__init__()
         self._fn = fn
         self._prefolded = prefolded
         self._batched = batched
+        self._changed_only = changed_only
 
     def expand(self, values):
         if not self._prefolded:
-            return values | "Combine" >> beam.CombinePerKey(self._fn)
-        combine = beam.ParDo(CombineMemberShardsFn(self._fn, batched=self._batched))
+            return (
+                values
+                | "Combine" >> beam.CombinePerKey(AccumulatorsFn(self._fn))
+                | "Summarise" >> beam.ParDo(SummaryAndStateFn(self._fn)).with_outputs(STATE, STATE_COUNTS,
+                                                                                     main="members")
+            )
+        combine = beam.ParDo(CombineMemberShardsFn(self._fn, batched=self._batched, changed_only=self._changed_only))
         if self._batched:
             combine = combine.with_output_types(pa.Table)  # transforms.table_coder: no pickling to size them
-        return values | "Group" >> beam.GroupByKey() | "Combine" >> combine
+        out = values | "Group" >> beam.GroupByKey() | "Combine" >> combine.with_outputs(STATE, UNCHANGED,
+                                                                                      STATE_COUNTS, main="members")
+        out[STATE].element_type = pa.Table  # the shards' state tables travel with the table coder too
+        return out
 
 
 def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
@@ -251,7 +280,8 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
     # requests anyway). No Beam step and no Python object per member in between.
     batched = job.reader == BLOCKS and (job.features_only or partner.endpoints.batch)
     count_members = beam.ParDo(CountMembersFn(batched))
-    to_result_row = beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of))
+    carrying = job.carry_from is not None
+    to_result_row = beam.ParDo(ToResultRowFn(columns, partner.name, job.as_of, carried_column=carrying))
     if batched:  # tables of members from the combine to the results
         count_members = count_members.with_output_types(pa.Table)
         to_result_row = to_result_row.with_output_types(pa.Table)
@@ -261,25 +291,39 @@ def build_pipeline(p: beam.Pipeline, job: JobConfig) -> None:
         | PARSE >> parse(job.layouts, partner.input.delimiter, partner.input.timestamp_formats, job.as_of,
                          type_codes=partner.input.type_codes())
     )
-    members = (
-        parsed.transactions
-        | MEMBER_FEATURES >> MemberFeatures(MemberFeaturesFn(job.as_of, partner.feature_names), job.reader == BLOCKS,
-                                            batched)
-        | "CountMembers" >> count_members
-    )
-    results = members | DECIDE_OFFERS >> DecideOffers(partner, job.features_only, batched) | TO_RESULT_ROW >> to_result_row
+    transactions = parsed.transactions
+    if job.base_state:  # --incremental-from: the base's accumulators join today's in the shuffle
+        base = p | READ_BASE_STATE >> ReadBaseState(job.base_state, job.shards).with_output_types(tuple[int, bytes])
+        transactions = (transactions, base) | "WithBaseState" >> beam.Flatten()
+    features = transactions | MEMBER_FEATURES >> MemberFeatures(
+        MemberFeaturesFn(job.as_of, partner.feature_names), job.reader == BLOCKS, batched, changed_only=carrying)
+    members = features.members | "CountMembers" >> count_members
+    carried = None
+    if carrying:  # --changed-only: members without rows today keep the base run's decision
+        carried = features[UNCHANGED] | CARRY_DECISIONS >> CarryDecisions(
+            join(job.carry_from, "results", "*.parquet"), partner.feature_names, batched, job.shards)
+        members = (members, carried[RECALL]) | "WithRecalled" >> beam.Flatten()
+    decided = members | DECIDE_OFFERS >> DecideOffers(partner, job.features_only, batched)
+    if carried is not None:
+        decided = (decided, carried.carried) | "WithCarried" >> beam.Flatten()
+    results = decided | TO_RESULT_ROW >> to_result_row
     written = {
         RESULTS: results | WRITE_RESULTS >> WriteParquetRows(join(job.staging, "results", "part"),
-                                                             results_schema(partner.feature_names)),
+                                                             results_schema(partner.feature_names, carrying)),
         DEAD_LETTER_FILES: parsed[DEAD_LETTER] | WRITE_DEAD_LETTERS >> WriteParquetRows(
             join(job.staging, "dead_letter", "part"), DEAD_LETTER_SCHEMA),
+        STATE_FILES: features[STATE] | WRITE_STATE >> WriteState(join(job.staging, STATE_DIR, "part")),
     }
     if job.plan is None:
         return
     counts = {
         ROWS: (parsed[COUNTS], SumCountsFn()),
-        MEMBERS_WITH_FEATURES: (members, CountRowsFn()),
+        MEMBERS_WITH_FEATURES: (members if carried is None else (members, carried.carried) | "WithCarriedMembers"
+                                >> beam.Flatten(), CountRowsFn()),
+        STATE_FACTS: (features[STATE_COUNTS], SumCountsFn()),
         RESULT_STATS: (results, ResultStatsFn()),
         DEAD_LETTER_REASONS: (parsed[DEAD_LETTER], ValueCountsFn("REASON")),
     }
+    if carried is not None:
+        counts[DECISIONS_CARRIED] = (carried.carried, CountRowsFn())
     p | FINALIZE >> Finalize(job.plan, counts, written)

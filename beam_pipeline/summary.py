@@ -248,10 +248,11 @@ def launch_fields(
     inputs: Iterable[tuple],
     cli_args: dict,
     retry_of: tuple[str, str] | None = None,
+    incremental_from: tuple[str, str] | None = None,
 ) -> dict:
     """The run.json fields of a batch or ``--retry-failed`` run known when it is launched.
 
-    ``retry_of`` is the retried run's id and output folder.
+    ``retry_of`` is the retried run's id and output folder; ``incremental_from`` the base run's.
     """
     fields = {
         "run_id": launch.run_id,
@@ -271,6 +272,8 @@ def launch_fields(
     }
     if retry_of is not None:
         fields.update(retry_of=retry_of[0], retry_of_output=retry_of[1])
+    if incremental_from is not None:
+        fields.update(incremental_from=incremental_from[0], incremental_from_output=incremental_from[1])
     return json.loads(json.dumps(fields, default=str))  # plain JSON values: the job carries them to its last step
 
 

@@ -311,11 +311,13 @@ def shard_of(member: str, shards: int = SHARDS) -> int:
     return zlib.crc32(member.encode()) % shards
 
 
-def shard_batches(members: Iterable[tuple[str, bytes]], shards: int = SHARDS) -> Iterator[tuple[int, bytes]]:
+def shard_batches(members: Iterable[tuple[str, bytes]], shards: int = SHARDS,
+                  origin: dict[bytes, bytes] | None = None) -> Iterator[tuple[int, bytes]]:
     """(member, packed accumulator) pairs -> (shard, batch) with every member in its ``shard_of``.
 
     The batch shuffle then moves a few hundred elements per bundle instead of one per member;
     a batch is an Arrow IPC stream of (MEMBER_ID string, ACC binary), read by ``read_batch``.
+    ``origin`` is kept as the batch schema's metadata (a base state's batches say so: ``merge_tables``).
     """
     ids: list[list[str]] = [[] for _ in range(shards)]
     accs: list[list[bytes]] = [[] for _ in range(shards)]
@@ -327,6 +329,8 @@ def shard_batches(members: Iterable[tuple[str, bytes]], shards: int = SHARDS) ->
         if ids[shard]:
             batch = pa.record_batch([pa.array(ids[shard], pa.string()), pa.array(accs[shard], pa.binary())],
                                     names=["MEMBER_ID", "ACC"])
+            if origin:
+                batch = batch.replace_schema_metadata(origin)
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, batch.schema) as writer:
                 writer.write_batch(batch)
@@ -340,13 +344,18 @@ def read_batch(data: bytes) -> tuple[list[str], list[bytes]]:
 
 
 def merge_batches(batches: Iterable[bytes], merge: Callable[[list[bytes]], bytes]) -> tuple[pa.Array, pa.Array]:
-    """A shard's ``shard_batches`` batches -> (member ids, packed accumulators), one row per member.
+    """A shard's ``shard_batches`` batches -> (member ids, packed accumulators), one row per member."""
+    return merge_tables([pa.ipc.open_stream(data).read_all() for data in batches], merge)
 
-    A member folded in several bundles has an accumulator in several batches: those are
-    combined with ``merge`` (given the member's packed accumulators, it returns one); the
-    others are passed on as they are, columns in, columns out.
+
+def merge_tables(tables: list[pa.Table], merge: Callable[[list[bytes]], bytes]) -> tuple[pa.Array, pa.Array]:
+    """A shard's batches as tables -> (member ids, packed accumulators), one row per member.
+
+    A member folded in several bundles (or held in a base state and folded again today) has an
+    accumulator in several batches: those are combined with ``merge`` (given the member's packed
+    accumulators, it returns one); the others are passed on as they are, columns in, columns out.
     """
-    tables = [pa.ipc.open_stream(data).read_all() for data in batches]
+    tables = [t.replace_schema_metadata(None) if t.schema.metadata else t for t in tables]
     if not tables:
         return pa.array([], pa.string()), pa.array([], pa.binary())
     table = pa.concat_tables(tables).combine_chunks()

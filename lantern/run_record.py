@@ -75,6 +75,21 @@ class Accounting(Record):
     members_still_failed: Count | Absent = None
 
 
+class StateSummary(Record):
+    """The member state the run wrote (``state/``): its members, and what became of each
+    (docs/incremental.md). Today's rows are in ``accounting``; these count the whole state."""
+
+    members: Count = Field(description="members in the state: every one has a results row")
+    members_carried_over: Count = Field(description="in the base state only: no rows today")
+    members_updated: Count = Field(description="in the base state and in today's rows")
+    members_new: Count = Field(description="in today's rows only (a full run: every member)")
+    transactions: Count = Field(description="transactions folded into the state, over every run that built it")
+    inputs_folded: Count = Field(description="input files folded into the state, over every run that built it")
+    layout_version: Annotated[int, Field(ge=1)]
+    members_decision_carried_over: Count | Absent = Field(
+        None, description="--changed-only: members without rows today that kept the base run's decision, uncalled")
+
+
 class DeadLetterLimit(Record):
     """Dead letters / rows read against --max-dead-letter-ratio (1.0: no limit)."""
 
@@ -162,6 +177,10 @@ class RunSummary(Record):
     retry_of: Name | Absent = Field(None, description="--retry-failed: the run id whose FAILED members this run "
                                                       "called again")
     retry_of_output: str | Absent = Field(None, description="--retry-failed: that run's output folder")
+    incremental_from: Name | Absent = Field(None, description="--incremental-from: the run whose state this "
+                                                              "run folded today's inputs into")
+    incremental_from_output: str | Absent = Field(None, description="--incremental-from: that run's output folder")
+    state: StateSummary | Absent = Field(None, description="the member state written to state/ (batch runs)")
     partner: Name
     partner_source: str
     partner_features: list[str] = Field(description="the features the run computed and sent "

@@ -93,7 +93,10 @@ def block_path(paths: list[str], layouts, rng: random.Random, delimiter=",", for
     features = {}
     for shard, batches in shards.items():  # the shuffle's groups, merged and summarised as the pipeline does
         for combine in (COMBINE, SPEC_COMBINE):  # the SPEC's 8 features have their own reader of packed bytes
-            for member, summary in CombineMemberShardsFn(combine).process((shard, batches)):
+            for out in CombineMemberShardsFn(combine).process((shard, batches)):
+                if isinstance(out, beam.pvalue.TaggedOutput):  # the shard's state table
+                    continue
+                member, summary = out
                 features[member] = features.get(member, "") + _summary(summary)
     return _counts(fn), features, _sorted(dead)
 

@@ -52,6 +52,8 @@ def test_records_of_every_shape_pack_as_pack_does():
 def test_a_bundles_shards_leave_the_combine_as_tables_of_about_table_members():
     import datetime as dt
 
+    from apache_beam.pvalue import TaggedOutput
+
     from lantern.feature_table import summaries
     from transforms.features import CombineMemberShardsFn, MemberFeaturesFn
 
@@ -62,10 +64,14 @@ def test_a_bundles_shards_leave_the_combine_as_tables_of_about_table_members():
     table.add_members(["IDLE1", "IDLE2"])
     shards = list(shard_batches(table.drain()))
     fn = MemberFeaturesFn(dt.date(2026, 11, 24))
-    one_by_one = {m: s for shard in shards for m, s in CombineMemberShardsFn(fn).process((shard[0], [shard[1]]))}
+    def members(outputs):  # the members, not the shard's state table (tagged)
+        return [out for out in outputs if not isinstance(out, TaggedOutput)]
+
+    one_by_one = dict(pair for shard in shards for pair in members(CombineMemberShardsFn(fn).process(
+        (shard[0], [shard[1]]))))
     batched = CombineMemberShardsFn(fn, batched=True, table_members=100)
     batched.start_bundle()
-    tables = [t for shard in shards for t in batched.process((shard[0], [shard[1]]))]
+    tables = [t for shard in shards for t in members(batched.process((shard[0], [shard[1]])))]
     tables += [wv.value for wv in batched.finish_bundle()]
     assert all(t.num_rows >= 100 for t in tables[:-1]) and len(tables) < len(shards)
     gathered = {m: s for t in tables for m, s in summaries(t)}

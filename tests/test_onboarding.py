@@ -203,7 +203,7 @@ def test_refused_without_overwrite_and_replaced_whole_with_it(work, onboarded, s
     assert code == 0 and summary["run_id"] != first_id
     assert summary["dead_letter_limit"]["limit"] == 1.0 and summary["dead_letter_limit"]["exceeded"] is False
     assert ", no limit set)" in cli.format_summary(summary).splitlines()[1]
-    assert _run_folder_entries(out) == {"results", "dead_letter", "metrics", "run.json"}
+    assert _run_folder_entries(out) == {"results", "dead_letter", "metrics", "state", "run.json"}
     assert json.loads((out / "run.json").read_text())["run_id"] == summary["run_id"]
     assert pq.read_table(out / "dead_letter").num_rows == summary["accounting"]["dead_letter_rows"]
 

@@ -29,7 +29,8 @@ from lantern.features import (
     pack,
     unpack,
 )
-from lantern.member_table import merge_batches
+from lantern.state_fold import fold_shard
+from lantern.state_manifest import STATE_SCHEMA
 from lantern.state_version import framed, payload
 from transforms import NAMESPACE
 
@@ -37,6 +38,12 @@ from transforms import NAMESPACE
 SHARD_MEMBERS = "shard_members"
 
 _EMPTY = create()
+STATE = "state"  # the tag of the (MEMBER_ID, ACC) tables every batch run writes to state/
+UNCHANGED = "unchanged"  # --changed-only: the tag of (shard, table) of members without rows today
+STATE_COUNTS = "state_counts"  # the tag of each shard's counts (a dict): what became of the state's members
+# What became of each member of the state (a full run's members are all new).
+STATE_MEMBERS, CARRIED_OVER, UPDATED, NEW = (
+    "members", "members_carried_over", "members_updated", "members_new")
 
 
 class StatelessCoder(coders.Coder):
@@ -145,22 +152,27 @@ TABLE_MEMBERS = 1 << 15
 
 
 class CombineMemberShardsFn(beam.DoFn):
-    """(shard, batches of (member, packed partial accumulator)) -> the shards' members with their features.
+    """(shard, batches of (member, packed partial accumulator)) -> the shards' members with their features,
+    and (tagged ``STATE``) the shard's merged accumulators as a (MEMBER_ID, ACC) table.
 
     The block reader's shuffle: each bundle sends its members' accumulators in one batch per
     shard (``lantern.member_table.shard_batches``), so the shuffle moves batches, not members.
-    Here a shard's batches are merged (a member's accumulators from several bundles combined with
-    ``MemberFeaturesFn``) and the features of its members are computed at once, as columns
-    (``lantern.feature_table``), with the digits ``CombinePerKey(MemberFeaturesFn)`` gives.
-    With ``batched``, the shards of a bundle leave as ``members_table``s of about
-    ``TABLE_MEMBERS`` members; otherwise member by member, as (member, summary) pairs.
+    Here a shard's batches are merged (a member's accumulators from several bundles, or from a
+    base state and today's rows, combined with ``MemberFeaturesFn``) and the features of its
+    members are computed at once, as columns (``lantern.feature_table``), with the digits
+    ``CombinePerKey(MemberFeaturesFn)`` gives. With ``batched``, the shards of a bundle leave as
+    ``members_table``s of about ``TABLE_MEMBERS`` members; otherwise member by member, as
+    (member, summary) pairs. With ``changed_only``, members without rows today leave instead
+    as (shard, members_table), tagged ``UNCHANGED``.
     """
 
-    def __init__(self, fn: MemberFeaturesFn, batched: bool = False, table_members: int = TABLE_MEMBERS):
+    def __init__(self, fn: MemberFeaturesFn, batched: bool = False, table_members: int = TABLE_MEMBERS,
+                 changed_only: bool = False):
         self._fn = fn
         self._batched = batched
         self._table_members = table_members
         self._shard_members = Metrics.distribution(NAMESPACE, SHARD_MEMBERS)
+        self._changed_only = changed_only
 
     def _merge(self, parts: list[bytes]) -> bytes:
         return at_rest(self._fn.merge_accumulators(parts))
@@ -170,9 +182,20 @@ class CombineMemberShardsFn(beam.DoFn):
         self._held_members = 0
 
     def process(self, element: tuple[int, Iterable[bytes]]):
-        _, batches = element
-        ids, packed = merge_batches(batches, self._merge)
+        shard, batches = element
+        folded = fold_shard(batches, self._merge)
+        ids, packed = folded.ids, folded.accs
         self._shard_members.update(len(ids))
+        yield beam.pvalue.TaggedOutput(STATE_COUNTS, {STATE_MEMBERS: len(ids), CARRIED_OVER: folded.carried,
+                                                      UPDATED: folded.updated, NEW: folded.new})
+        if len(ids):
+            yield beam.pvalue.TaggedOutput(STATE, pa.Table.from_arrays([ids, packed], schema=STATE_SCHEMA))
+        if self._changed_only and not folded.changed.all():
+            unchanged = pa.array(~folded.changed)
+            yield beam.pvalue.TaggedOutput(UNCHANGED, (shard, members_table(
+                ids.filter(unchanged), packed.filter(unchanged), self._fn.as_of, self._fn.names)))
+            changed = pa.array(folded.changed)
+            ids, packed = ids.filter(changed), packed.filter(changed)
         if not self._batched:
             yield from summaries(members_table(ids, packed, self._fn.as_of, self._fn.names), self._fn.names)
             return
@@ -190,3 +213,45 @@ class CombineMemberShardsFn(beam.DoFn):
         ids = pa.concat_arrays([part[0] for part in held])
         packed = pa.concat_arrays([part[1] for part in held])
         return members_table(ids, packed, self._fn.as_of, self._fn.names)
+
+
+class AccumulatorsFn(beam.CombineFn):
+    """``MemberFeaturesFn`` with its accumulator as the output, packed: the line reader's combine,
+    whose members then go both to their features and to the state."""
+
+    def __init__(self, fn: MemberFeaturesFn):
+        self._fn = fn
+
+    def create_accumulator(self):
+        return self._fn.create_accumulator()
+
+    def add_input(self, acc, value):
+        return self._fn.add_input(acc, value)
+
+    def add_inputs(self, acc, values):
+        return self._fn.add_inputs(acc, values)
+
+    def merge_accumulators(self, accs):
+        return self._fn.merge_accumulators(accs)
+
+    def compact(self, acc):
+        return self._fn.compact(acc)
+
+    def get_accumulator_coder(self) -> coders.Coder:
+        return self._fn.get_accumulator_coder()
+
+    def extract_output(self, acc) -> bytes:
+        return at_rest(acc)
+
+
+class SummaryAndStateFn(beam.DoFn):
+    """(member, packed accumulator) -> (member, summary), and (tagged ``STATE``) the member's state row."""
+
+    def __init__(self, fn: MemberFeaturesFn):
+        self._fn = fn
+
+    def process(self, element: tuple[str, bytes]):
+        member, acc = element
+        yield beam.pvalue.TaggedOutput(STATE_COUNTS, {STATE_MEMBERS: 1, NEW: 1})
+        yield beam.pvalue.TaggedOutput(STATE, {"MEMBER_ID": member, "ACC": acc})
+        yield member, self._fn.extract_output(acc)

@@ -69,7 +69,11 @@ def feature_columns(feature_names: Iterable[str]) -> list[str]:
     return list(SPEC_FEATURES) + extra
 
 
-def results_schema(feature_names: Iterable[str]) -> pa.Schema:
+# --changed-only runs: whether a member's decision is the base run's (true) or was made now (false).
+DECISION_CARRIED_OVER = "DECISION_CARRIED_OVER"
+
+
+def results_schema(feature_names: Iterable[str], carried_column: bool = False) -> pa.Schema:
     features = [
         (name, pa.int64() if name in INTEGER_FEATURES else pa.float64())
         for name in feature_columns(feature_names)
@@ -77,6 +81,7 @@ def results_schema(feature_names: Iterable[str]) -> pa.Schema:
     return pa.schema(
         [("MEMBER_ID", pa.string()), *features, ("N_TRANSACTIONS", pa.int64()), *DECISION_FIELDS,
          ("PARTNER", pa.string()), ("AS_OF", pa.date32())]
+        + ([(DECISION_CARRIED_OVER, pa.bool_())] if carried_column else [])
     )
 
 
@@ -139,17 +144,21 @@ class ToResultRowFn(progress.TalliedDoFn):
     An element is one member (one row leaves), or a table of members with their decisions as
     columns (the block reader's ``not_called_table`` or batch-route tables: a results table leaves)."""
 
-    def __init__(self, columns: list[str], partner: str, as_of: dt.date):
+    def __init__(self, columns: list[str], partner: str, as_of: dt.date, carried_column: bool = False):
         self._columns = columns
         self._partner = partner
         self._as_of = as_of
-        self._schema = results_schema(columns)
+        self._carried_column = carried_column
+        self._schema = results_schema(columns, carried_column)
         self._status_counter = {s: f"members_{s.lower()}" for s in STATUSES}
         self.tally = progress.Tally(self._status_counter.values())
 
     def process(self, element):
         if isinstance(element, pa.Table):
             table = result_table(element, self._schema, self._partner, self._as_of)
+            if self._carried_column:  # decided now unless the table says it was carried over
+                index = table.schema.get_field_index(DECISION_CARRIED_OVER)
+                table = table.set_column(index, DECISION_CARRIED_OVER, pc.fill_null(table.column(index), False))
             for status in pc.value_counts(table.column("STATUS")).to_pylist():
                 self.tally.counts[self._status_counter[status["values"]]] += status["counts"]
             yield table
@@ -160,6 +169,8 @@ class ToResultRowFn(progress.TalliedDoFn):
         member_id, summary, decision = member
         row = result_row(member_id, summary, decision, self._columns, self._partner, self._as_of)
         self.tally.counts[self._status_counter[row["STATUS"]]] += 1
+        if self._carried_column:
+            row[DECISION_CARRIED_OVER] = False
         return row
 
 
