@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--incremental-from", "--incremental_from", metavar="PREVIOUS_OUTPUT",
                         help="fold today's --input into the member state of this published run and write "
                              "results for every member of the merged state (docs/incremental.md)")
-    parser.add_argument("--changed-only", "--changed_only", action="store_true",
+    parser.add_argument("--changed-only", "--changed_only", nargs="?", const=True, default=False,
+                        type=option_types.switch("--changed-only"), metavar="true|false",
                         help="with --incremental-from: call the endpoints only for members with rows today; "
                              "the others keep the base run's decision (DECISION_CARRIED_OVER); wrong when the "
                              "partner's models depend on the as-of date (docs/incremental.md)")

@@ -38,6 +38,8 @@ PARAMETERS = {
     "features_only": "Features only (no endpoint calls)",
     "skip_preflight": "Skip the endpoint reachability check",
     "reader": "Input reader",
+    "incremental_from": "Base run whose member state this input is folded into (gs:// output folder)",
+    "changed_only": "Call endpoints only for members with rows in this input (with a base run)",
     "log_level": "Log level",
     "log_format": "Log format",
 }
@@ -56,7 +58,7 @@ NOT_PARAMETERS = {
     "id_attribute": "streaming only",
 }
 REQUIRED = {"input", "output", "partner"}
-TEMPLATE_REGEX = {"input": GCS_PATH, "output": GCS_PATH}
+TEMPLATE_REGEX = {"input": GCS_PATH, "output": GCS_PATH, "incremental_from": GCS_PATH}
 TEMPLATE_HELP = {  # replaces the CLI's help where a template differs (Cloud Storage only, one value)
     "input": "Cloud Storage path or glob of the partner's CSV export(s), with a header line. The launcher "
              "lists it and reads each header with the template's service account before any partner call. "

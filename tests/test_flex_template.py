@@ -21,6 +21,8 @@ VALID = {
     "features_only": ["true", "false"],
     "skip_preflight": ["false", "true"],
     "overwrite": ["true", "false"],
+    "incremental_from": ["gs://acme-offers/runs/2026-11-23"],
+    "changed_only": ["false", "true"],
 }
 INVALID = {
     "input": ["/home/me/export.csv", "gs://", "s3://acme/x.csv", "gs://Acme/x.csv"],
@@ -32,6 +34,8 @@ INVALID = {
     "features_only": ["yes", "1", "True", ""],
     "skip_preflight": ["no"],
     "overwrite": ["yes"],
+    "incremental_from": ["runs/2026-11-23", "gs://"],
+    "changed_only": ["yes", "1"],
 }
 CLI_CHECKED = {"as_of", "endpoint_url", "auth_secret", "max_dead_letter_ratio", "features_only", "skip_preflight",
                "overwrite"}
