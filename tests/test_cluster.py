@@ -129,7 +129,7 @@ def test_detached_runs_equal_the_local_runners_digit_for_digit(detached, server_
         assert (code, stderr) == (0, "")
         assert stdout.startswith(f"outputs: {output} (results/")
         same_outputs(output, local_output)
-        assert sorted(p.name for p in output.iterdir()) == ["dead_letter", "results", "run.json"]
+        assert sorted(p.name for p in output.iterdir()) == ["dead_letter", "results", "run.json", "state"]
     assert json.loads((detached["generated"] / "run.json").read_text())["accounting"]["members_ok"] > 0
 
 

@@ -247,9 +247,7 @@ def test_changed_only_calls_only_members_with_rows_today_and_carries_the_others(
     now, full, before = _results(changed), _results(every), _results(base)
     summary = json.loads((changed / "run.json").read_text())
     assert now.column("MEMBER_ID").equals(full.column("MEMBER_ID"))
-    features = [c for c in full.column_names if c not in ("ATS_PREDICTION", "RESP_PREDICTION", "OFFER", "ERROR",
-                                                           "STATUS", "ATS_LATENCY_MS", "RESP_LATENCY_MS",
-                                                           "OFFER_LATENCY_MS", "ATTEMPTS")]
+    features = ["MEMBER_ID", *F.SPEC_FEATURES, "N_TRANSACTIONS", "PARTNER", "AS_OF"]
     assert now.select(features).equals(full.select(features))  # features as of today for everyone
     carried = now.filter(now.column("DECISION_CARRIED_OVER"))
     fresh = now.filter(pa.compute.invert(now.column("DECISION_CARRIED_OVER")))
