@@ -160,6 +160,20 @@ def test_a_detached_job_that_fails_ends_wait_with_exit_1_and_the_runners_error(d
     assert not (output / "run.json").exists() and not (output / "results").exists()
 
 
+def test_a_detached_retry_of_a_detached_run_carries_it_over(cluster, detached, server_url, tmp_path, capsys):
+    previous = detached["generated"]
+    assert waited(previous, capsys)[0] == 0
+    out = tmp_path / "retry"
+    code, record = cli.run(["--retry-failed", str(previous), "--output", str(out), "--endpoint-url", server_url,
+                            "--heartbeat-seconds", "0", "--log-level", "WARNING", "--detach", *cluster.beam_args()])
+    assert code == 0 and record["job_id"] and record["detached"] is True
+    code, stdout, stderr = waited(out, capsys)
+    assert (code, stderr) == (0, "")
+    assert "nothing to retry (no FAILED member)" in stdout
+    assert table(out, "results", ["MEMBER_ID"]) == table(previous, "results", ["MEMBER_ID"])
+    assert json.loads((out / "run.json").read_text())["retry_of"] == json.loads((previous / "run.json").read_text())["run_id"]
+
+
 def test_a_detached_launch_ends_before_its_job_a_second_launch_is_refused_and_a_killed_job_leaves_nothing_complete(
         cluster, export, tmp_path, capsys, monkeypatch):
     """The module's last test: the cluster dies with the job."""
