@@ -35,11 +35,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import dead_letter_limit, outputs, run_folder
 from lantern.run_record import RunSummary, package_versions, to_json
-from transforms.run_counts import CountRun
+from transforms.run_counts import CountRun, ListFn
 
 log = logging.getLogger(__name__)
 
 FACT, WRITTEN = "fact", "written"
+WRITTEN_PREFIX = f"{WRITTEN}:"  # a write's file names among the counts
 EXIT_OK, EXIT_UNFIT, EXIT_FAILED_MEMBERS, EXIT_TOO_MANY_DEAD_LETTERS = 0, 1, 3, 4
 
 
@@ -65,12 +66,14 @@ class _HeldBackFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(exc, FinalizeError) or "FinalizeError" in str(record.msg))
+        return not (isinstance(exc, FinalizeError) or FinalizeError.__name__ in record.getMessage())
 
 
-# The loggers a local runner reports a failed bundle on.
+# The loggers a runner reports a failed bundle on: the local runner's, and the root logger, where the
+# portable runner relays its job service's messages.
 RUNNER_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.worker.bundle_processor",
-                  "apache_beam.runners.worker.sdk_worker", "apache_beam.runners.portability.fn_api_runner.fn_runner")
+                  "apache_beam.runners.worker.sdk_worker", "apache_beam.runners.portability.fn_api_runner.fn_runner",
+                  "apache_beam.runners.portability.portable_runner", "")
 
 
 @contextlib.contextmanager
@@ -201,12 +204,18 @@ def _publish(plan: RunPlan, summary: dict) -> dict:
 
 
 class FinalizeFn(beam.DoFn):
-    """On the one impulse element: ``finalize`` with every count and written file as one side input."""
+    """On the one element of the run's counts and written files: ``finalize``."""
 
     def __init__(self, plan: RunPlan):
         self._plan = plan
 
-    def process(self, _, items):
+    def process(self, gathered: dict):
+        items = []
+        for name, value in gathered.items():
+            if name.startswith(WRITTEN_PREFIX):
+                items.extend((WRITTEN, name[len(WRITTEN_PREFIX):], path) for path in value)
+            else:
+                items.append((FACT, name, value))
         started = time.perf_counter()
         summary = finalize(self._plan, items)
         seconds = time.perf_counter() - started
@@ -215,12 +224,16 @@ class FinalizeFn(beam.DoFn):
 
 
 class Finalize(beam.PTransform):
-    """The run's last step; waits for every count in ``counts`` and every write in ``writes``.
+    """The run's last step; runs once, after every count in ``counts`` and every write in ``writes``.
 
-    ``counts``: name -> (a PCollection, the CombineFn that counts it), all combined at once
-    (``transforms.run_counts.CountRun``); ``writes``: name -> the PCollection of the file names a
-    write produced (``WriteToParquetBatched``). Another output is awaited and accounted for by
-    adding it to either mapping.
+    ``counts``: name -> (a PCollection, the CombineFn that counts it); ``writes``: name -> the
+    PCollection of the file names a write produced (``WriteToParquetBatched``; a write always
+    names at least one file). All are combined into one element (``transforms.run_counts.CountRun``),
+    which exists only once every one of them is complete: the step that receives it runs once,
+    on one worker, after every write has finished. (Beam's ``WriteImpl`` waits for its writes the
+    same way, with the writes' outputs as side inputs of a step on one element; one combine
+    instead of a combine, an impulse and a side input saves the job two stages.) Another output
+    is awaited and accounted for by adding it to either mapping.
     """
 
     def __init__(self, plan: RunPlan, counts: Mapping[str, tuple[beam.PCollection, beam.CombineFn]],
@@ -231,13 +244,9 @@ class Finalize(beam.PTransform):
         self._writes = dict(writes)
 
     def expand(self, pbegin):
-        facts = (pbegin | "Count" >> CountRun(self._counts)
-                 | "Facts" >> beam.FlatMap(lambda counts: [(FACT, name, value) for name, value in counts.items()]))
-        written = [pcoll | f"Written[{name}]" >> beam.Map(lambda path, n=name: (WRITTEN, n, path))
-                   for name, pcoll in self._writes.items()]
-        everything = (facts, *written) | "Gather" >> beam.Flatten()
+        awaited = {**self._counts, **{WRITTEN_PREFIX + name: (pcoll, ListFn()) for name, pcoll in self._writes.items()}}
         return (
             pbegin
-            | "Once" >> beam.Create([None])
-            | "Finalize" >> beam.ParDo(FinalizeFn(self._plan), beam.pvalue.AsList(everything))
+            | "Count" >> CountRun(awaited)
+            | "Finalize" >> beam.ParDo(FinalizeFn(self._plan))
         )

@@ -117,10 +117,12 @@ def submitted(launch: Launch, job: jobs.Submission, what: str = "job") -> tuple[
 def run_job(pipeline, launch: Launch, job: jobs.Submission | None = None):
     """Run the pipeline; waits unless the launch is detached (``--detach``, a Flex Template's).
 
-    Returns the ``PipelineResult`` (None when the job failed) and the job's failure (None when it did not):
+    Returns the ``PipelineResult`` (None when ``run`` itself failed, as the local runner's does) and the
+    job's failure (None when it did not):
     a run that the last step held back fails its job on purpose, and its run.json says why.
     """
     job = job or submission(launch)
+    result = None
     try:
         # job.json in the staging folder says where the job runs, before and once it is submitted.
         with finalize.runner_quiet_about_held_back_runs(), job:
@@ -130,7 +132,7 @@ def run_job(pipeline, launch: Launch, job: jobs.Submission | None = None):
                 result.wait_until_finish()
         return result, None
     except Exception as exc:  # noqa: BLE001 - conclude() tells a held-back run from a crash by its run.json
-        return None, exc
+        return result, exc  # a runner that fails in wait_until_finish still has the job's metrics
 
 
 def exit_code(failed: int) -> int:

@@ -293,8 +293,13 @@ def conclude(launch: Launch, result, failure: BaseException | None) -> tuple[int
     if failure is not None and record.get("published", True):
         raise failure  # the job failed after the run was published: not the run's doing
     folder = launch.output if record.get("published", True) else launch.staging
+    rows = None
     if result is not None:
-        rows = metric_rows(result)
+        try:
+            rows = metric_rows(result)
+        except Exception as exc:  # noqa: BLE001 - a failed job's runner may not answer; the run is decided already
+            log.warning("run %s: the runner's metrics could not be read: %s", launch.run_id, exc)
+    if rows is not None:
         write_metrics(rows, folder)
         record = with_metrics(record, rows, launch.wall_seconds())
         outputs.replace_json(outputs.join(folder, outputs.RUN_JSON), record)

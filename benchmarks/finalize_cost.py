@@ -10,7 +10,9 @@ Scenarios:
    publication) and without it (the same job, its writes left in the staging folder), alternating in
    one invocation, each in a fresh process. The wall time is the job's (``launch.run_job``: building
    the job, running and waiting for it); the last step's own seconds come from its log line. The
-   cost is the median over pairs of (with / without - 1), each pair run back to back.
+   cost is the median over pairs of (with / without - 1), each pair run back to back, in wall time
+   and in CPU time (the local runner's workers are threads of the job's process, so its CPU time
+   is the job's, and moves less with other load on the machine than wall time does).
 2. ``driver_rss``: the launcher's own peak RSS (``VmHWM`` of its process alone) while it runs a
    ``--features-only`` job on Beam's portable runner (a job server and an external worker pool,
    separate processes, as on a cluster) and waits for it, at each of ``--members`` members
@@ -41,8 +43,8 @@ from benchmarks.perf import AS_OF, export  # noqa: E402
 from benchmarks.results import Recorder  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
-COLUMNS = ["scenario", "rows", "members", "with_s", "without_s", "cost_pct", "last_step_s", "driver_peak_rss_mb",
-           "vs_first"]
+COLUMNS = ["scenario", "rows", "members", "with_s", "without_s", "cost_pct", "cpu_cost_pct", "last_step_s",
+           "driver_peak_rss_mb", "vs_first"]
 
 
 # --- one job, in a fresh process --------------------------------------------------------------------
@@ -58,9 +60,10 @@ def child(mode: str, path: str, output: str) -> None:
     real_run_job, real_build = launch.run_job, cli.build_pipeline
 
     def timed_run_job(pipeline, launched):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         out = real_run_job(pipeline, launched)
         timings["job_s"] = time.perf_counter() - started
+        timings["job_cpu_s"] = time.process_time() - cpu  # the local runner's workers are this process's threads
         return out
 
     class LastStep(logging.Handler):
@@ -102,15 +105,18 @@ def finalize_cost(rows: int, pairs: int, workdir: Path, recorder: Recorder) -> N
         order = ("with", "without") if i % 2 == 0 else ("without", "with")  # neither always goes first
         pair = {mode: one_job(mode, path, workdir) for mode in order}
         pair["cost"] = pair["with"]["job_s"] / pair["without"]["job_s"] - 1
+        pair["cpu_cost"] = pair["with"]["job_cpu_s"] / pair["without"]["job_cpu_s"] - 1
+        pair["load"] = os.getloadavg()[0]
         runs.append(pair)
         print(f"  pair {i + 1}: with {pair['with']['job_s']:.2f} s (last step {pair['with'].get('last_step_s', 0):.3f} s), "
-              f"without {pair['without']['job_s']:.2f} s: {pair['cost'] * 100:+.1f}%  load {os.getloadavg()[0]:.1f}",
-              flush=True)
+              f"without {pair['without']['job_s']:.2f} s: {pair['cost'] * 100:+.1f}% wall, "
+              f"{pair['cpu_cost'] * 100:+.1f}% CPU  load {pair['load']:.1f}", flush=True)
     with_s = statistics.median(r["with"]["job_s"] for r in runs)
     without_s = statistics.median(r["without"]["job_s"] for r in runs)
     members = _members(workdir)
     recorder.row(scenario="finalize_cost", rows=rows, members=members, with_s=with_s, without_s=without_s,
                  cost_pct=round(statistics.median(r["cost"] for r in runs) * 100, 1),
+                 cpu_cost_pct=round(statistics.median(r["cpu_cost"] for r in runs) * 100, 1),
                  last_step_s=statistics.median(r["with"].get("last_step_s", 0.0) for r in runs),
                  driver_peak_rss_mb=None, vs_first=None, runs=runs)
 
@@ -199,7 +205,7 @@ def driver_rss(members_list: list[int], workdir: Path, recorder: Recorder) -> No
             peak_mb = round(peak / 1024, 1)
             first = first or peak_mb
             recorder.row(scenario="driver_rss", rows=rows, members=summary["accounting"]["members"], with_s=wall,
-                         without_s=None, cost_pct=None, last_step_s=None, driver_peak_rss_mb=peak_mb,
+                         without_s=None, cost_pct=None, cpu_cost_pct=None, last_step_s=None, driver_peak_rss_mb=peak_mb,
                          vs_first=round(peak_mb / first, 2))
             print(f"  {members:>9,} members: launcher peak RSS {peak_mb} MB ({peak_mb / first:.2f}x), job {wall:.1f} s",
                   flush=True)
@@ -229,8 +235,9 @@ def main(argv: list[str] | None = None) -> None:
         if "driver_rss" in scenarios and args.members:
             print(f"driver_rss: {', '.join(f'{m:,}' for m in args.members)} members on the portable runner", flush=True)
             driver_rss(args.members, workdir, recorder)
-    recorder.note("cost_pct: median over pairs of the job's wall time with its in-pipeline end over without, minus 1 "
-                  "(pairs run back to back, alternating which goes first); last_step_s: the last step's own time")
+    recorder.note("cost_pct (cpu_cost_pct): median over pairs of the job's wall time (CPU time of its process, whose "
+                  "threads are the local runner's workers) with its in-pipeline end over without, minus 1; pairs run "
+                  "back to back, alternating which goes first; last_step_s: the last step's own time")
     recorder.note("driver_peak_rss_mb: the launching process alone (VmHWM), on the portable runner; vs_first: "
                   "against the first driver_rss row")
     path = recorder.save()

@@ -16,6 +16,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.transforms.window import GlobalWindows
 
 from lantern.latency_histogram import LogHistogram
 from transforms.results import LATENCY_COLUMNS
@@ -177,12 +178,33 @@ class ResultStatsFn(beam.CombineFn):
         return acc.as_json(self._names)
 
 
-class NamedCountsFn(beam.CombineFn):
-    """``(name, element)`` pairs -> ``{name: that name's CombineFn output}``: every count of a run in one combine.
+class PartialCountFn(beam.DoFn):
+    """Elements -> one ``(name, accumulator)`` per bundle: the count's partial combine, in the step
+    that makes the elements, so only the small accumulator leaves it (never a row or a table)."""
 
-    One combine (one shuffle) instead of one per count: a pipeline stage costs a runner
-    some fixed time, whatever it carries. A name that saw no element still gets its
-    CombineFn's empty output.
+    def __init__(self, name: str, fn: beam.CombineFn):
+        self._name = name
+        self._fn = fn
+
+    def start_bundle(self):
+        self._acc = None
+
+    def process(self, element):
+        fn = self._fn
+        self._acc = fn.add_input(fn.create_accumulator() if self._acc is None else self._acc, element)
+        return ()
+
+    def finish_bundle(self):
+        if self._acc is not None:
+            acc, self._acc = self._fn.compact(self._acc), None
+            yield GlobalWindows.windowed_value_at_end_of_window((self._name, acc))
+
+
+class NamedCountsFn(beam.CombineFn):
+    """``(name, partial accumulator)`` pairs -> ``{name: that name's CombineFn output}``: every count
+    of a run in one combine (one shuffle, whatever the number of counts).
+
+    A name that saw no element still gets its CombineFn's empty output.
     """
 
     def __init__(self, fns: Mapping[str, beam.CombineFn]):
@@ -192,35 +214,56 @@ class NamedCountsFn(beam.CombineFn):
         return {}
 
     def add_input(self, acc: dict, item: tuple[str, object]) -> dict:
-        name, element = item
-        fn = self._fns[name]
-        acc[name] = fn.add_input(acc[name] if name in acc else fn.create_accumulator(), element)
+        name, part = item
+        acc[name] = part if name not in acc else self._fns[name].merge_accumulators([acc[name], part])
         return acc
 
     def merge_accumulators(self, accs: Iterable[dict]) -> dict:
         out: dict = {}
         for acc in accs:
-            for name, part in acc.items():
-                out[name] = part if name not in out else self._fns[name].merge_accumulators([out[name], part])
+            for item in acc.items():
+                self.add_input(out, item)
         return out
-
-    def compact(self, acc: dict) -> dict:
-        return {name: self._fns[name].compact(part) for name, part in acc.items()}
 
     def extract_output(self, acc: dict) -> dict:
         return {name: fn.extract_output(acc[name] if name in acc else fn.create_accumulator())
                 for name, fn in self._fns.items()}
 
 
+class ListFn(beam.CombineFn):
+    """Elements -> their sorted list: for a handful of values (the file names a write produced)."""
+
+    def create_accumulator(self) -> list:
+        return []
+
+    def add_input(self, acc: list, element) -> list:
+        acc.append(element)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list]) -> list:
+        return [element for acc in accs for element in acc]
+
+    def extract_output(self, acc: list) -> list:
+        return sorted(acc)
+
+
 class CountRun(beam.PTransform):
-    """``{name: (PCollection, CombineFn)}`` -> one element, ``{name: count}``, from one combine."""
+    """``{name: (PCollection, CombineFn)}`` -> one element, ``{name: count}``, from one combine.
+
+    Each count is first combined per bundle where its elements are made (``PartialCountFn``); the
+    partial accumulators of every count then meet in one combine. Its one element exists once every
+    input PCollection is complete (a combine waits for all of its input), so a step that consumes it
+    runs after everything counted here has finished. At least one input must hold an element (as a
+    write's file names always do): no default is injected, which would cost the job another stage.
+    """
 
     def __init__(self, counts: Mapping[str, tuple[beam.PCollection, beam.CombineFn]]):
         super().__init__()
         self._counts = dict(counts)
 
     def expand(self, pbegin):
-        tagged = [pcoll | f"Name[{name}]" >> beam.Map(lambda element, n=name: (n, element))
-                  for name, (pcoll, _) in self._counts.items()]
+        partial = [pcoll | f"Count[{name}]" >> beam.ParDo(PartialCountFn(name, fn))
+                   for name, (pcoll, fn) in self._counts.items()]
         fns = {name: fn for name, (_, fn) in self._counts.items()}
-        return tagged | "Gather" >> beam.Flatten() | "Combine" >> beam.CombineGlobally(NamedCountsFn(fns))
+        return (partial | "Gather" >> beam.Flatten()
+                | "Combine" >> beam.CombineGlobally(NamedCountsFn(fns)).without_defaults())
