@@ -25,7 +25,6 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -39,8 +38,7 @@ from transforms.run_counts import CountRun, ListFn
 
 log = logging.getLogger(__name__)
 
-FACT, WRITTEN = "fact", "written"
-WRITTEN_PREFIX = f"{WRITTEN}:"  # a write's file names among the counts
+WRITTEN_PREFIX = "written:"  # a write's file names among the counts
 EXIT_OK, EXIT_UNFIT, EXIT_FAILED_MEMBERS, EXIT_TOO_MANY_DEAD_LETTERS = 0, 1, 3, 4
 
 
@@ -117,15 +115,11 @@ def rows_written(paths: Iterable[str]) -> int:
     return total
 
 
-def gather(items: Iterable[tuple[str, str, Any]]) -> tuple[dict, dict[str, list[str]]]:
-    """The side input's tagged items -> (counts by name, files written by write)."""
-    facts: dict[str, Any] = {}
-    files: dict[str, list[str]] = defaultdict(list)
-    for kind, name, value in items:
-        if kind == FACT:
-            facts[name] = value
-        else:
-            files[name].append(value)
+def gather(gathered: Mapping[str, Any]) -> tuple[dict, dict[str, list[str]]]:
+    """The combined counts and file names -> (counts by name, files written by write)."""
+    facts = {name: value for name, value in gathered.items() if not name.startswith(WRITTEN_PREFIX)}
+    files = {name[len(WRITTEN_PREFIX):]: list(value) for name, value in gathered.items()
+             if name.startswith(WRITTEN_PREFIX)}
     return facts, files
 
 
@@ -161,8 +155,11 @@ def _record(plan: RunPlan, accounts: Accounts, code: int, verdict: dead_letter_l
     )
 
 
-def finalize(plan: RunPlan, items: Iterable[tuple[str, str, Any]]) -> dict:
-    """Account for the run and publish it (or hold it back and raise); returns its run.json."""
+def finalize(plan: RunPlan, gathered: Mapping[str, Any]) -> dict:
+    """Account for the run and publish it (or hold it back and raise); returns its run.json.
+
+    ``gathered``: each count by name, and each write's file names under ``WRITTEN_PREFIX + name``.
+    """
     published = outputs.read_json(outputs.join(plan.output, outputs.RUN_JSON))
     if published is not None and published.get("run_id") == plan.run_id:
         log.info("run %s is already published in %s", plan.run_id, plan.output)
@@ -174,7 +171,7 @@ def finalize(plan: RunPlan, items: Iterable[tuple[str, str, Any]]) -> dict:
             raise FinalizeError(staged["error"])
         if FileSystems.exists(outputs.join(plan.staging, outputs.PUBLISHING)):
             return _publish(plan, staged)  # a publication cut short: finish it with the run.json it began
-    facts, files = gather(items)
+    facts, files = gather(gathered)
     written = {name: rows_written(paths) for name, paths in files.items()}
     accounts = plan.accountant.account(facts, written)
     if accounts.problems:
@@ -210,14 +207,8 @@ class FinalizeFn(beam.DoFn):
         self._plan = plan
 
     def process(self, gathered: dict):
-        items = []
-        for name, value in gathered.items():
-            if name.startswith(WRITTEN_PREFIX):
-                items.extend((WRITTEN, name[len(WRITTEN_PREFIX):], path) for path in value)
-            else:
-                items.append((FACT, name, value))
         started = time.perf_counter()
-        summary = finalize(self._plan, items)
+        summary = finalize(self._plan, gathered)
         seconds = time.perf_counter() - started
         log.info("run %s: the last step took %.3f s", self._plan.run_id, seconds, extra={"finalize_seconds": seconds})
         yield summary["exit_code"]

@@ -91,7 +91,7 @@ FIELDS = {"run_id": "20261124T000000Z-0000aaaa", "partner": "default", "partner_
 
 
 def _staged_run(tmp_path: Path, members: int = 3, dead: int = 1, overwrite: bool = False, limit: float = 0.5):
-    """A staging folder as the writes leave it, the plan, and the side input's items."""
+    """A staging folder as the writes leave it, the plan, and the counts and file names the last step gets."""
     output = tmp_path / "out"
     staging = output / "_staging-run"
     (staging / "results").mkdir(parents=True)
@@ -104,18 +104,18 @@ def _staged_run(tmp_path: Path, members: int = 3, dead: int = 1, overwrite: bool
     pq.write_table(rows, staging / "dead_letter" / "part-00000-of-00001.parquet")
     stats = {"rows": members, "statuses": dict(Counter(statuses)), "offers": {"OFFER_1": statuses.count("OK")},
              "latency_ms": {"ats": {}, "resp": {}, "offer": {}}}
-    items = [
-        (finalize.FACT, ROWS, {"rows_read": 4 + dead, "header_lines": 1, "transactions": 3, "member_only_rows": 1,
-                               "dead_letter_rows": dead}),
-        (finalize.FACT, MEMBERS_WITH_FEATURES, members),
-        (finalize.FACT, RESULT_STATS, stats),
-        (finalize.FACT, DEAD_LETTER_REASONS, {"BAD_NUMBER": dead} if dead else {}),
-        (finalize.WRITTEN, RESULTS, str(staging / "results" / "part-00000-of-00001.parquet")),
-        (finalize.WRITTEN, DEAD_LETTER_FILES, str(staging / "dead_letter" / "part-00000-of-00001.parquet")),
-    ]
+    gathered = {
+        ROWS: {"rows_read": 4 + dead, "header_lines": 1, "transactions": 3, "member_only_rows": 1,
+               "dead_letter_rows": dead},
+        MEMBERS_WITH_FEATURES: members,
+        RESULT_STATS: stats,
+        DEAD_LETTER_REASONS: {"BAD_NUMBER": dead} if dead else {},
+        finalize.WRITTEN_PREFIX + RESULTS: [str(staging / "results" / "part-00000-of-00001.parquet")],
+        finalize.WRITTEN_PREFIX + DEAD_LETTER_FILES: [str(staging / "dead_letter" / "part-00000-of-00001.parquet")],
+    }
     plan = finalize.RunPlan(FIELDS["run_id"], str(output), str(staging), overwrite, {**FIELDS, "output": str(output)},
                             BatchAccountant(), limit)
-    return plan, items
+    return plan, gathered
 
 
 def test_finalize_publishes_run_json_last_and_a_second_call_changes_nothing(tmp_path, monkeypatch):
@@ -169,7 +169,7 @@ def test_a_publication_cut_short_is_finished_by_the_retry(tmp_path, monkeypatch)
 
 def test_an_accounting_that_does_not_close_stages_exit_1_and_fails_every_attempt(tmp_path):
     plan, items = _staged_run(tmp_path)
-    items = [(kind, name, 4 if name == MEMBERS_WITH_FEATURES else value) for kind, name, value in items]
+    items = {**items, MEMBERS_WITH_FEATURES: 4}
     with pytest.raises(finalize.FinalizeError, match=r"^accounting does not close: 4 members had features but 3"):
         finalize.finalize(plan, items)
     staged = json.loads((Path(plan.staging) / "run.json").read_text())
@@ -195,8 +195,7 @@ def test_too_many_dead_letters_hold_the_run_back_and_fail_the_job(tmp_path):
 
 def _counted(p, items) -> tuple[dict, dict]:
     """The counts and writes of ``_staged_run`` as the pipeline hands them to ``Finalize``."""
-    facts = {name: value for kind, name, value in items if kind == finalize.FACT}
-    files = {name: value for kind, name, value in items if kind == finalize.WRITTEN}
+    facts, files = finalize.gather(items)
     stats = facts[RESULT_STATS]
     results = [{"STATUS": status, "OFFER": "OFFER_1" if status == "OK" else None}
                for status, n in stats["statuses"].items() for _ in range(n)]
@@ -208,7 +207,7 @@ def _counted(p, items) -> tuple[dict, dict]:
                                                           facts[DEAD_LETTER_REASONS].items() for _ in range(n)]),
                               ValueCountsFn("REASON")),
     }
-    return counts, {name: p | f"W{name}" >> beam.Create([path]) for name, path in files.items()}
+    return counts, {name: p | f"W{name}" >> beam.Create(paths) for name, paths in files.items()}
 
 
 def test_the_finalize_transform_waits_for_its_counts_and_writes_and_fails_the_job(tmp_path):
