@@ -118,8 +118,8 @@ def run_job(pipeline, launch: Launch, job: jobs.Submission | None = None):
     """Run the pipeline; waits unless the launch is detached (``--detach``, a Flex Template's).
 
     Returns the ``PipelineResult`` (None when ``run`` itself failed, as the local runner's does) and the
-    job's failure (None when it did not):
-    a run that the last step held back fails its job on purpose, and its run.json says why.
+    job's failure (None when it did not): a run that the last step held back fails its job on purpose,
+    and its run.json says why.
     """
     job = job or submission(launch)
     result = None
