@@ -222,9 +222,9 @@ def test_the_limit_shrinks_while_an_endpoint_is_slow_and_grows_back_when_it_is_f
         server.post("/ml/ats/predict", callback=answer)
         client = client_for(server.url, retries=0, concurrency=64)
         limit = client.limits["ats"]
-        # The server shares this process (and its GIL) with the client: allow it 50 ms of
-        # jitter when fast, far below the 300 ms of its slow phase.
-        limit.slack_s = 0.05
+        # The server shares this process (and its GIL) with the client: allow it 100 ms of
+        # jitter when fast (a loaded machine's scheduling), still far below the 300 ms of its slow phase.
+        limit.slack_s = 0.1
 
         async def calls(n):
             return await asyncio.gather(*(client.call_async("ats", FEATURES) for _ in range(n)))
@@ -238,8 +238,10 @@ def test_the_limit_shrinks_while_an_endpoint_is_slow_and_grows_back_when_it_is_f
         assert limit.decreases > 0
         cut = limit.limit
         slow.clear()
-        for _ in range(5):
+        for _ in range(20):  # fast rounds until the limit has grown back (a loaded machine needs more)
             assert all(r.error is None for r in client.loop.run(calls(400)))
+            if limit.limit > cut:
+                break
         assert limit.limit > cut
 
 
