@@ -40,7 +40,7 @@ SECRET = "bench-s3cr3t-x-api-key"
 KEY_ENV = "LANTERN_BENCH_KEY"
 AS_OF = "2026-11-24"
 CALLS = {"read_timeout_s": 2.0, "attempt_timeout_s": 5.0, "member_timeout_s": 15.0}
-VOLATILE = {"ATS_LATENCY_MS", "RESP_LATENCY_MS", "OFFER_LATENCY_MS", "ATTEMPTS"}
+
 BATCH = {"ats": {"path": "/ml/ats/predict", "batch_path": "/ml/ats/predict/batch"},
          "resp": {"path": "/ml/resp/predict", "batch_path": "/ml/resp/predict/batch"},
          "offer": {"path": "/offer/assign", "batch_path": "/offer/assign/batch", "response_field": "offer"},
@@ -48,6 +48,11 @@ BATCH = {"ats": {"path": "/ml/ats/predict", "batch_path": "/ml/ats/predict/batch
 FEATURES = ("AVG_POINTS_BOUGHT", "AVG_REVENUE_USD", "LAST_3_TRANSACTIONS_AVG_POINTS_BOUGHT",
             "LAST_3_TRANSACTIONS_AVG_REVENUE_USD", "PCT_BUY_TRANSACTIONS", "PCT_GIFT_TRANSACTIONS",
             "PCT_REDEEM_TRANSACTIONS", "DAYS_SINCE_LAST_TRANSACTION")
+
+
+def volatile(column: str) -> bool:
+    """Columns that differ between runs by nature: latencies (and their parts) and attempts."""
+    return column.endswith("_MS") or column == "ATTEMPTS"
 
 
 def free_port() -> int:
@@ -112,8 +117,8 @@ def check(healthy: dict, hostile: dict, report: dict, own: str, other: str) -> d
             continue
         behaviour = report["affected"].get(instance_key({name: row[name] for name in FEATURES}))
         if behaviour is None:
-            same = {k: v for k, v in row.items() if k not in VOLATILE} == \
-                   {k: v for k, v in base[member].items() if k not in VOLATILE}
+            same = {k: v for k, v in row.items() if not volatile(k)} == \
+                   {k: v for k, v in base[member].items() if not volatile(k)}
             healthy_equal += row["STATUS"] == "OK" and same
             if not (row["STATUS"] == "OK" and same):
                 wrong.append((member, None, row["ERROR"]))
