@@ -48,11 +48,13 @@ from beam_pipeline.pipeline import (
 )
 from beam_pipeline.runners import make_runner
 from lantern.errors import ConfigError
+from lantern.member_fingerprint import difference
 from lantern.partner import PartnerConfig
 from transforms import progress
 from transforms.endpoints import CallEndpoints
 from transforms.parquet_rows import RowsToTablesFn
 from transforms.previous_results import (
+    READ_MEMBERS,
     RETRY,
     CopyParquetRows,
     ReadPreviousResults,
@@ -65,7 +67,7 @@ from transforms.results import (
     feature_columns,
     results_schema,
 )
-from transforms.run_counts import CountRowsFn, ResultStatsFn, ValueCountsFn
+from transforms.run_counts import CountRowsFn, MemberFingerprintFn, ResultStatsFn, ValueCountsFn
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +206,8 @@ def check_partner(previous: PreviousRun, partner: PartnerConfig, source: str) ->
 
 # The retry's counts, as its accountant reads them (beam_pipeline/accounting.py names the batch job's).
 CARRIED_OVER, TO_RETRY, RETRIED = "carried_over", "to_retry", "retried"
+# The fingerprints of the member IDs read from the previous run and of those in the results written.
+MEMBERS_READ, MEMBERS_WRITTEN = "members_read", "members_written"
 
 
 def build_retry_pipeline(p: beam.Pipeline, job: RetryJob) -> None:
@@ -235,6 +239,8 @@ def build_retry_pipeline(p: beam.Pipeline, job: RetryJob) -> None:
         TO_RETRY: (split[RETRY], CountRowsFn()),
         RETRIED: (retried_rows, ResultStatsFn()),
         RESULT_STATS: (results, ResultStatsFn()),
+        MEMBERS_READ: (split[READ_MEMBERS], MemberFingerprintFn()),
+        MEMBERS_WRITTEN: (results, MemberFingerprintFn()),
         DEAD_LETTER_REASONS: (dead_letters, ValueCountsFn("REASON")),
     }
     p | FINALIZE >> Finalize(job.plan, counts, written)
@@ -256,6 +262,8 @@ class RetryAccountant:
     The row counts are the previous run's (the same input, its dead letters carried over). No
     member is held anywhere: the previous run's members are its FAILED ones called again plus the
     ones carried over, counted as they are read, and their statuses are counted as they are written.
+    That the results hold exactly the members read, each once, is checked on fingerprints of their
+    IDs (``lantern.member_fingerprint``), taken per bundle on each side and merged.
     """
 
     steps = STEPS
@@ -286,6 +294,12 @@ class RetryAccountant:
         if acc["members_retried"] != before.get("members_failed") or retried["rows"] != acc["members_retried"]:
             problems.append(f"{acc['members_retried']} members retried ({retried['rows']} results rows made), "
                             f"the previous run reported {before.get('members_failed')} FAILED")
+        read, wrote = facts[MEMBERS_READ], facts[MEMBERS_WRITTEN]
+        if read.count != before.get("members"):
+            problems.append(f"the previous run's results hold {read.count} members, its run.json says "
+                            f"{before.get('members')}")
+        if read != wrote:
+            problems.append(difference(read, wrote, "read from the previous run", "written"))
         if acc["members_carried_over"] + acc["members_retried"] != acc["members"]:
             problems.append(f"carried over {acc['members_carried_over']} + retried {acc['members_retried']} "
                             f"!= members {acc['members']}")

@@ -23,11 +23,12 @@ from beam_pipeline import cli, retry
 from beam_pipeline.pipeline import DEAD_LETTER_FILES, DEAD_LETTER_REASONS, RESULT_STATS, RESULTS
 from lantern.errors import ConfigError
 from lantern.features import SPEC_FEATURES
+from lantern.member_fingerprint import of_ids
 from lantern.partner import load
 from tests.conftest import free_port, uvicorn_server, write_partner
-from transforms.previous_results import RETRY, SplitPreviousResultsFn
+from transforms.previous_results import READ_MEMBERS, RETRY, SplitPreviousResultsFn
 from transforms.results import TIMING_COLUMNS, feature_columns, result_row, results_schema
-from transforms.run_counts import ResultStatsFn
+from transforms.run_counts import MemberFingerprintFn, ResultStatsFn
 
 AS_OF = "2026-11-24"
 VOLATILE = (*TIMING_COLUMNS, "ATTEMPTS")
@@ -217,15 +218,23 @@ def test_split_keeps_rows_as_they_are_and_hands_failed_members_to_the_endpoints(
     features = dict.fromkeys(SPEC_FEATURES, 1.5) | {"DAYS_SINCE_LAST_TRANSACTION": 3}
     with TestPipeline() as p:
         split = (p | beam.Create([table]) | beam.ParDo(
-            SplitPreviousResultsFn(results_schema(SPEC_FEATURES), SPEC_FEATURES)).with_outputs(RETRY, main="kept"))
+            SplitPreviousResultsFn(results_schema(SPEC_FEATURES), SPEC_FEATURES)).with_outputs(
+            RETRY, READ_MEMBERS, main="kept"))
         assert_that(split.kept | beam.FlatMap(lambda t: t.to_pylist()),
                     equal_to([r for r in table.to_pylist() if r["STATUS"] != "FAILED"]), label="kept")
         assert_that(split[RETRY], equal_to([("m1", {"N_TRANSACTIONS": 2, "FEATURES": features}),
                                             ("m3", {"N_TRANSACTIONS": 2, "FEATURES": features})]), label="retry")
+        assert_that(split[READ_MEMBERS] | beam.CombineGlobally(MemberFingerprintFn()),
+                    equal_to([of_ids(["m0", "m1", "m2", "m3"])]), label="read")
 
 
 def _stats(table: pa.Table) -> dict:
     fn = ResultStatsFn()
+    return fn.extract_output(fn.add_input(fn.create_accumulator(), table))
+
+
+def _members(table: pa.Table):
+    fn = MemberFingerprintFn()
     return fn.extract_output(fn.add_input(fn.create_accumulator(), table))
 
 
@@ -236,7 +245,8 @@ def test_retry_accounting_refuses_a_lost_or_new_failure():
 
     def account(after: pa.Table, retried: list[str]):
         facts = {retry.CARRIED_OVER: 2, retry.TO_RETRY: 1, retry.RETRIED: _stats(_rows(retried)),
-                 RESULT_STATS: _stats(after), DEAD_LETTER_REASONS: {}}
+                 RESULT_STATS: _stats(after), DEAD_LETTER_REASONS: {},
+                 retry.MEMBERS_READ: of_ids(["m0", "m1", "m2"]), retry.MEMBERS_WRITTEN: _members(after)}
         return accountant.account(facts, {RESULTS: after.num_rows, DEAD_LETTER_FILES: 0})
 
     accounts = account(_rows(["OK", "OK", "NO_TRANSACTIONS"]), ["OK"])
@@ -249,3 +259,45 @@ def test_retry_accounting_refuses_a_lost_or_new_failure():
     problems = account(_rows(["OK", "OK"]), ["OK"]).problems
     assert "members differ from the previous run's: 3 then, 2 now" in problems
     assert "carried over 2 + retried 1 != members 2" in problems
+
+
+def test_retry_accounting_refuses_results_that_lose_or_duplicate_a_member():
+    """Every count agrees (three rows, the same statuses): only the member IDs tell the runs apart."""
+    before = {"rows_read": 5, "header_lines": 1, "transactions": 4, "member_only_rows": 1, "dead_letter_rows": 0,
+              "members": 3, "members_ok": 1, "members_no_transactions": 1, "members_failed": 1}
+    accountant = retry.RetryAccountant(before)
+    read = of_ids(["m0", "m1", "m2"])
+
+    def account(after: pa.Table, read=read):
+        facts = {retry.CARRIED_OVER: 2, retry.TO_RETRY: 1, retry.RETRIED: _stats(_rows(["OK"])),
+                 RESULT_STATS: _stats(after), DEAD_LETTER_REASONS: {},
+                 retry.MEMBERS_READ: read, retry.MEMBERS_WRITTEN: _members(after)}
+        return accountant.account(facts, {RESULTS: after.num_rows, DEAD_LETTER_FILES: 0}).problems
+
+    rows = _rows(["OK", "OK", "NO_TRANSACTIONS"])
+    assert account(rows) == []
+    # In another order, in other tables: the same members.
+    assert account(pa.concat_tables([rows.slice(2), rows.slice(0, 2)])) == []
+    ids = rows.column("MEMBER_ID").to_pylist()
+    duplicated = rows.set_column(0, "MEMBER_ID", pa.array([ids[0], ids[0], ids[2]]))  # m1 lost, m0 twice
+    [problem] = account(duplicated)
+    assert problem.startswith("member IDs written are not those read from the previous run: 3 each, but not "
+                              "the same IDs")
+    renamed = rows.set_column(0, "MEMBER_ID", pa.array(["m0", "m9", "m2"]))
+    assert len(account(renamed)) == 1
+    problems = account(rows.slice(0, 2))
+    assert "member IDs written are not those read from the previous run: 3 read from the previous run, " \
+           "2 written" in " ".join(problems)
+    # The previous run's files hold fewer members than its run.json says.
+    problems = account(rows.slice(0, 2), read=of_ids(["m0", "m1"]))
+    assert "the previous run's results hold 2 members, its run.json says 3" in problems
+
+
+def test_member_fingerprint_is_exact_whatever_the_order_or_the_bundles():
+    ids = [f"member-{i}" for i in range(1000)]
+    whole = of_ids(ids)
+    assert whole == of_ids(reversed(ids)) == of_ids(ids[:400]).merge(of_ids(ids[400:]))
+    assert whole.count == 1000
+    assert of_ids([*ids[:-1], ids[0]]) != whole  # one lost, one duplicated
+    assert of_ids([*ids, ids[5]]) != whole
+    assert of_ids([]) == of_ids([]).merge(of_ids([]))

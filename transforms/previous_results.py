@@ -16,10 +16,12 @@ import pyarrow.compute as pc
 from apache_beam.io.parquetio import ReadFromParquetBatched
 from apache_beam.metrics import Metrics
 
+from lantern.member_fingerprint import of_ids
 from transforms import NAMESPACE
 from transforms.results import FAILED
 
 RETRY = "retry"  # the tag of the FAILED members
+READ_MEMBERS = "read_members"  # the tag of each table's MemberFingerprint, taken as it is read
 MEMBERS_CARRIED_OVER = "members_carried_over"
 MEMBERS_TO_RETRY = "members_to_retry"
 
@@ -43,8 +45,10 @@ def member(row: dict, feature_names: Sequence[str]) -> tuple[str, dict]:
 
 
 class SplitPreviousResultsFn(beam.DoFn):
-    """A table of previous results rows -> the rows that did not fail (one table, main output)
-    and each FAILED row as a member to call again (tagged ``RETRY``)."""
+    """A table of previous results rows -> the rows that did not fail (one table, main output),
+    each FAILED row as a member to call again (tagged ``RETRY``) and the fingerprint of the
+    table's member IDs as read, before the split (tagged ``READ_MEMBERS``): what the retry's
+    results must hold exactly."""
 
     def __init__(self, schema: pa.Schema, feature_names: Sequence[str]):
         self._schema = schema
@@ -54,6 +58,7 @@ class SplitPreviousResultsFn(beam.DoFn):
 
     def process(self, table: pa.Table):
         table = conform(table, self._schema)
+        yield beam.pvalue.TaggedOutput(READ_MEMBERS, of_ids(table.column("MEMBER_ID").to_pylist()))
         failed = pc.fill_null(pc.equal(table.column("STATUS"), FAILED), False)
         kept = table.filter(pc.invert(failed))
         retry = table.filter(failed)
@@ -68,7 +73,8 @@ class SplitPreviousResultsFn(beam.DoFn):
 class ReadPreviousResults(beam.PTransform):
     """``results/*.parquet`` of a previous run -> (kept tables, members to retry).
 
-    The result is a ``DoOutputsTuple``: ``[None]`` the kept tables, ``[RETRY]`` the members.
+    The result is a ``DoOutputsTuple``: ``[None]`` the kept tables, ``[RETRY]`` the members,
+    ``[READ_MEMBERS]`` the fingerprints of the members read.
     """
 
     def __init__(self, pattern: str, schema: pa.Schema, feature_names: Sequence[str]):
@@ -83,7 +89,7 @@ class ReadPreviousResults(beam.PTransform):
             pbegin
             | "Read" >> ReadFromParquetBatched(self._pattern, validate=False)
             | "Split" >> beam.ParDo(SplitPreviousResultsFn(self._schema, self._feature_names)).with_outputs(
-                RETRY, main="kept")
+                RETRY, READ_MEMBERS, main="kept")
         )
 
 

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindows
 
 from lantern.latency_histogram import LogHistogram
+from lantern.member_fingerprint import MemberFingerprint, merge_all, of_ids
 from transforms.results import LATENCY_COLUMNS
 
 # The tagged output where a parse DoFn hands over each bundle's counts (a dict of ints).
@@ -94,6 +95,30 @@ class ValueCountsFn(beam.CombineFn):
 
     def extract_output(self, acc: Counter) -> dict:
         return dict(sorted(acc.items(), key=lambda kv: str(kv[0])))
+
+
+class MemberFingerprintFn(beam.CombineFn):
+    """Member IDs -> their ``MemberFingerprint`` (``lantern.member_fingerprint``): exact, whatever the order.
+
+    An element is an Arrow table or a dict with a ``MEMBER_ID``, or a fingerprint already taken
+    (e.g. of each table a step read), merged as it is.
+    """
+
+    def create_accumulator(self) -> MemberFingerprint:
+        return MemberFingerprint()
+
+    def add_input(self, acc: MemberFingerprint, element) -> MemberFingerprint:
+        if isinstance(element, MemberFingerprint):
+            return acc.merge(element)
+        if isinstance(element, pa.Table):
+            return acc.merge(of_ids(element.column("MEMBER_ID").to_pylist()))
+        return acc.merge(of_ids([element["MEMBER_ID"]]))
+
+    def merge_accumulators(self, accs: Iterable[MemberFingerprint]) -> MemberFingerprint:
+        return merge_all(accs)
+
+    def extract_output(self, acc: MemberFingerprint) -> MemberFingerprint:
+        return acc
 
 
 class ResultStats:
