@@ -45,6 +45,7 @@ from lantern.errors import ConfigError
 from lantern.member_table import shards_for
 from lantern.partner import PartnerConfig, load, load_named
 from transforms import progress
+from transforms.input_files import InputChanged, InputTruncated
 
 log = logging.getLogger(__name__)
 
@@ -253,11 +254,35 @@ def main(argv: list[str] | None = None) -> int:
     except AccountingError as exc:
         log.error("%s", exc)
         return launch.EXIT_UNEXPECTED
-    except Exception:  # the one place that turns a crash into exit 1 (logged with its traceback)
-        log.exception("run failed")
+    except Exception as exc:  # the one place that turns a crash into exit 1 (logged with its traceback)
+        failed_input = input_failure(exc)
+        if failed_input is None:
+            log.exception("run failed")
+        else:  # an input failed the read (the job publishes nothing): one line, as a launch check's
+            log.debug("run failed", exc_info=True)
+            print(f"error: {failed_input}; the run was not published", file=sys.stderr)
         return launch.EXIT_UNEXPECTED
     if run_summary is not None:
         print(format_summary(run_summary))
         if code == launch.EXIT_TOO_MANY_DEAD_LETTERS:
             print(f"error: {run_summary['error']}", file=sys.stderr)
     return code
+
+
+def input_failure(exc: BaseException) -> str | None:
+    """The line of an input that failed the job's read (truncated, replaced), or None for any other failure.
+
+    The local runner raises the worker's exception; runners that run workers elsewhere raise their own
+    error with the worker's traceback in its text, whose last line names the input.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (InputTruncated, InputChanged)):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    for kind in (InputTruncated, InputChanged):
+        marker = f"{kind.__name__}: "
+        lines = [line for line in str(exc).splitlines() if marker in line and "input " in line]
+        if lines:
+            return lines[-1].split(marker, 1)[1].strip()
+    return None

@@ -1,4 +1,5 @@
-"""Input checks made before the pipeline runs: files exist, headers carry the partner's columns.
+"""Input checks made before the pipeline runs: files exist, compressed ones are whole, headers carry
+the partner's columns.
 
 Every problem here is a user error reported in one line (exit 2), so a run
 never starts on a typo in a path or the wrong partner's export.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import lzma
 import os
 import zlib
 
@@ -15,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from lantern.errors import ConfigError
 from lantern.partner import PartnerConfig
-from transforms.input_files import InputFile, gcs_generations
+from transforms.input_files import CHECKED, CheckedCompressedFile, InputFile, InputTruncated, gcs_generations, truncated
 from transforms.parse import BOM, FileLayout
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,69 @@ def estimated_bytes(files: list[InputFile]) -> int:
     """The input's size as the job will read it: compressed files (by name) counted ``COMPRESSION_RATIO`` times."""
     return sum(f.size_bytes * (1 if CompressionTypes.detect_compression_type(f.path) == CompressionTypes.UNCOMPRESSED
                                else COMPRESSION_RATIO) for f in files)
+
+
+# Compressed gzip/deflate/lzma inputs up to this size are decompressed whole at launch (about a second per
+# 64 MiB of gzip) to prove their stream ends where the file does; larger ones are checked as they are read.
+FULL_CHECK_BYTES = 64 << 20
+# The end-of-stream marker of a bzip2 stream (48 bits, then a 32-bit CRC and up to 7 bits of padding).
+BZIP2_END = 0x177245385090
+
+
+def check_complete(f: InputFile) -> None:
+    """Fail when a compressed input ends before its compressed stream does (a truncated export).
+
+    Cheap checks only: a bzip2 or xz file's last bytes must be its end marker (the bzip2 end-of-stream
+    magic, the xz footer's ``YZ``); a gzip, deflate or lzma file is decompressed whole up to
+    ``FULL_CHECK_BYTES``. Whatever is not checked here is checked as it is read: the job then fails
+    before its last step, and nothing is published (``transforms/input_files.CheckedCompressedFile``).
+    """
+    kind = CompressionTypes.detect_compression_type(f.path)
+    if kind not in CHECKED or not f.size_bytes:
+        return
+    try:
+        with FileSystems.open(f.path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            if kind == CompressionTypes.BZIP2:
+                whole = bzip2_ends(_tail(raw, f.size_bytes, 11))
+            elif f.path.lower().endswith(".xz"):
+                whole = xz_ends(_tail(raw, f.size_bytes, 4096))
+            elif f.size_bytes <= FULL_CHECK_BYTES:
+                with CheckedCompressedFile(raw, kind, f.path, read_size=1 << 20) as stream:
+                    while stream.read(8 << 20):
+                        pass
+                whole = True
+            else:
+                log.info("inputs: %s (%s bytes) is checked for truncation as it is read", f.path, f"{f.size_bytes:,}")
+                whole = True
+    except InputTruncated as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise ConfigError(f"input {f.path}: cannot decompress: {exc}") from None
+    if whole is False:
+        raise ConfigError(truncated(f.path, kind, f.size_bytes))
+
+
+def _tail(raw, size: int, n: int) -> bytes:
+    """The last ``n`` bytes of the ``size`` bytes matched at launch."""
+    raw.seek(max(0, size - n))
+    return raw.read(min(n, size))
+
+
+def bzip2_ends(tail: bytes) -> bool:
+    """Whether the last bytes of a bzip2 file are a stream's end: its 48-bit marker, CRC and zero padding."""
+    bits = int.from_bytes(tail, "big")
+    for pad in range(8):
+        if len(tail) * 8 >= 80 + pad and bits & ((1 << pad) - 1) == 0 \
+                and (bits >> (32 + pad)) & ((1 << 48) - 1) == BZIP2_END:
+            return True
+    return False
+
+
+def xz_ends(tail: bytes) -> bool | None:
+    """Whether an xz file ends with a stream footer (magic ``YZ``, after any zero stream padding); None when
+    the tail is all padding (undecided here: the read checks it)."""
+    body = tail.rstrip(b"\0")
+    return body.endswith(b"YZ") if body else None
 
 
 def read_header(path: str) -> tuple[bytes, bytes | None]:
@@ -129,6 +194,8 @@ def inspect_inputs(
     patterns: list[str], partner: PartnerConfig, partner_source: str
 ) -> tuple[list[InputFile], dict[str, FileLayout]]:
     files = match_inputs(patterns)
+    for f in files:
+        check_complete(f)
     layouts = {f.path: layout_for(f.path, partner, partner_source) for f in files}
     log.info("inputs: %d file(s), %d bytes", len(files), sum(f.size_bytes for f in files))
     return files, layouts
