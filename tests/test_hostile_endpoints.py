@@ -222,3 +222,14 @@ def test_bodies_are_capped_before_and_after_decompression(size, cap, encoding, o
     else:
         with pytest.raises(ValueError, match=outcome):
             asyncio.run(read_capped(response, cap))
+
+
+def test_a_reason_never_quotes_the_secret_even_when_the_endpoint_echoes_it(client_for):
+    from tests.scripted_server import ScriptedServer
+
+    with ScriptedServer() as server:
+        server.post("/ml/ats/predict", callback=lambda request: (
+            400, {}, json.dumps({"detail": f"bad key {request.headers.get('X-Api-Key')}"})))
+        result = client_for(server.url).call("ats", members(1)[0])
+    assert server.calls[0].headers["X-Api-Key"] == SECRET  # it was sent to its own origin
+    assert result.error == 'ats: HTTP 400: {"detail": "bad key [redacted]"}'
