@@ -364,11 +364,17 @@ def merge_tables(tables: list[pa.Table], merge: Callable[[list[bytes]], bytes]) 
     ids, accs = table.column("MEMBER_ID").chunk(0), table.column("ACC").chunk(0)
     if len(tables) == 1 or pc.count_distinct(ids).as_py() == len(ids):
         return ids, accs
+    # Only members with several accumulators are merged in Python; the others pass on as columns.
+    encoded = ids.dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    repeated = np.bincount(codes)[codes] > 1
+    once = pa.array(np.flatnonzero(~repeated))
     held: dict[str, list[bytes]] = {}
-    for member, acc in zip(ids.to_pylist(), accs.to_pylist(), strict=True):
+    rows = np.flatnonzero(repeated)
+    for member, acc in zip(ids.take(pa.array(rows)).to_pylist(), accs.take(pa.array(rows)).to_pylist(), strict=True):
         held.setdefault(member, []).append(acc)
-    return (pa.array(list(held), pa.string()),
-            pa.array([parts[0] if len(parts) == 1 else merge(parts) for parts in held.values()], pa.binary()))
+    return (pa.concat_arrays([ids.take(once), pa.array(list(held), pa.string())]),
+            pa.concat_arrays([accs.take(once), pa.array([merge(parts) for parts in held.values()], pa.binary())]))
 
 
 _CTZ = np.array([0] + [(i & -i).bit_length() - 1 for i in range(1, 256)], dtype=np.int64)
