@@ -21,7 +21,7 @@ import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
 
-from beam_pipeline import inputs, launch, outputs, preflight, summary
+from beam_pipeline import incremental, inputs, launch, outputs, preflight, summary
 from beam_pipeline.outputs import join
 from beam_pipeline.pipeline import DECIDE_OFFERS, PARSE, TO_RESULT_ROW, WRITE_DEAD_LETTERS, WRITE_RESULTS, DecideOffers
 from beam_pipeline.runners import LOCAL_NAMES, streaming_local_runner
@@ -29,6 +29,7 @@ from lantern.errors import ConfigError
 from lantern.partner import PartnerConfig
 from lantern.run_record import ReplaySummary
 from transforms.member_state import MemberUpdatesFn
+from transforms.member_state_io import ReadBaseMembers
 from transforms.messages import Message, ParseMessageFn, message_layout
 from transforms.parse import BOM, DEAD_LETTER, FileLayout
 from transforms.results import DEAD_LETTER_SCHEMA, ToStreamResultRowFn, feature_columns, stream_results_schema
@@ -100,8 +101,11 @@ def bigquery_schema(schema: pa.Schema) -> str:
     return ",".join(f"{field.name}:{kind(field.type)}" for field in schema)
 
 
-def build_stream(messages, layouts: dict[str, FileLayout], cfg: StreamConfig):
-    """``Message``s (or (source, raw bytes) pairs) -> windowed result and dead-letter files; returns the result rows."""
+def build_stream(messages, layouts: dict[str, FileLayout], cfg: StreamConfig, base_state: tuple[str, ...] = ()):
+    """``Message``s (or (source, raw bytes) pairs) -> windowed result and dead-letter files; returns the result rows.
+
+    ``base_state``: a batch run's state files (``--incremental-from``), whose accumulators seed the members' state.
+    """
     partner = cfg.partner
     parse = ParseMessageFn(
         layouts, partner.input.columns, partner.input.delimiter, partner.input.timestamp_formats, cfg.as_of,
@@ -111,7 +115,12 @@ def build_stream(messages, layouts: dict[str, FileLayout], cfg: StreamConfig):
     parsed = messages | PARSE >> beam.ParDo(parse).with_output_types(
         beam.typehints.KV[str, Any]).with_outputs(DEAD_LETTER, main="transactions")
     schema = stream_results_schema(partner.feature_names)
-    updates = parsed.transactions | "MemberUpdates" >> MemberUpdates(cfg)
+    transactions = parsed.transactions
+    if base_state:
+        seeds = messages.pipeline | "ReadBaseState" >> ReadBaseMembers(base_state).with_output_types(
+            beam.typehints.KV[str, Any])
+        transactions = (transactions, seeds) | "WithBaseState" >> beam.Flatten()
+    updates = transactions | "MemberUpdates" >> MemberUpdates(cfg)
     rows = (
         updates.updates
         | DECIDE_OFFERS >> DecideOffers(partner)
@@ -227,6 +236,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     if bool(args.subscription) == bool(args.input):
         raise ConfigError("--streaming needs exactly one of --subscription (Pub/Sub) or --input (a replay)")
+    if getattr(args, "changed_only", False):
+        raise ConfigError("--changed-only is for batch runs: a stream calls the endpoints only for members "
+                          "with new transactions anyway")
     if args.id_attribute and not args.subscription:
         raise ConfigError("--id-attribute reads a Pub/Sub attribute: it needs --subscription")
     if args.rate <= 0 or args.debounce_seconds < 0 or args.idle_days <= 0 or args.window_seconds <= 0:
@@ -254,6 +266,8 @@ def run(
         launch.check_output(args.output, args.overwrite, beam_args)
     else:
         outputs.check_writable(args.output)  # a live stream appends windows to what the folder holds
+    state = incremental.plan([(f.path, f.size_bytes) for f in files], partner.name, args.output,
+                             args.incremental_from) if args.incremental_from else None
     if not args.skip_preflight:
         preflight.check_endpoints(partner)
 
@@ -274,7 +288,7 @@ def run(
     else:
         messages, source = pubsub_messages(pipeline, args.subscription, args.id_attribute, local)
         layouts = {source: message_layout(partner.input)}
-    build_stream(messages, layouts, cfg)
+    build_stream(messages, layouts, cfg, state.base_paths if state else ())
     log.info("stream %s: partner=%s source=%s output=%s as_of=%s runner=%s debounce=%ss idle=%sd",
              launched.run_id, partner.name, args.subscription or ",".join(args.input), launched.output,
              as_of or "today (UTC, per update)", launched.runner, args.debounce_seconds, args.idle_days)
@@ -287,7 +301,7 @@ def run(
         return launch.EXIT_OK, {"streaming": True, "run_id": launched.run_id, "output": launched.output,
                                 "runner": launched.runner}
     result.wait_until_finish()
-    record = replay_record(result, launched, partner, as_of, args, rows_replayed)
+    record = replay_record(result, launched, partner, as_of, args, rows_replayed, state.base if state else None)
     return launch.finish(launched, record, launch.exit_code(record.accounting.updates_failed), args.overwrite)
 
 
@@ -306,8 +320,24 @@ def _is_header(raw: bytes, layout: FileLayout) -> bool:
     return line.rstrip(b"\r\n") == layout.header
 
 
+def _base_transactions(base, members: Iterable[str]) -> int:
+    """Transactions a base state holds for these members (a seeded stream's updates count them too)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from lantern.feature_table import Accumulators
+
+    wanted = pa.array(list(members), pa.string())
+    total = 0
+    for path in base.paths:
+        table = pq.read_table(path)
+        table = table.filter(pc.is_in(table.column("MEMBER_ID"), value_set=wanted))
+        total += int(Accumulators(table.column("ACC")).n.sum()) if table.num_rows else 0
+    return total
+
+
 def replay_record(result, launched: launch.Launch, partner: PartnerConfig, as_of: dt.date | None,
-                  args: argparse.Namespace, rows_replayed: int) -> ReplaySummary:
+                  args: argparse.Namespace, rows_replayed: int, base=None) -> ReplaySummary:
     """The replay's run.json, counted from the files written.
 
     The bundle-based DirectRunner keeps the first bundle's metrics scope for a
@@ -328,6 +358,8 @@ def replay_record(result, launched: launch.Launch, partner: PartnerConfig, as_of
                       key=lambda r: r["UPDATE_SEQ"]):
         last[row["MEMBER_ID"]] = row
     transactions = sum(row["N_TRANSACTIONS"] for row in last.values())
+    if base is not None:  # the seeded members' updates count the base's transactions too: not replayed rows
+        transactions -= _base_transactions(base, last)
     statuses = results.column("STATUS").to_pylist()
     latency = results.column("TXN_TO_OFFER_MS").drop_null()
     quantiles = pc.quantile(latency, q=[0.5, 0.95, 0.99]).to_pylist() if len(latency) else []
@@ -357,4 +389,5 @@ def replay_record(result, launched: launch.Launch, partner: PartnerConfig, as_of
         latency_ms=summary.latency_percentiles(results),
         output=launched.output,
         versions=summary.package_versions(),
+        incremental_from=base.manifest.run_id if base is not None else None,
     )

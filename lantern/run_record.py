@@ -262,6 +262,8 @@ class ReplaySummary(Record):
     latency_ms: LatencyByEndpoint
     output: str
     versions: dict[str, str | None]
+    incremental_from: Name | Absent = Field(None, description="--incremental-from: the batch run whose member "
+                                                              "state seeded the stream")
 
 
 def package_versions() -> dict:

@@ -46,7 +46,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from lantern.features import LAST3
+from lantern.features import LAST3, N, live
 from lantern.state_version import StateVersionError, framed, payload
 from transforms import NAMESPACE
 from transforms.features import CompactAccumulatorCoder, MemberFeaturesFn, StatelessCoder
@@ -123,6 +123,8 @@ def _utc(seconds: float) -> dt.datetime:
 class MemberUpdatesFn(beam.DoFn):
     """(member id, ``Arrival``), keyed -> (member id, summary) updates, debounced; duplicates and
     transactions whose state cannot be read leave as dead letters (tagged ``DEAD_LETTER``).
+    A (member id, packed accumulator) element seeds the member's state from a batch run's
+    (``--streaming --incremental-from``).
 
     The summary is the batch ``MemberFeaturesFn`` output (``N_TRANSACTIONS``,
     ``FEATURES``) plus when it was computed, for which as-of date, and since when
@@ -160,6 +162,7 @@ class MemberUpdatesFn(beam.DoFn):
         self.cleared = Metrics.counter(NAMESPACE, "stream_members_cleared")
         self.duplicates = Metrics.counter(NAMESPACE, "stream_duplicates")
         self.unreadable = Metrics.counter(NAMESPACE, "stream_unknown_state_version")
+        self.seeded = Metrics.counter(NAMESPACE, "stream_members_seeded")
 
     def _features_fn(self, now: float) -> MemberFeaturesFn:
         """The batch CombineFn for the update's as-of date: fixed, or the UTC date when it is emitted."""
@@ -178,6 +181,9 @@ class MemberUpdatesFn(beam.DoFn):
         idle=beam.DoFn.TimerParam(IDLE),
     ):
         member_id, arrival = element
+        if isinstance(arrival, bytes):  # a batch run's accumulator for this member (--incremental-from)
+            yield from self._seed(member_id, arrival, acc_state, meta_state, debounce, idle)
+            return
         txn = arrival.txn
         try:
             acc = acc_state.read()
@@ -215,6 +221,34 @@ class MemberUpdatesFn(beam.DoFn):
             meta = meta._replace(pending_since=time.time())
             debounce.set(Timestamp(self._timer_clock()) + self._debounce)
         meta_state.write(meta)
+
+    def _seed(self, member_id: str, packed: bytes, acc_state, meta_state, debounce, idle):
+        """Fold a batch run's accumulator into the member's state, with the same merge as the shuffle's.
+
+        The stream then picks up where the batch left off: the next update of the member counts
+        every row the batch folded. A seed emits nothing by itself, unless the member's updates
+        have already left without it (its transactions arrived first): then one more update follows.
+        """
+        try:
+            held = acc_state.read()
+            meta = meta_state.read() or MemberMeta(0.0, 0, -(1 << 63))
+        except StateVersionError as exc:
+            self._unreadable(member_id, exc)
+            return
+        seed = live(packed)
+        if not seed[N]:  # a member with only member-only rows in the batch: nothing to hold
+            return
+        self.seeded.inc()
+        acc_state.write(live(self._fn.merge_accumulators([held or self._fn.create_accumulator(), seed])))
+        last_us = seed[LAST3][0][0]
+        if last_us > meta.last_event_us:
+            meta = meta._replace(last_event_us=last_us)
+            idle.set(Timestamp(micros=last_us) + self._idle)
+        if held is not None and held[N] and meta.updates and not meta.pending_since:
+            meta = meta._replace(pending_since=time.time())
+            debounce.set(Timestamp(self._timer_clock()) + self._debounce)
+        meta_state.write(meta)
+        yield from ()
 
     @staticmethod
     def _dead_letter(arrival: Arrival, reason: str, detail: str):

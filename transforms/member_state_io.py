@@ -150,6 +150,26 @@ class ReadBaseState(beam.PTransform):
         )
 
 
+def _members(table: pa.Table):
+    return zip(table.column("MEMBER_ID").to_pylist(), table.column("ACC").to_pylist(), strict=True)
+
+
+class ReadBaseMembers(beam.PTransform):
+    """The files of a base state -> (member, packed accumulator): what seeds a stream's member state."""
+
+    def __init__(self, paths: tuple[str, ...]):
+        super().__init__()
+        self._paths = paths
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Files" >> beam.Create(self._paths)
+            | "Read" >> ReadAllFromParquetBatched(columns=["MEMBER_ID", "ACC"])
+            | "Members" >> beam.FlatMap(_members)
+        )
+
+
 class WriteState(beam.PTransform):
     """(MEMBER_ID, ACC) tables -> ``<prefix>-SSSSS-of-NNNNN.parquet``, a bundle's tables in one row group."""
 
