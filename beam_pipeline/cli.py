@@ -200,7 +200,7 @@ def run_batch(args: argparse.Namespace, beam_args: list[str], partner: PartnerCo
         raise ConfigError("usage: --incremental-from folds into the state with the blocks reader; drop --reader lines")
     if args.changed_only and (args.features_only or not args.incremental_from):
         raise ConfigError("usage: --changed-only needs --incremental-from and endpoint calls (not --features-only)")
-    state = incremental.plan([(f.path, f.size_bytes) for f in files], partner.name, args.output,
+    state = incremental.plan([(f.path, f.size_bytes, f.generation) for f in files], partner.name, args.output,
                              args.incremental_from)
     if not (args.skip_preflight or args.features_only):
         preflight.check_endpoints(partner)

@@ -33,7 +33,7 @@ class StatePlan:
     """What a run folds into its state: the base (or none, a full run) and today's files with their checksums."""
 
     base: BaseState | None
-    inputs: tuple[tuple[str, int, str], ...]  # (path, size, checksum)
+    inputs: tuple[tuple[str, int, str, int | None], ...]  # (path, size, checksum, GCS generation)
 
     @property
     def base_paths(self) -> tuple[str, ...]:
@@ -45,9 +45,10 @@ class StatePlan:
         return sum(f.size_bytes for f in self.base.manifest.files) if self.base else 0
 
 
-def plan(files: Iterable[tuple[str, int]], partner: str, output: str, incremental_from: str | None) -> StatePlan:
-    """Today's files fingerprinted and, with a base, every check a base must pass (ConfigError, exit 2)."""
-    inputs = tuple((path, size, checksum(path)) for path, size in files)
+def plan(files: Iterable[tuple], partner: str, output: str, incremental_from: str | None) -> StatePlan:
+    """Today's files (path, size and, on Cloud Storage, the generation matched at launch) fingerprinted and,
+    with a base, every check a base must pass (ConfigError, exit 2)."""
+    inputs = tuple((f[0], f[1], checksum(f[0]), f[2] if len(f) > 2 else None) for f in files)
     if not incremental_from:
         return StatePlan(None, inputs)
     folder = launch.absolute(incremental_from)
@@ -55,7 +56,7 @@ def plan(files: Iterable[tuple[str, int]], partner: str, output: str, incrementa
     state_manifest.check_partner(incremental_from, base.manifest, partner)
     if launch.absolute(output).rstrip("/") == folder.rstrip("/"):
         raise state_manifest.refusal(incremental_from, "--output must be a new folder: the base is never written")
-    state_manifest.check_not_folded(incremental_from, base.manifest, [(path, digest) for path, _, digest in inputs])
+    state_manifest.check_not_folded(incremental_from, base.manifest, [(path, digest) for path, _, digest, _ in inputs])
     log.info("folding %d file(s) into the state of run %s (%s): %d members, %d input file(s) folded so far",
              len(inputs), base.manifest.run_id, folder, base.manifest.members, len(base.manifest.inputs))
     return StatePlan(base, inputs)
@@ -95,7 +96,7 @@ def write_state_manifest(staging: str, run_id: str, as_of: str, partner: str, su
     """``state/_manifest.json`` of the state the run staged: its files, the base's inputs and today's."""
     folder = outputs.join(staging, STATE_DIR)
     base = state.base.manifest if state.base else None
-    today = tuple(FoldedFile(path, size, digest, run_id) for path, size, digest in state.inputs)
+    today = tuple(FoldedFile(path, size, digest, run_id, generation) for path, size, digest, generation in state.inputs)
     manifest = Manifest(run_id=run_id, as_of=as_of, partner=partner, layout_version=LAYOUT_VERSION,
                         members=summary["members"], transactions=summary["transactions"],
                         files=state_files(folder), inputs=(*(base.inputs if base else ()), *today),

@@ -54,6 +54,7 @@ class FoldedFile:
     size_bytes: int
     checksum: str
     run_id: str
+    generation: int | None = None  # a Cloud Storage object's generation, as the run read it (inputs fixed at launch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,8 @@ class Manifest:
             "members": self.members,
             "transactions": self.transactions,
             "files": [dataclasses.asdict(f) for f in self.files],
-            "inputs": [dataclasses.asdict(f) for f in self.inputs],
+            "inputs": [{k: v for k, v in dataclasses.asdict(f).items() if k != "generation" or v is not None}
+                       for f in self.inputs],
         }
 
     @classmethod
@@ -99,7 +101,8 @@ class Manifest:
             raise ValueError("not a JSON object")
         try:
             files = tuple(StateFile(str(f["name"]), int(f["size_bytes"]), str(f["checksum"])) for f in data["files"])
-            inputs = tuple(FoldedFile(str(f["path"]), int(f["size_bytes"]), str(f["checksum"]), str(f["run_id"]))
+            inputs = tuple(FoldedFile(str(f["path"]), int(f["size_bytes"]), str(f["checksum"]), str(f["run_id"]),
+                                      None if f.get("generation") is None else int(f["generation"]))
                            for f in data["inputs"])
             return cls(run_id=str(data["run_id"]), as_of=str(data["as_of"]), partner=str(data["partner"]),
                        layout_version=int(data["layout_version"]), members=int(data["members"]),

@@ -298,3 +298,17 @@ def test_a_stream_refuses_a_base_that_cannot_be_folded_into(bundled, capsys, tmp
     line = _refused(capsys, "--streaming", "--input", str(folder / "history.csv"), "--output", str(tmp_path / "s"),
                     "--incremental-from", str(folder / "base"), "--skip-preflight")
     assert "already folded" in line
+
+
+def test_a_manifest_reads_back_what_it_wrote_and_names_a_missing_field():
+    from lantern.state_manifest import FoldedFile, Manifest, StateFile
+
+    manifest = Manifest("R2", "2026-11-24", "default", 1, 10, 40, (StateFile("part-0.parquet", 700, "sha256:ab"),),
+                        (FoldedFile("gs://b/day1.csv", 100, "gs:xyz", "R1", 1733000000000000),
+                         FoldedFile("/data/day2.csv", 50, "sha256:cd", "R2")), base_run_id="R1")
+    data = json.loads(json.dumps(manifest.as_json()))
+    assert "generation" not in data["inputs"][1]
+    assert Manifest.from_json(data) == manifest
+    del data["partner"]
+    with pytest.raises(ValueError, match="partner"):
+        Manifest.from_json(data)
