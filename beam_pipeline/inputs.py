@@ -65,34 +65,38 @@ def estimated_bytes(files: list[InputFile]) -> int:
 
 
 # Compressed gzip/deflate/lzma inputs up to this size are decompressed whole at launch (about a second per
-# 64 MiB of gzip) to prove their stream ends where the file does; larger ones are checked as they are read.
+# 64 MiB of gzip) to prove their stream ends where the file does, up to FULL_CHECK_BUDGET bytes for all the
+# inputs (a launch over many large files must not download them all first); others are checked as they are read.
 FULL_CHECK_BYTES = 64 << 20
+FULL_CHECK_BUDGET = 256 << 20
 # The end-of-stream marker of a bzip2 stream (48 bits, then a 32-bit CRC and up to 7 bits of padding).
 BZIP2_END = 0x177245385090
 
 
-def check_complete(f: InputFile) -> None:
+def check_complete(f: InputFile, full_check_bytes: int = FULL_CHECK_BYTES) -> int:
     """Fail when a compressed input ends before its compressed stream does (a truncated export).
 
     Cheap checks only: a bzip2 or xz file's last bytes must be its end marker (the bzip2 end-of-stream
     magic, the xz footer's ``YZ``); a gzip, deflate or lzma file is decompressed whole up to
-    ``FULL_CHECK_BYTES``. Whatever is not checked here is checked as it is read: the job then fails
-    before its last step, and nothing is published (``transforms/input_files.CheckedCompressedFile``).
+    ``full_check_bytes``; returns the bytes it decompressed. Whatever is not checked here is checked as
+    it is read: the job then fails before its last step, and nothing is published
+    (``transforms/input_files.CheckedCompressedFile``).
     """
     kind = CompressionTypes.detect_compression_type(f.path)
     if kind not in CHECKED or not f.size_bytes:
-        return
+        return 0
+    spent = 0
     try:
         with FileSystems.open(f.path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
             if kind == CompressionTypes.BZIP2:
                 whole = bzip2_ends(_tail(raw, f.size_bytes, 11))
             elif f.path.lower().endswith(".xz"):
                 whole = xz_ends(_tail(raw, f.size_bytes, 4096))
-            elif f.size_bytes <= FULL_CHECK_BYTES:
+            elif f.size_bytes <= full_check_bytes:
                 with CheckedCompressedFile(raw, kind, f.path, read_size=1 << 20) as stream:
                     while stream.read(8 << 20):
                         pass
-                whole = True
+                whole, spent = True, f.size_bytes
             else:
                 log.info("inputs: %s (%s bytes) is checked for truncation as it is read", f.path, f"{f.size_bytes:,}")
                 whole = True
@@ -102,6 +106,7 @@ def check_complete(f: InputFile) -> None:
         raise ConfigError(f"input {f.path}: cannot decompress: {exc}") from None
     if whole is False:
         raise ConfigError(truncated(f.path, kind, f.size_bytes))
+    return spent
 
 
 def _tail(raw, size: int, n: int) -> bytes:
@@ -194,8 +199,9 @@ def inspect_inputs(
     patterns: list[str], partner: PartnerConfig, partner_source: str
 ) -> tuple[list[InputFile], dict[str, FileLayout]]:
     files = match_inputs(patterns)
+    budget = FULL_CHECK_BUDGET
     for f in files:
-        check_complete(f)
+        budget -= check_complete(f, min(FULL_CHECK_BYTES, budget))
     layouts = {f.path: layout_for(f.path, partner, partner_source) for f in files}
     log.info("inputs: %d file(s), %d bytes", len(files), sum(f.size_bytes for f in files))
     return files, layouts

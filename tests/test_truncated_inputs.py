@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import cli, generate, inputs
+from lantern.partner import load_named
 from transforms.input_files import InputFile, InputTruncated, open_checked
 
 AS_OF = "2026-11-24"
@@ -106,6 +107,19 @@ def test_a_gzip_too_large_to_check_at_launch_fails_in_the_read(export, tmp_path,
     assert _cli(source, out, "blocks") == 1
     assert f"error: input {source} is truncated: " in capsys.readouterr().err
     assert not (out / "run.json").exists()
+
+
+def test_the_launch_decompresses_at_most_its_budget(export, tmp_path, monkeypatch):
+    data = gzip.compress(export)
+    for name in "abc":
+        (tmp_path / f"{name}.csv.gz").write_bytes(data)
+    (tmp_path / "d.csv.gz").write_bytes(data[:-4])  # past the budget: left to the read
+    monkeypatch.setattr(inputs, "FULL_CHECK_BUDGET", 3 * len(data))
+    spent = []
+    check = inputs.check_complete
+    monkeypatch.setattr(inputs, "check_complete", lambda f, most: spent.append(check(f, most)) or spent[-1])
+    files, _ = inputs.inspect_inputs([str(tmp_path / "*.csv.gz")], load_named("default"), "default.yaml")
+    assert len(files) == 4 and spent == [len(data)] * 3 + [0]
 
 
 @pytest.mark.parametrize("reader", ["blocks", "lines"])
