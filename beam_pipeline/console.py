@@ -41,8 +41,9 @@ def format_summary(s: dict) -> str:
     limit = s.get("dead_letter_limit")
     note = limit and dead_letter_limit.note(dead_letter_limit.Verdict(**limit))
     retried = f"\n{retry_line(s)}" if s.get("retry_of") else ""
+    state = "state/, " if s.get("state") else ""  # every batch run's member state; a retry holds none
     return (
-        f"outputs: {where} (results/, dead_letter/, metrics/, run.json)\n"
+        f"outputs: {where} (results/, dead_letter/, metrics/, {state}run.json)\n"
         f"rows read {acc['rows_read']}: {acc['transactions']} transactions, {acc['member_only_rows']} "
         f"member-only, {acc['dead_letter_rows']} dead letters{f' ({note})' if note else ''}\n"
         f"members {acc['members']}: {acc['members_ok']} OK, {acc['members_no_transactions']} "
