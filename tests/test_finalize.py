@@ -1,6 +1,7 @@
 """The run's last step (``beam_pipeline.finalize``) and the counts it is built from (``transforms.run_counts``)."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from collections import Counter
@@ -12,11 +13,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.internal import pickler
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import cli, finalize, launch, outputs, summary
 from beam_pipeline.accounting import BatchAccountant
+from beam_pipeline.inputs import layout_for
 from beam_pipeline.pipeline import (
     DEAD_LETTER_FILES,
     DEAD_LETTER_REASONS,
@@ -24,10 +29,15 @@ from beam_pipeline.pipeline import (
     RESULT_STATS,
     RESULTS,
     ROWS,
+    JobConfig,
+    build_pipeline,
 )
+from beam_pipeline.runners import local_runner
 from lantern.latency_histogram import RELATIVE_ERROR, LogHistogram
+from lantern.partner import load_named
+from transforms.input_files import InputFile
 from transforms.results import DEAD_LETTER_SCHEMA
-from transforms.run_counts import CountRowsFn, ResultStatsFn, SumCountsFn, ValueCountsFn
+from transforms.run_counts import CountRowsFn, PartialCountFn, ResultStatsFn, SumCountsFn, ValueCountsFn
 
 # --- the counts ---------------------------------------------------------------------------------
 
@@ -80,6 +90,38 @@ def test_latency_histogram_is_within_its_stated_error_however_it_is_merged():
     assert whole.summary() == merged.summary()
     assert whole.summary()["count"] == len(values) and whole.summary()["max"] == round(float(values.max()), 3)
     assert LogHistogram().summary() == {}
+
+
+@pytest.mark.parametrize("partner_name,features_only", [("default", True), ("reference_batch", False)])
+def test_only_per_bundle_accumulators_enter_a_flatten(tmp_path, partner_name, features_only):
+    """The local runner materializes every Flatten of several inputs (each producer writes into one
+    buffer, read by a later stage): a members or results table flattened on its way to be counted
+    would be held in memory for the whole run, about a kilobyte per member. So the only Flattens of
+    a run whose members move as tables (features-only, batch routes) take the counts' per-bundle
+    accumulators, a few per bundle however many members."""
+    partner = load_named(partner_name)
+    export = tmp_path / "in.csv"
+    export.write_text("MEMBER_ID,LAST_TRANSACTION_TS,LAST_TRANSACTION_TYPE,LAST_TRANSACTION_POINTS_BOUGHT,"
+                      "LAST_TRANSACTION_REVENUE_USD\nm1,2024-01-01 10:00:00,buy,10,1.5\n")
+    plan = finalize.RunPlan("r", str(tmp_path / "out"), str(tmp_path / "staging"), False, {}, BatchAccountant(), 0.05)
+    job = JobConfig((InputFile(str(export), export.stat().st_size),),
+                    {str(export): layout_for(str(export), partner, "partner")}, partner, dt.date(2026, 11, 24),
+                    str(tmp_path / "staging"), features_only=features_only, plan=plan)
+    pipeline = beam.Pipeline(runner=local_runner())
+    build_pipeline(pipeline, job)
+    proto = pipeline.to_runner_api()
+    transforms = proto.components.transforms
+    producer = {pcoll: t for t in transforms.values() if not t.subtransforms for pcoll in t.outputs.values()}
+    flattens = [t for t in transforms.values()
+                if t.spec.urn == common_urns.primitives.FLATTEN.urn and len(t.inputs) > 1]
+    assert flattens, "the run's counts are gathered by a Flatten"
+    for flatten in flattens:
+        for pcoll in flatten.inputs.values():
+            step = producer[pcoll]
+            assert step.spec.urn == common_urns.primitives.PAR_DO.urn, (flatten.unique_name, step.unique_name)
+            fn = pickler.loads(beam_runner_api_pb2.ParDoPayload.FromString(step.spec.payload).do_fn.payload)
+            fn = fn[0] if isinstance(fn, tuple) else fn
+            assert isinstance(fn, PartialCountFn), f"{flatten.unique_name} takes {step.unique_name}'s elements"
 
 
 # --- the last step ------------------------------------------------------------------------------
