@@ -23,6 +23,7 @@ ZERO = -(1 << 40)  # the bucket of values <= 0 (a latency is never negative; a c
 PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 DIGITS = 3
 PENDING = 4096
+SPAN = 1 << 16  # the widest range of bucket indices counted with one array
 
 
 class LogHistogram:
@@ -62,13 +63,23 @@ class LogHistogram:
         values = values[~np.isnan(values)]
         if not len(values):
             return
-        positive = values > 0
-        index = np.full(len(values), ZERO, dtype=np.int64)
-        index[positive] = np.floor(np.log(values[positive]) / _LOG_GROWTH).astype(np.int64)
-        keys, counts = np.unique(index, return_counts=True)
+        positive = values[values > 0]
         buckets = self.buckets
-        for key, n in zip(keys.tolist(), counts.tolist(), strict=True):
-            buckets[key] = buckets.get(key, 0) + n
+        zeros = len(values) - len(positive)
+        if zeros:
+            buckets[ZERO] = buckets.get(ZERO, 0) + zeros
+        if len(positive):
+            # the buckets of a batch span a few hundred indices: counted by offset, not sorted
+            index = np.floor(np.log(positive) / _LOG_GROWTH).astype(np.int64)
+            first, last = int(index.min()), int(index.max())
+            if last - first < SPAN:
+                counts = np.bincount(index - first)
+                offsets = np.flatnonzero(counts)
+                keys, counts = (offsets + first).tolist(), counts[offsets].tolist()
+            else:  # a spread too wide to count by offset (any value, however extreme, still counts)
+                keys, counts = (a.tolist() for a in np.unique(index, return_counts=True))
+            for key, n in zip(keys, counts, strict=True):
+                buckets[key] = buckets.get(key, 0) + n
         self.count += len(values)
         self.total += float(values.sum())
         self.low = min(self.low, float(values.min()))
